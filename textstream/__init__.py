@@ -1,0 +1,41 @@
+"""textstream: character-level LSTM language models, trained from disk, streamed out.
+
+    from textstream import Generator
+    gen = Generator.load("runs/default")
+    for chunk in gen.stream("The ", temperature=0.5):
+        print(chunk, end="", flush=True)
+
+Importing ``textstream`` is cheap: TensorFlow loads only when a name that
+needs it (``Generator``, ``Session``, ``train``, ``evaluate``) is first used.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from textstream.errors import TextstreamError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Vocab": "textstream.vocab",
+    "TrainConfig": "textstream.config",
+    "make_config": "textstream.config",
+    "prepare": "textstream.tokens",
+    "Prepared": "textstream.tokens",
+    "train": "textstream.train",
+    "evaluate": "textstream.evaluate",
+    "Generator": "textstream.generate",
+    "Session": "textstream.generate",
+    "load_model": "textstream.run",
+}
+
+__all__ = ["TextstreamError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'textstream' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from textstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,8 @@
+"""The one exception type users can cause."""
+
+
+class TextstreamError(Exception):
+    """A problem with the user's input, written for the user: one line, no traceback.
+
+    The CLI prints ``textstream: <message>`` on stderr and exits with status 2.
+    """

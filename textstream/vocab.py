@@ -1,0 +1,105 @@
+"""``Vocab``: characters <-> integer ids, saved as ``vocab.json``. No TensorFlow here.
+
+Ids follow the order of ``chars``: sorted by code point, as the original
+example did, with the out-of-vocabulary id (if ``--max-vocab`` made one) last.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from textstream.errors import TextstreamError
+
+FORMAT = "textstream-vocab/1"
+OOV_CHAR = "\ufffd"  # what an out-of-vocabulary id decodes to
+
+
+def dtype_for(size: int) -> np.dtype:
+    """The narrowest unsigned little-endian dtype that holds ids < ``size``."""
+    if size <= 1 << 8:
+        return np.dtype("<u1")
+    if size <= 1 << 16:
+        return np.dtype("<u2")
+    return np.dtype("<u4")
+
+
+@dataclass
+class Vocab:
+    chars: list[str]
+    counts: list[int] = field(default_factory=list)
+    oov_id: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # train_chars, val_chars, fingerprint, ...
+
+    def __post_init__(self) -> None:
+        self._index = {ch: i for i, ch in enumerate(self.chars) if i != self.oov_id}
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return dtype_for(self.size)
+
+    def normalize(self, text: str) -> str:
+        """Apply the options the corpus was prepared with (CRLF -> LF, lowercase)."""
+        text = text.replace("\r\n", "\n")
+        return text.lower() if self.options.get("lowercase") else text
+
+    def unknown(self, text: str) -> list[str]:
+        """Characters of ``text`` (already normalised) that have no id of their own, sorted."""
+        return sorted(set(text) - self._index.keys())
+
+    def encode(self, text: str, *, unknown: str = "error", what: str = "text") -> np.ndarray:
+        """Ids for ``text`` after normalisation.
+
+        ``unknown``: "error" raises naming the characters (unless the vocab has an
+        OOV id, which they then map to); "skip" drops them.
+        """
+        text = self.normalize(text)
+        missing = self.unknown(text)
+        if missing:
+            if unknown == "skip":
+                drop = set(missing)
+                text = "".join(ch for ch in text if ch not in drop)
+            elif self.oov_id is None:
+                shown = " ".join(repr(ch) for ch in missing[:20]) + (" ..." if len(missing) > 20 else "")
+                raise TextstreamError(
+                    f"{what} has {len(missing)} character(s) outside the vocabulary: {shown} "
+                    f"(pass --unknown skip to drop them)")
+        oov = -1 if self.oov_id is None else self.oov_id
+        return np.fromiter((self._index.get(ch, oov) for ch in text), dtype=np.int32, count=len(text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        chars = self.chars
+        return "".join(chars[int(i)] for i in ids)
+
+    # --- json -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "chars": self.chars, "counts": self.counts, "oov_id": self.oov_id,
+                "dtype": self.dtype.str, "size": self.size, "options": self.options, **self.meta}
+
+    def save(self, path: Path) -> None:
+        from textstream.fsutil import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Vocab":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TextstreamError(f"{path}: no such file") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise TextstreamError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("chars"), list):
+            raise TextstreamError(f"{path}: not a textstream vocab.json (expected format {FORMAT!r})")
+        known = {"format", "chars", "counts", "oov_id", "dtype", "size", "options"}
+        return cls(chars=list(d["chars"]), counts=list(d.get("counts", [])), oov_id=d.get("oov_id"),
+                   options=dict(d.get("options", {})), meta={k: v for k, v in d.items() if k not in known})

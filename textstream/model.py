@@ -51,7 +51,10 @@ class CharLSTM(tf_keras.Model):
             layers.LSTM(units, return_sequences=True, return_state=True, name=f"lstm_{i}")
             for i in range(layers_)
         ]
-        self.drops = [layers.Dropout(dropout, seed=seed + i, name=f"dropout_{i}") for i in range(layers_)] if dropout else []
+        self.dropout = float(dropout)
+        # Dropout masks come from a tracked generator, so its state is part of every
+        # checkpoint and a resumed run draws the same masks as an uninterrupted one.
+        self.rng = tf.random.Generator.from_seed(seed) if dropout else None
         self.head = layers.Dense(vocab_size, name="logits")
 
     def call(self, ids, states=None, return_state=False, training=False):
@@ -60,8 +63,9 @@ class CharLSTM(tf_keras.Model):
         for i, lstm in enumerate(self.lstms):
             x, h, c = lstm(x, initial_state=None if states is None else list(states[i]), training=training)
             new_states.append((h, c))
-            if self.drops:
-                x = self.drops[i](x, training=training)
+            if training and self.rng is not None:
+                keep = self.rng.uniform(tf.shape(x)) >= self.dropout
+                x = tf.where(keep, x / (1.0 - self.dropout), tf.zeros_like(x))
         if self.last_only:
             x = x[:, -1]
         logits = tf.cast(self.head(x), tf.float32)

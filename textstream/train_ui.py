@@ -1,0 +1,165 @@
+"""``textstream train``: turns CLI options into a config and renders the loop's events.
+
+Progress is a rich display on stderr when stderr is a terminal, otherwise one
+plain line per epoch; samples go to stdout. SIGINT/SIGTERM ask the loop to
+save a checkpoint and stop.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from textstream.config import TrainConfig, make_config
+from textstream.errors import TextstreamError
+from textstream.run import RunPaths
+
+# options that may change when a run is resumed: its length and its samples
+RESUMABLE = ("epochs", "steps", "time_budget", "samples", "sample_every")
+MODEL_AND_DATA = ("layers", "units", "dropout", "embedding", "seq_len", "step", "objective", "batch_size",
+                  "optimizer", "lr", "clipnorm", "warmup_steps", "schedule", "seed", "lowercase",
+                  "val_fraction", "max_vocab", "errors")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {k: getattr(args, k, None) for k in MODEL_AND_DATA + ("epochs", "steps", "time_budget")}
+    overrides["sample_every"] = args.sample_every
+    if args.no_samples:
+        overrides["samples"] = False
+    if not args.resume:
+        return make_config(args.preset, **overrides)
+    paths = RunPaths(_run_dir(args))
+    if not paths.config.exists():
+        raise TextstreamError(f"{paths.root}: nothing to resume (no config.json); drop --resume to start a run")
+    cfg = TrainConfig.load(paths.config)
+    changed = [k for k in MODEL_AND_DATA if overrides.get(k) is not None and overrides[k] != getattr(cfg, k)]
+    if changed:
+        raise TextstreamError(f"--resume keeps the run's settings; cannot change: "
+                              f"{', '.join('--' + k.replace('_', '-') for k in changed)}")
+    length = {k: overrides.get(k) for k in ("epochs", "steps", "time_budget")}
+    if any(v is not None for v in length.values()):
+        for k, v in length.items():
+            setattr(cfg, k, v)
+    for k in ("samples", "sample_every"):
+        if overrides.get(k) is not None:
+            setattr(cfg, k, overrides[k])
+    return cfg.validate()
+
+
+def _run_dir(args) -> Path:
+    return args.output if args.output is not None else Path("runs") / args.preset
+
+
+class TrainDisplay:
+    """Renders ``train``'s events: a live rich line on a terminal, plain lines otherwise."""
+
+    def __init__(self, console, live: bool):
+        self.console, self.live = console, live
+        self.progress = None
+        self.task = None
+
+    def __call__(self, kind: str, info: dict) -> None:
+        getattr(self, f"on_{kind}", lambda info: None)(info)
+
+    def on_prepared(self, info):
+        how = "cached" if info["cached"] else "prepared"
+        self.console.print(f"[dim]corpus {how}: {info['train_chars']:,} train + {info['val_chars']:,} val "
+                           f"characters, {info['vocab_size']} symbols ({info['dir']})[/dim]")
+
+    def on_start(self, info):
+        c = info["config"]
+        total = info["total_steps"]
+        what = f"{total:,} steps" if total else f"{info['time_budget_s'] / 60:g} min"
+        self.console.print(
+            f"[bold]{'resuming' if info['resumed'] else 'training'}[/bold] preset {c['preset']}: "
+            f"{c['layers']}x LSTM({c['units']}), seq {c['seq_len']}, objective {c['objective']}, "
+            f"batch {c['batch_size']}, {c['optimizer']} lr {c['lr']:g}; {what} "
+            f"({info['steps_per_epoch']:.1f} steps/epoch), from step {info['step']:,}")
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("epoch {task.fields[epoch]:>6.2f}"), BarColumn(),
+                TextColumn("step {task.completed:,.0f}"),
+                TextColumn("loss {task.fields[loss]:.3f} ({task.fields[bpc]:.3f} bits/char)"),
+                TextColumn("{task.fields[rate]:,.0f} chars/s"), TextColumn("ETA {task.fields[eta]}"),
+                console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=total, completed=info["step"], epoch=0.0,
+                                               loss=float("nan"), bpc=float("nan"), rate=0.0, eta="?")
+
+    def on_step(self, info):
+        if self.progress is None:
+            return
+        eta = "?" if info["eta_s"] is None else _fmt_s(info["eta_s"])
+        self.progress.update(self.task, completed=info["step"], epoch=info["epoch"], loss=info["loss_avg"],
+                             bpc=info["bits_per_char"], rate=info["chars_per_s"], eta=eta)
+        self._last = info
+
+    def on_epoch(self, info):
+        val = ""
+        if "val_bits_per_char" in info:
+            val = f"  val {info['val_bits_per_char']:.4f} bits/char{' (best)' if info.get('best') else ''}"
+        label = f"epoch {info['number']}" if info["number"] is not None else "end"
+        last = getattr(self, "_last", None)
+        loss = f"  loss {last['loss_avg']:.4f}  {last['chars_per_s']:,.0f} chars/s" if last else ""
+        self.console.print(f"{label:>9}  step {info['step']:,}{loss}{val}")
+
+    def on_samples(self, info):
+        out = sys.stdout
+        for s in info["samples"]:
+            out.write(f"\n--- epoch {info['epoch']}, temperature {s['temperature']:g}: "
+                      f"\"{s['prime'][-40:]}\" ->\n{s['prime']}{s['text']}\n")
+        out.flush()
+
+    def on_end(self, info):
+        self.close()
+        best = info.get("best_val_nats_per_char")
+        best = f", best val {best / 0.6931471805599453:.4f} bits/char" if best is not None else ""
+        rate = f", {info['char_steps_per_s']:,.0f} chars/s" if info.get("char_steps_per_s") else ""
+        self.console.print(f"finished at step {info['step']:,} ({info['stop']}) in {_fmt_s(info['wall_s'])}"
+                           f"{rate}{best}")
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _fmt_s(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    cfg = config_from_args(args)
+    run_dir = _run_dir(args)
+    console = Console(stderr=True, highlight=False)
+    display = TrainDisplay(console, live=sys.stderr.isatty())
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        if stop.is_set():  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        stop.set()
+        console.print("[yellow]stopping: saving a checkpoint...[/yellow]")
+
+    old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    from textstream.cli import ProgressUI
+
+    ui = ProgressUI()
+    try:
+        from textstream.train import train
+
+        train(cfg, args.sources, run_dir, resume=args.resume, on_event=display, should_stop=stop.is_set,
+              on_progress=ui)
+    finally:
+        ui.close()
+        display.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0

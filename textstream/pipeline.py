@@ -21,7 +21,6 @@ import numpy as np
 
 from textstream.errors import TextstreamError
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -45,7 +44,7 @@ def permute(index: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
     bits += bits & 1
     half = np.uint64(bits // 2)
     mask = np.uint64((1 << (bits // 2)) - 1)
-    keys = [_mix(np.array([key * 4 + r + 1], dtype=np.uint64))[0] for r in range(rounds)]
+    keys = [_mix(np.array([(key * 4 + r + 1) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0] for r in range(rounds)]
 
     def once(v: np.ndarray) -> np.ndarray:
         left, right = v >> half, v & mask

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from textstream.errors import TextstreamError
+from textstream.errors import Interrupted, TextstreamError
 
 PROG = "textstream"
 
@@ -240,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 130
     except TextstreamError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2

@@ -6,3 +6,7 @@ class TextstreamError(Exception):
 
     The CLI prints ``textstream: <message>`` on stderr and exits with status 2.
     """
+
+
+class Interrupted(TextstreamError):
+    """Work stopped on request (SIGINT/SIGTERM) after saving what it had; the CLI exits 130."""

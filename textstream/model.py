@@ -47,8 +47,10 @@ class CharLSTM(tf_keras.Model):
             self.encode = layers.Embedding(vocab_size, embedding, name="embedding")
         else:
             self.encode = OneHot(vocab_size, name="one_hot")
+        # With last_only, the top layer returns only its final output (less work per step).
         self.lstms = [
-            layers.LSTM(units, return_sequences=True, return_state=True, name=f"lstm_{i}")
+            layers.LSTM(units, return_sequences=not (last_only and i == layers_ - 1), return_state=True,
+                        name=f"lstm_{i}")
             for i in range(layers_)
         ]
         self.dropout = float(dropout)
@@ -66,8 +68,6 @@ class CharLSTM(tf_keras.Model):
             if training and self.rng is not None:
                 keep = self.rng.uniform(tf.shape(x)) >= self.dropout
                 x = tf.where(keep, x / (1.0 - self.dropout), tf.zeros_like(x))
-        if self.last_only:
-            x = x[:, -1]
         logits = tf.cast(self.head(x), tf.float32)
         return (logits, new_states) if return_state else logits
 

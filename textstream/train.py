@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from textstream.config import TrainConfig
-from textstream.errors import TextstreamError
+from textstream.errors import Interrupted, TextstreamError
 from textstream.fsutil import atomic_write_text
 from textstream.run import RunLock, RunPaths
 
@@ -30,10 +30,6 @@ CHECKPOINT_EVERY_S = 600.0  # also save "last" this often inside long epochs
 LOG_EVERY_S = 0.25
 
 Event = Callable[[str, dict], None]
-
-
-class Interrupted(TextstreamError):
-    """Training stopped on request (SIGINT/SIGTERM); a checkpoint was saved."""
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int | None) -> float:

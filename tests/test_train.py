@@ -1,0 +1,169 @@
+"""Training: loss falls, exact resume, atomic checkpoints, signals, the lock, clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from textstream.cli import main
+from textstream.config import TrainConfig, make_config
+from textstream.errors import TextstreamError
+from textstream.run import RunLock, RunPaths, load_model
+from textstream.train import train
+
+WORDS = ("the cat sat on a mat while the dog ran after a red ball and the bird sang "
+         "in the old tree by the river as the sun went down over the hill").split()
+
+
+def write_text(path, n_lines=400, seed=0, extra=""):
+    rng = np.random.default_rng(seed)
+    lines = [" ".join(rng.choice(WORDS, 10)) + "." for _ in range(n_lines)]
+    path.write_text("\n".join(lines) + extra + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTSTREAM_CACHE", str(tmp_path / "cache"))
+    return write_text(tmp_path / "corpus.txt")
+
+
+def records(run, kind):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def weights(run, which="last"):
+    return [w.numpy() for w in load_model(run, which)[2].weights]
+
+
+def test_cli_train_writes_a_run_and_loss_falls(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(corpus), "-o", str(run), "--preset", "tiny", "--steps", "60",
+                 "--lr", "0.01", "--no-samples"]) == 0
+    for name in ("config.json", "vocab.json", "data.json", "metrics.jsonl"):
+        assert (run / name).exists(), name
+    assert TrainConfig.load(run / "config.json").units == 16
+    steps = records(run, "train")
+    assert steps[-1]["step"] == 60 and steps[-1]["loss_avg"] < steps[0]["loss"] - 0.3
+    end = records(run, "end")[-1]
+    assert end["step"] == 60 and end["best_val_nats_per_char"] is not None
+    assert list((run / "tb").iterdir())  # TensorBoard event file
+    load_model(run, "best")
+    load_model(run, "last")
+
+
+def test_samples_after_each_epoch(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    events = []
+    cfg = make_config("tiny", epochs=2, seq_len=32, batch_size=64, sample_chars=30)
+    train(cfg, [corpus], run, on_event=lambda k, i: events.append((k, i)))
+    samples = [i for k, i in events if k == "samples"]
+    assert [s["epoch"] for s in samples] == [1, 2]
+    assert [s["temperature"] for s in samples[0]["samples"]] == [0.2, 0.5, 1.0, 1.2]
+    assert all(len(s["text"]) == 30 for s in samples[0]["samples"])
+    assert len([k for k, _ in events if k == "epoch"]) == 2
+
+
+@pytest.mark.parametrize("objective,dropout", [("sequence", 0.0), ("sequence", 0.3), ("next", 0.0)])
+def test_resume_is_exact(corpus, tmp_path, objective, dropout):
+    cfg = dict(objective=objective, dropout=dropout, layers=2, samples=False)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(make_config("tiny", steps=24, **cfg), [corpus], straight)
+    train(make_config("tiny", steps=12, **cfg), [corpus], split)
+    resumed = TrainConfig.load(split / "config.json")
+    resumed.steps = 24
+    train(resumed, [], split, resume=True)
+    for a, b in zip(weights(straight), weights(split)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_crash_during_checkpoint_write_keeps_the_previous_one(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(make_config("tiny", steps=10, samples=False), [corpus], run)
+    before = weights(run)
+    last = RunPaths(run).checkpoints("last")
+    # what a kill -9 in the middle of writing checkpoint 20 leaves behind: partial files, old state file
+    data = next(last.glob("ckpt-10.data-*"))
+    (last / "ckpt-20.data-00000-of-00001").write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    (last / "ckpt-20.index").write_bytes(b"\x00garbage")
+    for a, b in zip(before, weights(run)):
+        np.testing.assert_array_equal(a, b)
+    cfg = TrainConfig.load(run / "config.json")
+    cfg.steps = 12
+    assert train(cfg, [], run, resume=True)["step"] == 12
+
+
+def test_sigint_saves_a_checkpoint_and_says_how_to_resume(corpus, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "TEXTSTREAM_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "textstream", "train", str(corpus), "-o", str(run),
+                             "--preset", "tiny", "--steps", "1000000", "--no-samples"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and records(run, "train")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "--resume" in err and "stopped at step" in err
+    step = int(err.split("stopped at step ")[1].split(";")[0])
+    assert RunPaths(run).checkpoints("last").joinpath(f"ckpt-{step}.index").exists()
+
+
+def test_second_train_into_a_run_in_use_is_refused(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    with RunLock(RunPaths(run)):
+        assert main(["train", str(corpus), "-o", str(run), "--preset", "tiny", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another textstream process" in err and err.count("\n") == 1
+
+
+def test_existing_run_needs_resume(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(make_config("tiny", steps=2, samples=False), [corpus], run)
+    assert main(["train", str(corpus), "-o", str(run), "--preset", "tiny", "--steps", "4"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_resume_with_a_changed_vocabulary_is_refused(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(make_config("tiny", steps=2, samples=False), [corpus], run)
+    other = write_text(tmp_path / "other.txt", extra=" Zebra! Quokka?")
+    assert main(["train", str(other), "-o", str(run), "--resume", "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "vocabulary differs" in err and "'Z'" in err
+
+
+def test_resume_refuses_to_change_the_model(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(make_config("tiny", steps=2, samples=False), [corpus], run)
+    assert main(["train", "-o", str(run), "--resume", "--units", "64"]) == 2
+    assert "cannot change: --units" in capsys.readouterr().err
+
+
+def test_resume_without_a_run(tmp_path, capsys):
+    assert main(["train", "-o", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_diverging_loss_stops_with_an_error_and_keeps_the_last_checkpoint(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(make_config("tiny", steps=3, samples=False), [corpus], run)
+    good = weights(run)
+    cfg = TrainConfig.load(run / "config.json")
+    cfg.steps, cfg.lr, cfg.clipnorm = 400, 1e30, 0.0
+    with pytest.raises(TextstreamError, match="loss became"):
+        train(cfg, [], run, resume=True)
+    for a, b in zip(good, weights(run)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_time_budget_stops_the_run(corpus, tmp_path):
+    summary = train(make_config("tiny", time_budget=0.05, samples=False), [corpus], tmp_path / "run")
+    assert summary["stop"] == "time budget" and summary["step"] > 0

@@ -12,8 +12,10 @@ at step N and resuming gives the same weights as never stopping.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -87,13 +89,22 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
 
     With ``resume``, ``cfg`` must be the run's saved config (its length fields
     may be raised to train longer); see ``config.TrainConfig.load``.
+    ``strategy``: a ``tf.distribute.Strategy`` or a name from ``distribute.STRATEGIES``.
+    Under multi-worker training only the chief writes ``run_dir`` and emits events.
     """
-    emit = on_event or (lambda kind, info: None)
+    from textstream.distribute import is_chief, make_strategy
+
+    if strategy is None or isinstance(strategy, str):
+        strategy = make_strategy(strategy or "auto")  # before any other TensorFlow work
+    chief = is_chief(strategy)
+    emit = (on_event or (lambda kind, info: None)) if chief else (lambda kind, info: None)
     paths = RunPaths(Path(run_dir))
     if paths.root.exists() and not paths.root.is_dir():
         raise TextstreamError(f"{paths.root}: exists and is not a directory")
-    with RunLock(paths):
-        _check_run_dir(paths, resume)
+    lock = RunLock(paths) if chief else contextlib.nullcontext()
+    with lock:
+        if chief:
+            _check_run_dir(paths, resume)
         prep = _prepare(cfg, sources, paths, resume, on_progress)
         emit("prepared", {"dir": str(prep.dir), "vocab_size": prep.vocab.size, "train_chars": prep.train_chars,
                           "val_chars": prep.val_chars, "cached": prep.cached})
@@ -106,21 +117,26 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
                 raise TextstreamError(
                     f"{paths.root}: cannot resume: the sources' vocabulary differs from the run's "
                     f"({len(new)} character(s) differ: {' '.join(map(repr, new[:10]))})")
-        else:
+        elif chief:
             atomic_write_text(paths.config, json.dumps(cfg.to_dict(), indent=1) + "\n")
             prep.vocab.save(paths.vocab)
-        atomic_write_text(paths.data, json.dumps({"dir": str(prep.dir), "sources": [str(s) for s in sources]},
-                                                 indent=1) + "\n")
-        return _Trainer(cfg, prep, paths, emit, should_stop or (lambda: False), strategy).run()
+        if chief:
+            atomic_write_text(paths.data, json.dumps({"dir": str(prep.dir), "sources": [str(s) for s in sources]},
+                                                     indent=1) + "\n")
+            return _Trainer(cfg, prep, paths, paths, emit, should_stop or (lambda: False), strategy).run()
+        with tempfile.TemporaryDirectory(prefix="textstream-worker-") as scratch:
+            return _Trainer(cfg, prep, paths, RunPaths(Path(scratch)), emit, should_stop or (lambda: False),
+                            strategy).run()
 
 
 class _Trainer:
-    def __init__(self, cfg, prep, paths: RunPaths, emit: Event, should_stop, strategy):
+    def __init__(self, cfg, prep, paths: RunPaths, out: RunPaths, emit: Event, should_stop, strategy):
         from textstream._tf import tf, tf_keras
         from textstream.model import build_model
         from textstream.pipeline import TokenFile, Windows
 
         self.cfg, self.prep, self.paths, self.emit, self.should_stop = cfg, prep, paths, emit, should_stop
+        self.chief = out == paths  # others write checkpoints to a scratch directory, and no logs
         self.tf = tf
         self.strategy = strategy or tf.distribute.get_strategy()
         self.vocab = prep.vocab
@@ -137,29 +153,31 @@ class _Trainer:
             self.planned = tf.Variable(0, dtype=tf.int64, trainable=False, name="planned_steps")
         self.ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
                                         best_val_nats=self.best, planned_steps=self.planned)
-        self.last = tf.train.CheckpointManager(self.ckpt, str(paths.checkpoints("last")), max_to_keep=1)
-        self.best_mgr = tf.train.CheckpointManager(self.ckpt, str(paths.checkpoints("best")), max_to_keep=1)
-        self.writer = tf.summary.create_file_writer(str(paths.tensorboard))
+        self.last = tf.train.CheckpointManager(self.ckpt, str(out.checkpoints("last")), max_to_keep=1)
+        self.best_mgr = tf.train.CheckpointManager(self.ckpt, str(out.checkpoints("best")), max_to_keep=1)
+        self.writer = tf.summary.create_file_writer(str(paths.tensorboard)) if self.chief else None
 
     # --- pieces -----------------------------------------------------------------------------
     def _train_step_fn(self):
         tf, model, opt, strategy = self.tf, self.model, self.optimizer, self.strategy
         targets_per_step = float(self.cfg.batch_size * (1 if self.cfg.objective == "next" else self.cfg.seq_len))
 
-        def replica_step(x, y):
+        def replica_step(x, y, stop):
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
                 nats = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
                 loss = tf.reduce_sum(nats) / targets_per_step
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
+            return loss, tf.identity(stop)
 
         @tf.function
-        def train_step(iterator):
+        def train_step(iterator, stop):
+            """One step; ``stop`` (0 or 1) is summed over replicas so every worker stops at the same step."""
             x, y = next(iterator)
-            loss = strategy.run(replica_step, args=(x, y))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            loss, stop = strategy.run(replica_step, args=(x, y, stop))
+            return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None))
 
         return train_step
 
@@ -204,12 +222,23 @@ class _Trainer:
         return [{"temperature": t, "prime": prime, "text": s} for t, s in zip(temps, texts)]
 
     def log(self, record: dict) -> None:
+        if not self.chief:
+            return
         with open(self.paths.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         with self.writer.as_default(step=record["step"]):
             for k, v in record.items():
                 if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tf.summary.scalar(f"{record['kind']}/{k}", v)
+
+    def weights_digest(self) -> str:
+        """sha256 of the model's weights: equal on every worker whose replicas stayed in sync."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for w in self.model.weights:
+            h.update(np.ascontiguousarray(w.numpy()).tobytes())
+        return h.hexdigest()
 
     def save(self, why: str) -> None:
         path = self.last.save(checkpoint_number=int(self.step.numpy()))
@@ -251,18 +280,15 @@ class _Trainer:
         train_time, timed_steps, loss_ema, loss = 0.0, 0, None, float("nan")
         epoch = int(self.windows.epoch_of(step, cfg.batch_size))
         stop_reason = "done"
+        interrupted = False
         while step < horizon:
-            if deadline is not None and time.monotonic() >= deadline:
-                stop_reason = "time budget"
-                break
-            if self.should_stop():
-                self.save("interrupted")
-                raise Interrupted(f"stopped at step {step}; checkpoint saved in {self.paths.checkpoints('last')}. "
-                                  f"Resume with: textstream train --resume -o {self.paths.root}")
+            interrupted = self.should_stop()
+            out_of_time = deadline is not None and time.monotonic() >= deadline
             lr = lr_at(cfg, step, total or (int(self.planned.numpy()) or None))
             self.optimizer.learning_rate.assign(lr)
             t0 = time.monotonic()
-            loss = float(train_step(iterator))
+            loss, agreed_stop = train_step(iterator, tf.constant(float(interrupted or out_of_time)))
+            loss = float(loss)
             dt = time.monotonic() - t0
             if not math.isfinite(loss):
                 raise TextstreamError(f"loss became {loss} at step {step + 1}; training stopped. The last good "
@@ -296,6 +322,14 @@ class _Trainer:
             elif time.monotonic() - last_ckpt >= CHECKPOINT_EVERY_S:
                 self.save("periodic")
                 last_ckpt = time.monotonic()
+            if float(agreed_stop):
+                if interrupted or not out_of_time:
+                    self.save("interrupted")
+                    raise Interrupted(f"stopped at step {step}; checkpoint saved in "
+                                      f"{self.paths.checkpoints('last')}. Resume with: "
+                                      f"textstream train --resume -o {self.paths.root}")
+                stop_reason = "time budget"
+                break
         if step > start and self.saved_step != step:
             self.end_of_epoch(None, step)  # final validation + checkpoint for a run that stopped mid-epoch
         wall = time.monotonic() - t_begin
@@ -305,9 +339,11 @@ class _Trainer:
                    "char_steps_per_s": rate,
                    "windows_per_s": rate / cfg.seq_len if rate else None,
                    "train_chars_seen": step * cfg.batch_size * (1 if cfg.objective == "next" else cfg.seq_len),
-                   "best_val_nats_per_char": None if math.isinf(self.best.numpy()) else float(self.best.numpy())}
+                   "best_val_nats_per_char": None if math.isinf(self.best.numpy()) else float(self.best.numpy()),
+                   "weights_sha256": self.weights_digest()}
         self.log(summary)
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
         self.emit("end", summary)
         return summary
 
@@ -326,5 +362,5 @@ class _Trainer:
             self.best_mgr.save(checkpoint_number=step)
             record["best"] = True
         self.emit("epoch", {**record, "number": epoch})
-        if cfg.samples and epoch is not None and epoch % cfg.sample_every == 0:
+        if self.chief and cfg.samples and epoch is not None and epoch % cfg.sample_every == 0:
             self.emit("samples", {"epoch": epoch, "step": step, "samples": self.samples(epoch)})

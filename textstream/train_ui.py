@@ -156,7 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
         from textstream.train import train
 
         train(cfg, args.sources, run_dir, resume=args.resume, on_event=display, should_stop=stop.is_set,
-              on_progress=ui)
+              on_progress=ui, strategy=args.strategy)
     finally:
         ui.close()
         display.close()

@@ -34,13 +34,17 @@ LOG_EVERY_S = 0.25
 Event = Callable[[str, dict], None]
 
 
-def lr_at(cfg: TrainConfig, step: int, total: int | None) -> float:
-    """Learning rate for ``step`` (0-based): linear warm-up, then constant or cosine to ``lr * min_lr_ratio``."""
+def lr_at(cfg: TrainConfig, step: int, total: int | None, progress: float | None = None) -> float:
+    """Learning rate for ``step`` (0-based): linear warm-up, then constant or cosine to ``lr * min_lr_ratio``.
+
+    The cosine runs over the planned ``total`` steps, or, for a run with a time
+    budget, over ``progress`` (the fraction of the budget spent).
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "cosine" and total:
-        span = max(1, total - cfg.warmup_steps)
-        t = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == "cosine" and (total or progress is not None):
+        t = progress if progress is not None else (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        t = min(1.0, max(0.0, t))
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
     return cfg.lr
 
@@ -150,9 +154,8 @@ class _Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_val_nats")
-            self.planned = tf.Variable(0, dtype=tf.int64, trainable=False, name="planned_steps")
         self.ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
-                                        best_val_nats=self.best, planned_steps=self.planned)
+                                        best_val_nats=self.best)
         self.last = tf.train.CheckpointManager(self.ckpt, str(out.checkpoints("last")), max_to_keep=1)
         self.best_mgr = tf.train.CheckpointManager(self.ckpt, str(out.checkpoints("best")), max_to_keep=1)
         self.writer = tf.summary.create_file_writer(str(paths.tensorboard)) if self.chief else None
@@ -260,10 +263,6 @@ class _Trainer:
         else:
             total = self.windows.steps_for_epochs(cfg.epochs or 1, cfg.batch_size)
         deadline = time.monotonic() + cfg.time_budget * 60 if cfg.time_budget else None
-        if total is not None:
-            self.planned.assign(total)
-        elif int(self.planned.numpy()) == 0:
-            self.planned.assign(0)
         if total is not None and start >= total:
             raise TextstreamError(f"{self.paths.root}: the run already reached step {start} of {total}; "
                                   f"pass a larger --steps or --epochs to train longer")
@@ -284,7 +283,8 @@ class _Trainer:
         while step < horizon:
             interrupted = self.should_stop()
             out_of_time = deadline is not None and time.monotonic() >= deadline
-            lr = lr_at(cfg, step, total or (int(self.planned.numpy()) or None))
+            progress = None if deadline is None else 1.0 - (deadline - time.monotonic()) / (cfg.time_budget * 60)
+            lr = lr_at(cfg, step, total, progress)
             self.optimizer.learning_rate.assign(lr)
             t0 = time.monotonic()
             loss, agreed_stop = train_step(iterator, tf.constant(float(interrupted or out_of_time)))

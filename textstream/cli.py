@@ -21,7 +21,7 @@ PROG = "textstream"
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class ProgressUI:

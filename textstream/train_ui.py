@@ -138,7 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     run_dir = _run_dir(args)
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     display = TrainDisplay(console, live=sys.stderr.isatty())
     stop = threading.Event()
 

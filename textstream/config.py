@@ -27,7 +27,7 @@ class TrainConfig:
 
     preset: str = "default"
     # model
-    layers: int = 2
+    layers: int = 1
     units: int = 256
     dropout: float = 0.0
     embedding: int = 0  # 0: one-hot input (the original); N: a learned N-wide embedding
@@ -40,9 +40,9 @@ class TrainConfig:
     max_vocab: int | None = None
     errors: str = "strict"
     # optimisation
-    batch_size: int = 64
+    batch_size: int = 32
     optimizer: str = "adam"
-    lr: float = 2e-3
+    lr: float = 4e-3
     clipnorm: float = 1.0  # 0 disables clipping
     warmup_steps: int = 0
     schedule: str = "constant"  # "cosine": decay to lr * min_lr_ratio over the run's planned steps
@@ -118,7 +118,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         objective="next", optimizer="rmsprop", lr=0.01, clipnorm=0.0, batch_size=1024,
         warmup_steps=0, schedule="constant", epochs=60,
     ),
-    # Chosen by measurement: see README "Model quality".
+    # The dataclass defaults, chosen by measurement (README "Model quality"): on this
+    # 2-core CPU a 1x256 LSTM at batch 32 and a constant Adam lr 4e-3 reached the
+    # lowest held-out loss after 3 minutes among the configurations tried.
     "default": dict(),
     # For tests and smoke runs: seconds on a CPU.
     "tiny": dict(layers=1, units=16, seq_len=16, batch_size=8, epochs=1, sample_chars=40),

@@ -82,7 +82,9 @@ def _compiled():
     def run(w, h, c, feed, feed_len, n_feed, seeds, positions, temperature, k, top_k, top_p):
         """Feed ``feed[:n_feed]`` (P, B) (stream b only its first ``feed_len[b]``), then generate ``k``."""
         n = len(w["rec"])
-        vocab = w["head_bias"].shape[0]
+        # dynamic: with reduce_retracing the traced signature may leave the vocabulary size unknown
+        # (XLA still compiles each concrete shape)
+        vocab = tf.shape(w["head_bias"])[0]
         hs, cs = list(tf.unstack(h, num=n)), list(tf.unstack(c, num=n))
 
         def feed_body(t, hs, cs):

@@ -251,7 +251,9 @@ class _Trainer:
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
         tf, cfg = self.tf, self.cfg
-        restored = self.last.latest_checkpoint
+        # every worker resumes from the run directory's checkpoint (the chief's; on several
+        # machines RUN_DIR must be on a shared file system, or be copied, for --resume)
+        restored = tf.train.latest_checkpoint(str(self.paths.checkpoints("last")))
         if restored:
             self.ckpt.restore(restored).assert_existing_objects_matched()
         start = self.saved_step = int(self.step.numpy())

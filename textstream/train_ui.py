@@ -55,8 +55,9 @@ def _run_dir(args) -> Path:
 class TrainDisplay:
     """Renders ``train``'s events: a live rich line on a terminal, plain lines otherwise."""
 
-    def __init__(self, console, live: bool):
+    def __init__(self, console, live: bool, before_start=None):
         self.console, self.live = console, live
+        self.before_start = before_start  # closes the preparation progress bars
         self.progress = None
         self.task = None
 
@@ -64,6 +65,8 @@ class TrainDisplay:
         getattr(self, f"on_{kind}", lambda info: None)(info)
 
     def on_prepared(self, info):
+        if self.before_start is not None:
+            self.before_start()
         how = "cached" if info["cached"] else "prepared"
         self.console.print(f"[dim]corpus {how}: {info['train_chars']:,} train + {info['val_chars']:,} val "
                            f"characters, {info['vocab_size']} symbols ({info['dir']})[/dim]")
@@ -110,8 +113,9 @@ class TrainDisplay:
     def on_samples(self, info):
         out = sys.stdout
         for s in info["samples"]:
-            out.write(f"\n--- epoch {info['epoch']}, temperature {s['temperature']:g}: "
-                      f"\"{s['prime'][-40:]}\" ->\n{s['prime']}{s['text']}\n")
+            shown = s["prime"][-40:].replace("\n", "\\n")
+            out.write(f"\n--- epoch {info['epoch']}, temperature {s['temperature']:g}, "
+                      f"after \"...{shown}\":\n{s['prime']}{s['text']}\n")
         out.flush()
 
     def on_end(self, info):
@@ -139,7 +143,6 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     run_dir = _run_dir(args)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    display = TrainDisplay(console, live=sys.stderr.isatty())
     stop = threading.Event()
 
     def request_stop(signum, frame):
@@ -152,6 +155,7 @@ def run_train(args: argparse.Namespace) -> int:
     from textstream.cli import ProgressUI
 
     ui = ProgressUI()
+    display = TrainDisplay(console, live=sys.stderr.isatty(), before_start=ui.close)
     try:
         from textstream.train import train
 

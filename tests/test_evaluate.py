@@ -8,7 +8,6 @@ import pytest
 from textstream.cli import main
 from textstream.config import make_config
 from textstream.evaluate import IdStream, evaluate, score
-from textstream.run import load_model
 from textstream.train import train
 
 from test_train import write_text

@@ -123,7 +123,11 @@ def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpo
         from textstream.run import RunPaths
         from textstream.tokens import load_prepared
 
-        prep = load_prepared(_data_dir(RunPaths(Path(run_dir))))
+        paths = RunPaths(Path(run_dir))
+        prepared = paths.prepared_dir()
+        if prepared is None:
+            raise TextstreamError(f"{paths.root}: no data.json: cannot find the run's prepared corpus")
+        prep = load_prepared(prepared)
         val = TokenFile(prep.val_path, vocab.dtype)
         if len(val) == 0:
             raise TextstreamError(f"{run_dir}: the run has no validation split (trained with --val-fraction 0); "
@@ -136,12 +140,3 @@ def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpo
         raise TextstreamError("nothing to evaluate: the text is too short")
     return {"nats_per_char": nats / chars, "bits_per_char": nats / chars / math.log(2), "chars": chars,
             "checkpoint": checkpoint}
-
-
-def _data_dir(paths) -> Path:
-    import json
-
-    try:
-        return Path(json.loads(paths.data.read_text(encoding="utf-8"))["dir"])
-    except (FileNotFoundError, KeyError, ValueError):
-        raise TextstreamError(f"{paths.root}: no data.json: cannot find the run's prepared corpus") from None

@@ -351,7 +351,7 @@ class Generator:
 
         cfg, vocab, model = load_model(run_dir, checkpoint)
         paths = RunPaths(Path(run_dir))
-        gen = cls(StepModel.from_model(model), vocab, cfg, paths.root, _data_dir(paths))
+        gen = cls(StepModel.from_model(model), vocab, cfg, paths.root, paths.prepared_dir())
         if warm:
             gen.warm(int(warm))
         return gen
@@ -607,16 +607,6 @@ def _stops(stop: str | Sequence[str] | None) -> list[str]:
     if any(not s for s in stops):
         raise TextstreamError("stop strings must not be empty")
     return stops
-
-
-def _data_dir(paths) -> Path | None:
-    """The prepared corpus directory recorded in ``RUN/data.json``, if any."""
-    import json
-
-    try:
-        return Path(json.loads(paths.data.read_text(encoding="utf-8"))["dir"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
 
 
 def _line_at(val: np.ndarray, pos: int, vocab) -> np.ndarray:

@@ -81,12 +81,6 @@ class _Out:
             self.stream.flush()
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
 def run_generate(args: argparse.Namespace) -> int:
     """The handler of ``textstream generate``; returns the exit status."""
     from textstream.run import existing_run
@@ -118,6 +112,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from textstream.generate import Generator, _random_seed
 
     status = sys.stderr.isatty()
+    from textstream.cli import _console
+
     console = _console() if status else None
     seed = args.seed if args.seed is not None else _random_seed()
     batch = 1 if args.follow else len(temps) * streams

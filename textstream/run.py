@@ -50,6 +50,15 @@ class RunPaths:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    def prepared_dir(self) -> Path | None:
+        """The prepared corpus directory recorded in ``data.json``, or None when there is none."""
+        import json
+
+        try:
+            return Path(json.loads(self.data.read_text(encoding="utf-8"))["dir"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+
     def checkpoints(self, which: str) -> Path:
         return self.root / "checkpoints" / which
 

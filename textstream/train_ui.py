@@ -81,7 +81,7 @@ class TrainDisplay:
             f"batch {c['batch_size']}, {c['optimizer']} lr {c['lr']:g}; {what} "
             f"({info['steps_per_epoch']:.1f} steps/epoch), from step {info['step']:,}")
         if self.live:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn
 
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]:>6.2f}"), BarColumn(),
@@ -138,11 +138,11 @@ def _fmt_s(s: float) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from textstream.cli import ProgressUI, _console
 
     cfg = config_from_args(args)
     run_dir = _run_dir(args)
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = _console()
     stop = threading.Event()
 
     def request_stop(signum, frame):
@@ -152,8 +152,6 @@ def run_train(args: argparse.Namespace) -> int:
         console.print("[yellow]stopping: saving a checkpoint...[/yellow]")
 
     old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    from textstream.cli import ProgressUI
-
     ui = ProgressUI()
     display = TrainDisplay(console, live=sys.stderr.isatty(), before_start=ui.close)
     try:

@@ -62,3 +62,32 @@ def test_two_workers_stay_in_sync_and_resume(tmp_path):
     assert len(text) == 20
     report = run_workers(tmp_path, corpus, run, 30, resume=True)
     assert report["steps"] == [30, 30] and report["weights_equal"]
+
+
+CARRY = """
+import sys
+import numpy as np
+from textstream._tf import tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from textstream.config import make_config
+from textstream.distribute import make_strategy
+from textstream.run import load_model
+from textstream.train import train
+cfg = dict(steps=12, layers=2, carry_state=True, lr=0.01, samples=False)
+train(make_config("tiny", **cfg), [sys.argv[1]], sys.argv[2] + "/one", strategy=make_strategy("one"))
+train(make_config("tiny", **cfg), [sys.argv[1]], sys.argv[2] + "/two", strategy=make_strategy("mirrored"))
+a, b = (load_model(sys.argv[2] + d, "last")[2].weights for d in ("/one", "/two"))
+print(max(float(np.abs(x.numpy() - y.numpy()).max()) for x, y in zip(a, b)))
+"""
+
+
+@pytest.mark.slow
+def test_carried_state_under_mirrored_strategy_matches_one_device(tmp_path):
+    """Each replica carries its own rows' state: two replicas train the same weights as one device."""
+    corpus = write_text(tmp_path / "corpus.txt")
+    env = {**os.environ, "TEXTSTREAM_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", CARRY, str(corpus), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-4

@@ -7,7 +7,7 @@ import pytest
 
 from textstream.cli import main
 from textstream.config import make_config
-from textstream.evaluate import IdStream, evaluate, score
+from textstream.evaluate import IdStream, evaluate, score, strips
 from textstream.train import train
 
 from test_train import write_text
@@ -24,21 +24,32 @@ def log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def hand_nats(model, objective, seq_len, ctx, body):
+def hand_nats(model, objective, seq_len, ctx, body, rows=1, burn_in=0):
     """One model call per target character, with exactly the context the docs promise."""
     stream = np.concatenate([ctx, body]).astype(np.int32)
+    first = max(len(ctx), 1)
     total, n = 0.0, 0
-    for t in range(max(len(ctx), 1), len(stream)):
-        if objective == "sequence":
-            k = (t - max(len(ctx), 1)) % seq_len  # position of t inside its window
-            x = stream[t - 1 - k:t]
-            logits = model(x[None]).numpy()[0, -1]
-        else:
-            x = stream[max(0, t - seq_len):t]
-            logits = model(x[None]).numpy()[0]
+    if objective == "sequence":  # all the text since the start of the target's strip
+        for start, a, b in strips(first, len(stream), rows, burn_in):
+            for t in range(a, b):
+                logits = model(stream[start:t][None]).numpy()[0, -1]
+                total -= log_softmax(logits)[stream[t]]
+                n += 1
+        return total, n
+    for t in range(first, len(stream)):
+        x = stream[max(0, t - seq_len):t]
+        logits = model(x[None]).numpy()[0]
         total -= log_softmax(logits)[stream[t]]
         n += 1
     return total, n
+
+
+def test_strips_cover_the_text_once_with_burn_in():
+    plan = strips(7, 100, 4, 10)
+    assert [a for _, a, _ in plan][0] == 7 and plan[-1][2] == 100
+    assert all(b == a2 for (_, _, b), (_, a2, _) in zip(plan, plan[1:]))
+    assert all(s == max(0, a - 11) for s, a, _ in plan)
+    assert strips(5, 5, 4, 10) == [] and len(strips(1, 3, 8, 0)) == 2
 
 
 @pytest.mark.parametrize("objective", ["sequence", "next"])
@@ -47,12 +58,14 @@ def test_score_equals_a_hand_computation(objective):
         make_config("tiny", objective=objective, seq_len=5, layers=2), 9)
     rng = np.random.default_rng(0)
     ctx, body = rng.integers(0, 9, 5), rng.integers(0, 9, 23)
-    got = score(model, objective, 5, IdStream(body, ctx), batch_size=2)
-    want = hand_nats(model, objective, 5, ctx, body)
+    # 3 rows of 8 targets: state carried across windows of 5, 4 characters of burn-in
+    got = score(model, objective, 5, IdStream(body, ctx), batch_size=3, burn_in=4)
+    want = hand_nats(model, objective, 5, ctx, body, rows=3, burn_in=4)
     assert got[1] == want[1] == 23
     assert got[0] == pytest.approx(want[0], rel=1e-5)
-    no_ctx = score(model, objective, 5, IdStream(body), batch_size=3)
-    assert no_ctx[1] == 22 and no_ctx[0] == pytest.approx(hand_nats(model, objective, 5, body[:0], body)[0], rel=1e-5)
+    no_ctx = score(model, objective, 5, IdStream(body), batch_size=2, burn_in=0)
+    want = hand_nats(model, objective, 5, body[:0], body, rows=2, burn_in=0)
+    assert no_ctx[1] == want[1] == 22 and no_ctx[0] == pytest.approx(want[0], rel=1e-5)
 
 
 def test_eval_covers_the_validation_split(corpus, tmp_path, capsys):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from textstream.errors import TextstreamError
-from textstream.pipeline import TokenFile, Windows, dataset, permute
+from textstream.pipeline import Strips, TokenFile, Windows, dataset, permute
 
 
 @pytest.fixture
@@ -118,3 +118,48 @@ def test_truncated_token_file_is_reported(tmp_path):
     path.write_bytes(b"\x00" * 7)
     with pytest.raises(TextstreamError, match="not a multiple"):
         TokenFile(path, np.uint16)
+
+
+@pytest.fixture
+def positions(tmp_path):
+    """A token file whose id at position i is i: a window names its own offset."""
+    ids = np.arange(5003, dtype="<u2")
+    ids.tofile(tmp_path / "pos.bin")
+    return TokenFile(tmp_path / "pos.bin", np.uint16), ids
+
+
+def test_strips_carry_each_row_through_consecutive_windows(positions):
+    tokens, ids = positions
+    s = Strips(tokens, seq_len=10, batch_size=4, seed=3)
+    assert s.strip == 5003 // 4 and s.steps_per_epoch == (s.strip - 10) // 10 and s.count == 4 * s.steps_per_epoch
+    k = s.steps_per_epoch
+    for epoch in (0, 1):
+        first = [s.batch(epoch * k, 4)]
+        x0, _, reset0 = first[0]
+        assert reset0.tolist() == [1.0] * 4
+        starts = x0[:, 0].tolist()  # every row starts inside a different strip, at the epoch's phase
+        assert sorted((a - s.phase(epoch)) // s.strip for a in starts) == [0, 1, 2, 3]
+        for step in range(epoch * k, (epoch + 1) * k):
+            x, y, reset = s.batch(step, 4)
+            j = step - epoch * k
+            assert reset.tolist() == [1.0 if j == 0 else 0.0] * 4
+            for row, a in enumerate(starts):  # the window right after the row's previous one
+                assert np.array_equal(x[row], ids[a + 10 * j:a + 10 * j + 10])
+                assert np.array_equal(y[row], ids[a + 10 * j + 1:a + 10 * j + 11])
+    assert s.epoch_of(k, 4) == 1.0 and s.steps_for_epochs(2, 4) == 2 * k
+
+
+def test_strips_shards_and_dataset(token_file):
+    tokens, _ = token_file
+    s = Strips(tokens, seq_len=10, batch_size=4, seed=3)
+    x, y, r = s.batch(7, 4)
+    parts = [s.batch(7, 4, shard, 2) for shard in range(2)]
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), x)
+    got = list(dataset(s, 4, 6, 8).as_numpy_iterator())
+    assert len(got) == 2 and np.array_equal(got[1][0], x) and np.array_equal(got[1][2], r)
+
+
+def test_strips_too_short(token_file):
+    tokens, _ = token_file
+    with pytest.raises(TextstreamError, match="too short to carry state.*--no-carry-state"):
+        Strips(tokens, seq_len=100, batch_size=32)

@@ -69,9 +69,10 @@ def test_samples_after_each_epoch(corpus, tmp_path, capsys):
     assert len([k for k, _ in events if k == "epoch"]) == 2
 
 
-@pytest.mark.parametrize("objective,dropout", [("sequence", 0.0), ("sequence", 0.3), ("next", 0.0)])
-def test_resume_is_exact(corpus, tmp_path, objective, dropout):
-    cfg = dict(objective=objective, dropout=dropout, layers=2, samples=False)
+@pytest.mark.parametrize("objective,dropout,carry", [("sequence", 0.0, False), ("sequence", 0.3, False),
+                                                     ("next", 0.0, False), ("sequence", 0.3, True)])
+def test_resume_is_exact(corpus, tmp_path, objective, dropout, carry):
+    cfg = dict(objective=objective, dropout=dropout, layers=2, samples=False, carry_state=carry)
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(make_config("tiny", steps=24, **cfg), [corpus], straight)
     train(make_config("tiny", steps=12, **cfg), [corpus], split)
@@ -80,6 +81,29 @@ def test_resume_is_exact(corpus, tmp_path, objective, dropout):
     train(resumed, [], split, resume=True)
     for a, b in zip(weights(straight), weights(split)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_carried_state_is_the_state_after_the_rows_text(corpus, tmp_path):
+    """With (practically) frozen weights, the state carried after 5 steps is the LSTM's state after
+    reading each row's 5 consecutive windows in one go, from a zero state."""
+    import tensorflow as tf
+
+    from textstream.pipeline import Strips, TokenFile
+    from textstream.tokens import load_prepared
+
+    run = tmp_path / "run"
+    cfg = make_config("tiny", steps=5, layers=2, carry_state=True, optimizer="sgd", lr=1e-30, samples=False)
+    train(cfg, [corpus], run)
+    prep = load_prepared(RunPaths(run).prepared_dir())
+    strips = Strips(TokenFile(prep.train_path, prep.vocab.dtype), cfg.seq_len, cfg.batch_size, cfg.seed)
+    text = np.concatenate([strips.batch(k, cfg.batch_size)[0] for k in range(5)], axis=1)
+    assert text.shape == (cfg.batch_size, 5 * cfg.seq_len)
+    _, _, model = load_model(run, "last")
+    _, states = model(text, return_state=True)
+    want = np.stack([np.stack([h.numpy(), c.numpy()]) for h, c in states])
+    ckpt = tf.train.latest_checkpoint(str(RunPaths(run).checkpoints("last")))
+    carried = tf.train.load_checkpoint(ckpt).get_tensor("carried_state/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_allclose(carried, want, atol=1e-5)
 
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(corpus, tmp_path):

@@ -117,12 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step", type=_positive_int, help="window stride for --objective next")
     g.add_argument("--objective", choices=("sequence", "next"))
     g.add_argument("--batch-size", type=_positive_int)
+    g.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
+                   help="carry the LSTM state from each window to the next one of its strip "
+                        "(truncated backpropagation through time; sequence objective)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"))
     g.add_argument("--lr", type=float)
     g.add_argument("--clipnorm", type=float, help="clip gradients to this global norm (0: off)")
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--schedule", choices=("constant", "cosine"))
+    g.add_argument("--min-lr-ratio", type=float, metavar="R", help="cosine: decay to lr * R")
     g = p.add_argument_group("length (one of)").add_mutually_exclusive_group()
     g.add_argument("--epochs", type=_positive_int)
     g.add_argument("--steps", type=_positive_int)

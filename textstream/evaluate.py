@@ -1,12 +1,17 @@
 """Held-out loss: nats and bits per character over every character of a text.
 
-Each character is predicted from as much preceding context as the training
-objective uses: ``sequence`` models see the text cut into consecutive windows
-of ``seq_len`` (the k-th target of a window sees k+1 characters, as in
-training); ``next`` models predict every character from the ``seq_len``
-characters before it. The text's first character is predicted from the
-context before it (the end of the training split) when there is one, and is
-otherwise left out of the count.
+Each character is predicted the way the model generates:
+
+- ``sequence`` models carry their LSTM state forward through the text, so a
+  character is predicted from all the text before it. To score in parallel,
+  the text is cut into ``rows`` strips, one per batch row; each strip starts
+  ``burn_in`` characters early (those are read, not scored), so every
+  character has at least that much context, or all of it near the start.
+- ``next`` models (the original objective) predict every character from the
+  ``seq_len`` characters before it (fewer at the very start).
+
+The text's first character is predicted from the context before it (the end
+of the training split) when there is one, and is otherwise left out.
 """
 from __future__ import annotations
 
@@ -41,27 +46,75 @@ class IdStream:
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
+def strips(first: int, last: int, rows: int, burn_in: int) -> list[tuple[int, int, int]]:
+    """``(start, a, b)`` per row: the row reads ids from ``start`` and scores targets ``[a, b)``.
+
+    The ``[a, b)`` cover ``[first, last)`` once, in order; ``start = max(0, a - 1 - burn_in)``.
+    """
+    n = last - first
+    if n <= 0:
+        return []
+    per = -(-n // max(1, rows))
+    return [(max(0, a - 1 - burn_in), a, min(a + per, last)) for a in range(first, last, per)]
+
+
 def score(model, objective: str, seq_len: int, stream: IdStream, *, batch_size: int = 64,
-          max_targets: int | None = None) -> tuple[float, int]:
+          max_targets: int | None = None, burn_in: int | None = None) -> tuple[float, int]:
     """``(sum of nats, characters scored)`` for the body of ``stream``.
 
-    ``model`` is a ``CharLSTM`` (or any callable on int32 ids of shape (B, T)
-    returning logits). ``max_targets`` caps the work (per-epoch validation).
+    ``model`` is a ``CharLSTM``. ``max_targets`` caps the work (per-epoch
+    validation). ``burn_in`` (sequence models): characters each strip reads
+    before its first scored one; default ``DEFAULT_BURN_IN``.
     """
-    from textstream._tf import tf
-
     first = max(len(stream.context), 1)  # first target position in the stream
     last = len(stream)
     if max_targets is not None:
         last = min(last, first + max_targets)
     if last <= first:
         return 0.0, 0
+    if objective == "sequence":
+        return _score_stateful(model, seq_len, stream, first, last, batch_size,
+                               DEFAULT_BURN_IN if burn_in is None else burn_in)
+    return _score_windows(model, seq_len, stream, first, last, batch_size)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.int32),
-                                  tf.TensorSpec([None, None], tf.float32)], reduce_retracing=True)
-    def nats_seq(x, y, mask):
-        logits = model(x, training=False)
-        return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits) * mask)
+
+DEFAULT_BURN_IN = 512
+
+
+def _score_stateful(model, seq_len, stream, first, last, rows, burn_in):
+    from textstream._tf import tf
+
+    @tf.function(reduce_retracing=True)
+    def chunk(x, y, mask, states):
+        logits, states = model(x, states=states, return_state=True, training=False)
+        nats = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits) * mask
+        return tf.reduce_sum(nats), states
+
+    plan = strips(first, last, rows, burn_in)
+    longest = max(b - s for s, _, b in plan)  # targets per row, burn-in included
+    states = model.zero_states(len(plan))
+    total = 0.0
+    for k in range(0, longest - 1, seq_len):
+        x = np.zeros((len(plan), seq_len), np.int32)
+        y = np.zeros((len(plan), seq_len), np.int32)
+        mask = np.zeros((len(plan), seq_len), np.float32)
+        for r, (s, a, b) in enumerate(plan):
+            lo = s + k  # inputs lo .. lo+T-1 predict targets lo+1 .. lo+T
+            hi = min(lo + seq_len, b - 1)
+            if hi <= lo:
+                continue
+            ids = stream.read(lo, hi + 1)
+            x[r, :hi - lo] = ids[:-1]
+            y[r, :hi - lo] = ids[1:]
+            targets = np.arange(lo + 1, hi + 1)
+            mask[r, :hi - lo] = targets >= a
+        nats, states = chunk(x, y, mask, states)
+        total += float(nats)
+    return total, last - first
+
+
+def _score_windows(model, seq_len, stream, first, last, batch_size):
+    from textstream._tf import tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)],
                  reduce_retracing=True)
@@ -69,37 +122,28 @@ def score(model, objective: str, seq_len: int, stream: IdStream, *, batch_size: 
         return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x, training=False)))
 
     total, count = 0.0, 0
-    if objective == "sequence":
-        # windows of seq_len targets; inputs are the same slice shifted back by one
-        block = batch_size * seq_len
-        for a in range(first, last, block):
-            b = min(a + block, last)
-            ids = stream.read(a - 1, b)
-            n = b - a
-            rows = -(-n // seq_len)
-            pad = rows * seq_len - n
-            x = np.concatenate([ids[:-1], np.zeros(pad, np.int32)]).reshape(rows, seq_len)
-            y = np.concatenate([ids[1:], np.zeros(pad, np.int32)]).reshape(rows, seq_len)
-            mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(rows, seq_len)
-            total += float(nats_seq(x, y, mask))
-            count += n
-    else:
-        # every target from the seq_len characters before it (fewer at the very start)
-        full = max(first, seq_len)
-        for t in range(first, min(full, last)):  # the few targets with short context
-            ids = stream.read(0, t + 1)
-            total += float(nats_next(ids[None, :-1], ids[-1:]))
-            count += 1
-        starts = np.arange(full, last)
-        offsets = np.arange(-seq_len, 0)
-        for a in range(0, len(starts), batch_size * 4):
-            t = starts[a:a + batch_size * 4]
-            ids = stream.read(int(t[0]) - seq_len, int(t[-1]) + 1)
-            local = t - (int(t[0]) - seq_len)
-            x = ids[local[:, None] + offsets]
-            total += float(nats_next(x, ids[local]))
-            count += len(t)
+    # every target from the seq_len characters before it (fewer at the very start)
+    full = max(first, seq_len)
+    for t in range(first, min(full, last)):  # the few targets with short context
+        ids = stream.read(0, t + 1)
+        total += float(nats_next(ids[None, :-1], ids[-1:]))
+        count += 1
+    starts = np.arange(full, last)
+    offsets = np.arange(-seq_len, 0)
+    for a in range(0, len(starts), batch_size * 4):
+        t = starts[a:a + batch_size * 4]
+        ids = stream.read(int(t[0]) - seq_len, int(t[-1]) + 1)
+        local = t - (int(t[0]) - seq_len)
+        x = ids[local[:, None] + offsets]
+        total += float(nats_next(x, ids[local]))
+        count += len(t)
     return total, count
+
+
+def train_context(train, seq_len: int) -> np.ndarray:
+    """The end of the training split, as context for the first validation characters."""
+    n = max(seq_len, DEFAULT_BURN_IN)
+    return train.read(max(0, len(train) - n), n).astype(np.int32)
 
 
 def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpoint: str = "best",
@@ -133,7 +177,7 @@ def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpo
             raise TextstreamError(f"{run_dir}: the run has no validation split (trained with --val-fraction 0); "
                                   f"pass a SOURCE to evaluate on")
         train = TokenFile(prep.train_path, vocab.dtype)
-        ctx = train.read(max(0, len(train) - cfg.seq_len), cfg.seq_len).astype(np.int32)
+        ctx = train_context(train, cfg.seq_len)
         stream = IdStream(val, ctx)
     nats, chars = score(model, cfg.objective, cfg.seq_len, stream, batch_size=batch_size)
     if chars == 0:

@@ -128,6 +128,7 @@ class Windows:
     objective: str = "sequence"
     step: int = 3
     seed: int = 0
+    carry = False  # batches are (inputs, targets); see ``Strips`` for carried state
 
     def __post_init__(self) -> None:
         n_ids, w = len(self.tokens), self.seq_len + 1
@@ -178,9 +179,63 @@ class Windows:
         return int(np.ceil(epochs * self.count / batch_size))
 
 
+@dataclass
+class Strips:
+    """Consecutive windows for training with carried state (truncated backpropagation through time).
+
+    As char-rnn does: each epoch cuts the token file into ``batch_size`` strips
+    of ``L = len // batch_size`` ids, shifted by a per-epoch phase in
+    ``[0, seq_len)``; batch row ``r`` reads its strip window after window, so
+    the LSTM state a row ends one step with is the right start for its next
+    step. Rows take the strips in a per-epoch shuffled order. ``batch`` also
+    returns ``reset``, 1.0 for rows whose state must start from zero (the
+    first step of every epoch). Windows per epoch: ``batch_size * K`` with
+    ``K = (L - seq_len) // seq_len`` steps.
+    """
+
+    tokens: TokenFile
+    seq_len: int
+    batch_size: int
+    seed: int = 0
+    objective: str = "sequence"
+    carry = True
+
+    def __post_init__(self) -> None:
+        n_ids, t, b = len(self.tokens), self.seq_len, self.batch_size
+        self.strip = n_ids // b
+        self.steps_per_epoch = (self.strip - t) // t
+        if self.steps_per_epoch < 1:
+            raise TextstreamError(f"{self.tokens.path}: {n_ids} characters is too short to carry state across "
+                                  f"windows with --batch-size {b} and --seq-len {t} (needs {2 * b * t}); "
+                                  f"lower them or pass --no-carry-state")
+        self.count = self.steps_per_epoch * b
+
+    def phase(self, epoch: int) -> int:
+        return epoch_key(self.seed ^ 0x5EED, epoch) % self.seq_len
+
+    def batch(self, step: int, batch_size: int, shard: int = 0, num_shards: int = 1):
+        """``(inputs, targets, reset)`` of global ``step``: int32 ``(b, seq_len)`` twice and float32 ``(b,)``."""
+        if batch_size != self.batch_size:
+            raise ValueError(f"Strips were cut for batch size {self.batch_size}, not {batch_size}")
+        per = batch_size // num_shards
+        epoch, k = divmod(int(step), self.steps_per_epoch)
+        rows = shard * per + np.arange(per, dtype=np.int64)
+        strips = permute(rows, batch_size, epoch_key(self.seed, epoch))
+        starts = strips * self.strip + self.phase(epoch) + k * self.seq_len
+        w = self.tokens.windows(starts, self.seq_len + 1)
+        reset = np.full(per, 1.0 if k == 0 else 0.0, np.float32)
+        return w[:, :-1], w[:, 1:], reset
+
+    def epoch_of(self, step: int, batch_size: int) -> float:
+        return step / self.steps_per_epoch
+
+    def steps_for_epochs(self, epochs: float, batch_size: int) -> int:
+        return int(np.ceil(epochs * self.steps_per_epoch))
+
+
 def dataset(windows: Windows, batch_size: int, start_step: int, end_step: int, *,
             pipeline: int = 0, num_pipelines: int = 1, replicas_per_pipeline: int = 1):
-    """``tf.data.Dataset`` of ``(inputs, targets)`` for global steps ``[start_step, end_step)``.
+    """``tf.data.Dataset`` of ``(inputs, targets)`` (``Strips``: ``(inputs, targets, reset)``) for global steps ``[start_step, end_step)``.
 
     Under ``tf.distribute`` each input pipeline (worker) reads only its own
     replicas' shards of every global batch, and emits one per-replica batch
@@ -201,10 +256,14 @@ def dataset(windows: Windows, batch_size: int, start_step: int, end_step: int, *
         return windows.batch(step, batch_size, first_shard + local, shards)
 
     def fetch(k):
-        x, y = tf.numpy_function(load, [k], [tf.int32, tf.int32], stateful=False)
+        if windows.carry:
+            x, y, reset = tf.numpy_function(load, [k], [tf.int32, tf.int32, tf.float32], stateful=False)
+            reset.set_shape([per])
+        else:
+            x, y = tf.numpy_function(load, [k], [tf.int32, tf.int32], stateful=False)
         x.set_shape([per, windows.seq_len])
         y.set_shape(target_shape)
-        return x, y
+        return (x, y, reset) if windows.carry else (x, y)
 
     ds = tf.data.Dataset.range(start_step * replicas_per_pipeline, end_step * replicas_per_pipeline)
     ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -137,15 +137,18 @@ class _Trainer:
     def __init__(self, cfg, prep, paths: RunPaths, out: RunPaths, emit: Event, should_stop, strategy):
         from textstream._tf import tf, tf_keras
         from textstream.model import build_model
-        from textstream.pipeline import TokenFile, Windows
+        from textstream.pipeline import Strips, TokenFile, Windows
 
         self.cfg, self.prep, self.paths, self.emit, self.should_stop = cfg, prep, paths, emit, should_stop
         self.chief = out == paths  # others write checkpoints to a scratch directory, and no logs
         self.tf = tf
         self.strategy = strategy or tf.distribute.get_strategy()
         self.vocab = prep.vocab
-        self.windows = Windows(TokenFile(prep.train_path, self.vocab.dtype), cfg.seq_len, cfg.objective,
-                               cfg.step, cfg.seed)
+        tokens = TokenFile(prep.train_path, self.vocab.dtype)
+        if cfg.carry_state:
+            self.windows = Strips(tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
+        else:
+            self.windows = Windows(tokens, cfg.seq_len, cfg.objective, cfg.step, cfg.seed)
         self.val = TokenFile(prep.val_path, self.vocab.dtype)
         tf_keras.utils.set_random_seed(cfg.seed)
         with self.strategy.scope():
@@ -154,8 +157,14 @@ class _Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_val_nats")
+            # carried LSTM state of every row of the global batch: (layers, h/c, batch, units), the
+            # same on every replica (each replica reads and writes its own rows)
+            self.carried = tf.Variable(tf.zeros([cfg.layers, 2, cfg.batch_size, cfg.units]), trainable=False,
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                                       name="carried_state") if cfg.carry_state else None
+        extra = {"carried_state": self.carried} if self.carried is not None else {}
         self.ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
-                                        best_val_nats=self.best)
+                                        best_val_nats=self.best, **extra)
         self.last = tf.train.CheckpointManager(self.ckpt, str(out.checkpoints("last")), max_to_keep=1)
         self.best_mgr = tf.train.CheckpointManager(self.ckpt, str(out.checkpoints("best")), max_to_keep=1)
         self.writer = tf.summary.create_file_writer(str(paths.tensorboard)) if self.chief else None
@@ -165,20 +174,39 @@ class _Trainer:
         tf, model, opt, strategy = self.tf, self.model, self.optimizer, self.strategy
         targets_per_step = float(self.cfg.batch_size * (1 if self.cfg.objective == "next" else self.cfg.seq_len))
 
-        def replica_step(x, y, stop):
+        carried, cfg = self.carried, self.cfg
+
+        def forward(x, reset):
+            if carried is None:
+                return model(x, training=True), None
+            ctx = tf.distribute.get_replica_context()
+            n = ctx.num_replicas_in_sync
+            per = cfg.batch_size // n
+            mine = tf.gather(tf.reshape(carried, [cfg.layers, 2, n, per, cfg.units]), ctx.replica_id_in_sync_group,
+                             axis=2)
+            keep = (1.0 - reset)[:, None]
+            states = [(mine[i, 0] * keep, mine[i, 1] * keep) for i in range(cfg.layers)]
+            logits, new = model(x, states=states, return_state=True, training=True)
+            return logits, tf.stop_gradient(tf.stack([tf.stack(hc) for hc in new]))
+
+        def replica_step(x, y, reset, stop):
             with tf.GradientTape() as tape:
-                logits = model(x, training=True)
+                logits, new_state = forward(x, reset)
                 nats = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
                 loss = tf.reduce_sum(nats) / targets_per_step
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables))
+            if carried is not None:
+                carried.assign(tf.distribute.get_replica_context().all_gather(new_state, axis=2))
             return loss, tf.identity(stop)
 
         @tf.function
         def train_step(iterator, stop):
             """One step; ``stop`` (0 or 1) is summed over replicas so every worker stops at the same step."""
-            x, y = next(iterator)
-            loss, stop = strategy.run(replica_step, args=(x, y, stop))
+            batch = next(iterator)
+            x, y = batch[0], batch[1]
+            reset = batch[2] if carried is not None else tf.zeros([0])
+            loss, stop = strategy.run(replica_step, args=(x, y, reset, stop))
             return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                     strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None))
 
@@ -197,12 +225,11 @@ class _Trainer:
         return iter(strategy.distribute_datasets_from_function(make))
 
     def validate(self) -> dict | None:
-        from textstream.evaluate import IdStream, score
+        from textstream.evaluate import IdStream, score, train_context
 
         if len(self.val) == 0:
             return None
-        train_ids = self.windows.tokens
-        ctx = train_ids.read(max(0, len(train_ids) - self.cfg.seq_len), self.cfg.seq_len).astype(np.int32)
+        ctx = train_context(self.windows.tokens, self.cfg.seq_len)
         nats, chars = score(self.model, self.cfg.objective, self.cfg.seq_len, IdStream(self.val, ctx),
                             batch_size=max(8, min(self.cfg.batch_size, 256)), max_targets=EVAL_MAX_CHARS)
         if chars == 0:

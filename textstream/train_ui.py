@@ -19,8 +19,8 @@ from textstream.run import RunPaths
 # options that may change when a run is resumed: its length and its samples
 RESUMABLE = ("epochs", "steps", "time_budget", "samples", "sample_every")
 MODEL_AND_DATA = ("layers", "units", "dropout", "embedding", "seq_len", "step", "objective", "batch_size",
-                  "optimizer", "lr", "clipnorm", "warmup_steps", "schedule", "seed", "lowercase",
-                  "val_fraction", "max_vocab", "errors")
+                  "carry_state", "optimizer", "lr", "clipnorm", "warmup_steps", "schedule", "min_lr_ratio",
+                  "seed", "lowercase", "val_fraction", "max_vocab", "errors")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

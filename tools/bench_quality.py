@@ -68,7 +68,9 @@ def main(argv=None) -> int:
               "val_bits_per_char": round(result["bits_per_char"], 4), "val_chars": result["chars"],
               "train_chars_seen": end["train_chars_seen"], "steps": end["step"],
               "chars_per_s": round(end["char_steps_per_s"] or 0),
-              "model": f"{config['layers']}x{config['units']} seq {config['seq_len']} batch {config['batch_size']}"}
+              "model": (f"{config['layers']}x{config['units']} dropout {config['dropout']} seq {config['seq_len']} "
+                        f"batch {config['batch_size']} lr {config['lr']} {config['schedule']}"
+                        + (" carry-state" if config.get("carry_state") else ""))}
     print(f"textstream {args.preset}: {report['val_nats_per_char']:.4f} nats/char "
           f"({report['val_bits_per_char']:.4f} bits/char) after {args.minutes:g} min, "
           f"{report['train_chars_seen']:,} training characters")

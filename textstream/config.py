@@ -135,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # tinyshakespeare (README "Model quality"): a longer budget pays for a wider, more regularised LSTM.
 BUDGET_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
     "default": [
-        (15.0, dict(units=512, batch_size=64, dropout=0.3)),
+        (15.0, dict(units=512, batch_size=64, dropout=0.5)),
     ],
 }
 

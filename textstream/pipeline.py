@@ -197,7 +197,7 @@ class Strips:
     seq_len: int
     batch_size: int
     seed: int = 0
-    objective: str = "sequence"
+    objective = "sequence"
     carry = True
 
     def __post_init__(self) -> None:
@@ -235,7 +235,9 @@ class Strips:
 
 def dataset(windows: Windows, batch_size: int, start_step: int, end_step: int, *,
             pipeline: int = 0, num_pipelines: int = 1, replicas_per_pipeline: int = 1):
-    """``tf.data.Dataset`` of ``(inputs, targets)`` (``Strips``: ``(inputs, targets, reset)``) for global steps ``[start_step, end_step)``.
+    """``tf.data.Dataset`` of ``(inputs, targets)`` for global steps ``[start_step, end_step)``.
+
+    For ``Strips`` the elements are ``(inputs, targets, reset)``.
 
     Under ``tf.distribute`` each input pipeline (worker) reads only its own
     replicas' shards of every global batch, and emits one per-replica batch
@@ -255,15 +257,13 @@ def dataset(windows: Windows, batch_size: int, start_step: int, end_step: int, *
         step, local = divmod(int(k), replicas_per_pipeline)
         return windows.batch(step, batch_size, first_shard + local, shards)
 
+    shapes = [[per, windows.seq_len], target_shape] + ([[per]] if windows.carry else [])  # reset flags
+
     def fetch(k):
-        if windows.carry:
-            x, y, reset = tf.numpy_function(load, [k], [tf.int32, tf.int32, tf.float32], stateful=False)
-            reset.set_shape([per])
-        else:
-            x, y = tf.numpy_function(load, [k], [tf.int32, tf.int32], stateful=False)
-        x.set_shape([per, windows.seq_len])
-        y.set_shape(target_shape)
-        return (x, y, reset) if windows.carry else (x, y)
+        out = tf.numpy_function(load, [k], [tf.int32, tf.int32, tf.float32][:len(shapes)], stateful=False)
+        for t, shape in zip(out, shapes):
+            t.set_shape(shape)
+        return tuple(out)
 
     ds = tf.data.Dataset.range(start_step * replicas_per_pipeline, end_step * replicas_per_pipeline)
     ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from textstream.cli import main
-from textstream.tokens import load_prepared
+from textstream.prepare import load_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "corpora"

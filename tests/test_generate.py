@@ -12,7 +12,8 @@ from conftest import TEXT, make_run
 from textstream.cli import main
 from textstream.config import make_config
 from textstream.errors import TextstreamError
-from textstream.generate import KMAX, PMAX, Generator, StepModel
+from textstream.generate import Generator
+from textstream.step import KMAX, PMAX, StepModel
 from textstream.model import build_model
 from textstream.run import load_model
 

@@ -48,7 +48,7 @@ class Entry:
 
 # --- registry ------------------------------------------------------------------------------
 def registry() -> dict[str, Entry]:
-    """The corpus registry: ``corpora/registry.json``, or the file named by ``$TEXTSTREAM_REGISTRY``."""
+    """The corpus registry: ``textstream/corpora/registry.json``, or the file named by ``$TEXTSTREAM_REGISTRY``."""
     override = os.environ.get("TEXTSTREAM_REGISTRY")
     if override:
         where = override

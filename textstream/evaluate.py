@@ -165,7 +165,7 @@ def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpo
     else:
         from textstream.pipeline import TokenFile
         from textstream.run import RunPaths
-        from textstream.tokens import load_prepared
+        from textstream.prepare import load_prepared
 
         paths = RunPaths(Path(run_dir))
         prepared = paths.prepared_dir()

@@ -63,7 +63,7 @@ def make_optimizer(cfg: TrainConfig):
 
 
 def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool, on_progress):
-    from textstream.tokens import load_prepared, prepare
+    from textstream.prepare import load_prepared, prepare
 
     if resume and not sources and paths.data.exists():
         saved = json.loads(paths.data.read_text(encoding="utf-8"))

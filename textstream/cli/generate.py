@@ -112,7 +112,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from textstream.generate import Generator, _random_seed
 
     status = sys.stderr.isatty()
-    from textstream.cli import _console
+    from textstream.cli.console import console as _console
 
     console = _console() if status else None
     seed = args.seed if args.seed is not None else _random_seed()

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from textstream import tokens
+from textstream import prepare as tokens
 from textstream.errors import TextstreamError
-from textstream.tokens import load_prepared, prepare
+from textstream.prepare import load_prepared, prepare
 from textstream.vocab import OOV_CHAR
 
 KINYARWANDA = ("Mbere na mbere Imana yaremye ijuru n’isi.\n"

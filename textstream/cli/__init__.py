@@ -12,48 +12,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from textstream.cli.console import ProgressUI, console
 from textstream.errors import Interrupted, TextstreamError
 
 PROG = "textstream"
-
-
-# --- output -------------------------------------------------------------------------------
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class ProgressUI:
-    """A rich progress bar on stderr fed by the library's ``on_progress(label, done, total)``.
-
-    Silent when stderr is not a terminal (pipes, tests, CI logs).
-    """
-
-    def __init__(self, enabled: bool | None = None):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._progress = None
-        self._tasks: dict[str, int] = {}
-
-    def __call__(self, label: str, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        if self._progress is None:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), TimeRemainingColumn(), console=_console(),
-                                      transient=True)
-            self._progress.start()
-        if label not in self._tasks:
-            self._tasks[label] = self._progress.add_task(label, total=total)
-        self._progress.update(self._tasks[label], completed=done, total=total)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 # --- argument parsing -----------------------------------------------------------------------
@@ -177,7 +139,7 @@ def _version() -> str:
 
 # --- commands ------------------------------------------------------------------------------
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from textstream.tokens import prepare
+    from textstream.prepare import prepare
 
     ui = ProgressUI()
     try:
@@ -187,7 +149,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     finally:
         ui.close()
     state = "cached" if prep.cached else "wrote"
-    _console().print(f"{state} {prep.dir}: {prep.vocab.size} symbols, "
+    console().print(f"{state} {prep.dir}: {prep.vocab.size} symbols, "
                      f"{prep.train_chars:,} train + {prep.val_chars:,} val characters")
     return 0
 
@@ -202,13 +164,13 @@ def _cmd_corpora(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from textstream.train_ui import run_train
+    from textstream.cli.train import run_train
 
     return run_train(args)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from textstream.generate_ui import run_generate
+    from textstream.cli.generate import run_generate
 
     return run_generate(args)
 

@@ -1,6 +1,6 @@
 """``prepare()``: sources -> token files, in bounded memory. No TensorFlow here.
 
-    from textstream.tokens import prepare
+    from textstream.prepare import prepare
     prep = prepare(["corpus.txt"], "data/corpus")
     prep.vocab.decode(prep.ids("val")[:80])
 

@@ -138,7 +138,7 @@ def _fmt_s(s: float) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from textstream.cli import ProgressUI, _console
+    from textstream.cli.console import ProgressUI, console as _console
 
     cfg = config_from_args(args)
     run_dir = _run_dir(args)

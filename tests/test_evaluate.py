@@ -7,7 +7,7 @@ import pytest
 
 from textstream.cli import main
 from textstream.config import make_config
-from textstream.evaluate import IdStream, evaluate, score, strips
+from textstream.evaluate import IdStream, evaluate, row_spans, score
 from textstream.train import train
 
 from test_train import write_text
@@ -30,7 +30,7 @@ def hand_nats(model, objective, seq_len, ctx, body, rows=1, burn_in=0):
     first = max(len(ctx), 1)
     total, n = 0.0, 0
     if objective == "sequence":  # all the text since the start of the target's strip
-        for start, a, b in strips(first, len(stream), rows, burn_in):
+        for start, a, b in row_spans(first, len(stream), rows, burn_in):
             for t in range(a, b):
                 logits = model(stream[start:t][None]).numpy()[0, -1]
                 total -= log_softmax(logits)[stream[t]]
@@ -45,11 +45,11 @@ def hand_nats(model, objective, seq_len, ctx, body, rows=1, burn_in=0):
 
 
 def test_strips_cover_the_text_once_with_burn_in():
-    plan = strips(7, 100, 4, 10)
+    plan = row_spans(7, 100, 4, 10)
     assert [a for _, a, _ in plan][0] == 7 and plan[-1][2] == 100
     assert all(b == a2 for (_, _, b), (_, a2, _) in zip(plan, plan[1:]))
     assert all(s == max(0, a - 11) for s, a, _ in plan)
-    assert strips(5, 5, 4, 10) == [] and len(strips(1, 3, 8, 0)) == 2
+    assert row_spans(5, 5, 4, 10) == [] and len(row_spans(1, 3, 8, 0)) == 2
 
 
 @pytest.mark.parametrize("objective", ["sequence", "next"])

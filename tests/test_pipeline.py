@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from textstream.errors import TextstreamError
-from textstream.pipeline import Strips, TokenFile, Windows, dataset, permute
+from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset, permute
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_permute_scales_without_materialising():
 @pytest.mark.parametrize("objective", ["sequence", "next"])
 def test_windows_are_text_slices_shifted_by_one(token_file, objective):
     tokens, ids = token_file
-    w = Windows(tokens, seq_len=13, objective=objective, step=3, seed=5)
+    w = Windows(tokens, seq_len=13, objective=objective, stride=3, seed=5)
     for step in (0, 1, 17, 500):
         x, y = w.batch(step, 8)
         starts = w.starts(step * 8 + np.arange(8))
@@ -49,7 +49,7 @@ def test_windows_are_text_slices_shifted_by_one(token_file, objective):
 
 def test_next_objective_visits_every_window_once_per_epoch(token_file):
     tokens, _ = token_file
-    w = Windows(tokens, seq_len=60, objective="next", step=3, seed=1)
+    w = Windows(tokens, seq_len=60, objective="next", stride=3, seed=1)
     assert w.count == (5003 - 61) // 3 + 1
     for epoch in (0, 1):
         starts = w.starts(epoch * w.count + np.arange(w.count))
@@ -90,7 +90,7 @@ def test_shards_split_the_global_batch(token_file):
 
 def test_dataset_yields_the_batches_of_its_steps(token_file):
     tokens, _ = token_file
-    w = Windows(tokens, 13, "next", step=3, seed=4)
+    w = Windows(tokens, 13, "next", stride=3, seed=4)
     got = list(dataset(w, 8, 5, 9).as_numpy_iterator())
     assert len(got) == 4
     for i, (x, y) in enumerate(got):
@@ -130,7 +130,7 @@ def positions(tmp_path):
 
 def test_strips_carry_each_row_through_consecutive_windows(positions):
     tokens, ids = positions
-    s = Strips(tokens, seq_len=10, batch_size=4, seed=3)
+    s = CarriedWindows(tokens, seq_len=10, batch_size=4, seed=3)
     assert s.strip == 5003 // 4 and s.steps_per_epoch == (s.strip - 10) // 10 and s.count == 4 * s.steps_per_epoch
     k = s.steps_per_epoch
     for epoch in (0, 1):
@@ -151,7 +151,7 @@ def test_strips_carry_each_row_through_consecutive_windows(positions):
 
 def test_strips_shards_and_dataset(token_file):
     tokens, _ = token_file
-    s = Strips(tokens, seq_len=10, batch_size=4, seed=3)
+    s = CarriedWindows(tokens, seq_len=10, batch_size=4, seed=3)
     x, y, r = s.batch(7, 4)
     parts = [s.batch(7, 4, shard, 2) for shard in range(2)]
     assert np.array_equal(np.concatenate([p[0] for p in parts]), x)
@@ -162,4 +162,4 @@ def test_strips_shards_and_dataset(token_file):
 def test_strips_too_short(token_file):
     tokens, _ = token_file
     with pytest.raises(TextstreamError, match="too short to carry state.*--no-carry-state"):
-        Strips(tokens, seq_len=100, batch_size=32)
+        CarriedWindows(tokens, seq_len=100, batch_size=32)

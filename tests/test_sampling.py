@@ -130,10 +130,10 @@ def test_stop_strings():
 
 
 def test_config_validation_and_seeds():
-    SampleConfig(0.0, 1, 1.0).validate()
+    SampleConfig(0.0, 1, 1.0).check()
     for bad in (SampleConfig(-1.0), SampleConfig(float("nan")), SampleConfig(1.0, top_k=0),
                 SampleConfig(1.0, top_p=0.0), SampleConfig(1.0, top_p=1.5)):
         with pytest.raises(TextstreamError):
-            bad.validate()
+            bad.check()
     assert seed_u32(1) != seed_u32(2) and seed_u32(-1) == seed_u32(2**64 - 1)
     assert all(0 <= seed_u32(s) < 2**32 for s in (0, -5, 10**30))

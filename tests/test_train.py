@@ -88,14 +88,14 @@ def test_carried_state_is_the_state_after_the_rows_text(corpus, tmp_path):
     reading each row's 5 consecutive windows in one go, from a zero state."""
     import tensorflow as tf
 
-    from textstream.pipeline import Strips, TokenFile
+    from textstream.pipeline import CarriedWindows, TokenFile
     from textstream.prepare import load_prepared
 
     run = tmp_path / "run"
     cfg = make_config("tiny", steps=5, layers=2, carry_state=True, optimizer="sgd", lr=1e-30, samples=False)
     train(cfg, [corpus], run)
     prep = load_prepared(RunPaths(run).prepared_dir())
-    strips = Strips(TokenFile(prep.train_path, prep.vocab.dtype), cfg.seq_len, cfg.batch_size, cfg.seed)
+    strips = CarriedWindows(TokenFile(prep.train_path, prep.vocab.dtype), cfg.seq_len, cfg.batch_size, cfg.seed)
     text = np.concatenate([strips.batch(k, cfg.batch_size)[0] for k in range(5)], axis=1)
     assert text.shape == (cfg.batch_size, 5 * cfg.seq_len)
     _, _, model = load_model(run, "last")

@@ -33,7 +33,7 @@ class TrainConfig:
     embedding: int = 0  # 0: one-hot input (the original); N: a learned N-wide embedding
     # data
     seq_len: int = 100
-    step: int = 3  # window stride for the `next` objective
+    stride: int = 3  # characters between window starts for the `next` objective
     objective: str = "sequence"  # "sequence": every position predicts its next char; "next": the original
     carry_state: bool = False  # sequence: carry the LSTM state from each window to the next (truncated BPTT)
     lowercase: bool = False
@@ -60,7 +60,7 @@ class TrainConfig:
     temperatures: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> "TrainConfig":
+    def check(self) -> "TrainConfig":
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise TextstreamError(msg)
@@ -70,7 +70,7 @@ class TrainConfig:
         need(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1) (got {self.dropout})")
         need(self.embedding >= 0, f"--embedding must be >= 0 (got {self.embedding})")
         need(self.seq_len >= 1, f"--seq-len must be >= 1 (got {self.seq_len})")
-        need(self.step >= 1, f"--step must be >= 1 (got {self.step})")
+        need(self.stride >= 1, f"--stride must be >= 1 (got {self.stride})")
         need(self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)} (got {self.objective!r})")
         need(not (self.carry_state and self.objective == "next"),
              "--carry-state needs --objective sequence (the original `next` objective has overlapping windows)")
@@ -98,6 +98,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        if "step" in d and "stride" not in d:  # written before the window stride was renamed
+            d = {**d, "stride": d["step"]}
         kwargs = {k: v for k, v in d.items() if k in known}
         if "temperatures" in kwargs:
             kwargs["temperatures"] = tuple(kwargs["temperatures"])
@@ -117,7 +119,7 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # The original Keras example (Deep Learning with Python, 8.1), exactly.
     "seed": dict(
-        lowercase=True, layers=1, units=128, dropout=0.0, embedding=0, seq_len=60, step=3,
+        lowercase=True, layers=1, units=128, dropout=0.0, embedding=0, seq_len=60, stride=3,
         objective="next", optimizer="rmsprop", lr=0.01, clipnorm=0.0, batch_size=1024,
         warmup_steps=0, schedule="constant", epochs=60,
     ),
@@ -154,4 +156,4 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
     if any(overrides.get(k) is not None for k in ("steps", "time_budget", "epochs")):
         for k in ("steps", "time_budget", "epochs"):
             values[k] = overrides.get(k)
-    return TrainConfig(preset=preset, **values).validate()
+    return TrainConfig(preset=preset, **values).check()

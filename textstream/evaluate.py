@@ -46,7 +46,7 @@ class IdStream:
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
-def strips(first: int, last: int, rows: int, burn_in: int) -> list[tuple[int, int, int]]:
+def row_spans(first: int, last: int, rows: int, burn_in: int) -> list[tuple[int, int, int]]:
     """``(start, a, b)`` per row: the row reads ids from ``start`` and scores targets ``[a, b)``.
 
     The ``[a, b)`` cover ``[first, last)`` once, in order; ``start = max(0, a - 1 - burn_in)``.
@@ -90,7 +90,7 @@ def _score_stateful(model, seq_len, stream, first, last, rows, burn_in):
         nats = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits) * mask
         return tf.reduce_sum(nats), states
 
-    plan = strips(first, last, rows, burn_in)
+    plan = row_spans(first, last, rows, burn_in)
     longest = max(b - s for s, _, b in plan)  # targets per row, burn-in included
     states = model.zero_states(len(plan))
     total = 0.0

@@ -273,7 +273,7 @@ class Generator:
 
     def _streams(self, seeds, temperatures, top_k, top_p) -> Streams:
         for t in temperatures:
-            SampleConfig(temperature=t, top_k=top_k, top_p=top_p).validate()
+            SampleConfig(temperature=t, top_k=top_k, top_p=top_p).check()
         return Streams(self.step, seeds, temperatures, top_k, top_p)
 
 

@@ -119,24 +119,23 @@ class Windows:
     ``sequence``: windows of ``seq_len + 1`` ids start every ``seq_len`` ids,
     shifted by a per-epoch phase in ``[0, seq_len)``; inputs are the first
     ``seq_len`` ids, targets the same slice shifted by one.
-    ``next`` (the original): windows start every ``step`` ids; inputs are
+    ``next`` (the original): windows start every ``stride`` ids; inputs are
     ``seq_len`` ids, the target is the one after them.
     """
 
     tokens: TokenFile
     seq_len: int
     objective: str = "sequence"
-    step: int = 3
+    stride: int = 3
     seed: int = 0
-    carry = False  # batches are (inputs, targets); see ``Strips`` for carried state
+    carry = False  # batches are (inputs, targets); see ``CarriedWindows`` for carried state
 
     def __post_init__(self) -> None:
         n_ids, w = len(self.tokens), self.seq_len + 1
         if self.objective == "next":
-            self.stride = self.step
-            self.count = 0 if n_ids < w else (n_ids - w) // self.step + 1
+            self.count = 0 if n_ids < w else (n_ids - w) // self.stride + 1
         else:
-            self.stride = self.seq_len
+            self.stride = self.seq_len  # sequence windows tile the text
             self.count = max(0, (n_ids - self.seq_len) // self.seq_len)
         if self.count == 0:
             raise TextstreamError(f"{self.tokens.path}: {n_ids} characters is shorter than one training window "
@@ -180,7 +179,7 @@ class Windows:
 
 
 @dataclass
-class Strips:
+class CarriedWindows:
     """Consecutive windows for training with carried state (truncated backpropagation through time).
 
     As char-rnn does: each epoch cuts the token file into ``batch_size`` strips
@@ -216,7 +215,7 @@ class Strips:
     def batch(self, step: int, batch_size: int, shard: int = 0, num_shards: int = 1):
         """``(inputs, targets, reset)`` of global ``step``: int32 ``(b, seq_len)`` twice and float32 ``(b,)``."""
         if batch_size != self.batch_size:
-            raise ValueError(f"Strips were cut for batch size {self.batch_size}, not {batch_size}")
+            raise ValueError(f"CarriedWindows were cut for batch size {self.batch_size}, not {batch_size}")
         per = batch_size // num_shards
         epoch, k = divmod(int(step), self.steps_per_epoch)
         rows = shard * per + np.arange(per, dtype=np.int64)
@@ -237,7 +236,7 @@ def dataset(windows: Windows, batch_size: int, start_step: int, end_step: int, *
             pipeline: int = 0, num_pipelines: int = 1, replicas_per_pipeline: int = 1):
     """``tf.data.Dataset`` of ``(inputs, targets)`` for global steps ``[start_step, end_step)``.
 
-    For ``Strips`` the elements are ``(inputs, targets, reset)``.
+    For ``CarriedWindows`` the elements are ``(inputs, targets, reset)``.
 
     Under ``tf.distribute`` each input pipeline (worker) reads only its own
     replicas' shards of every global batch, and emits one per-replica batch

@@ -35,7 +35,7 @@ _SEED_SALT = 0x5BD1E995
 class SampleConfig:
     """How to pick characters: temperature (0 = greedy), optional top-k and top-p (nucleus).
 
-    >>> SampleConfig(temperature=0.5, top_k=10).validate().temperature
+    >>> SampleConfig(temperature=0.5, top_k=10).check().temperature
     0.5
     """
 
@@ -43,7 +43,7 @@ class SampleConfig:
     top_k: int | None = None
     top_p: float | None = None
 
-    def validate(self) -> "SampleConfig":
+    def check(self) -> "SampleConfig":
         t = self.temperature
         if not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise TextstreamError(f"temperature must be a finite number >= 0 (got {t!r}); 0 means greedy")

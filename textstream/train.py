@@ -137,7 +137,7 @@ class _Trainer:
     def __init__(self, cfg, prep, paths: RunPaths, out: RunPaths, emit: Event, should_stop, strategy):
         from textstream._tf import tf, tf_keras
         from textstream.model import build_model
-        from textstream.pipeline import Strips, TokenFile, Windows
+        from textstream.pipeline import CarriedWindows, TokenFile, Windows
 
         self.cfg, self.prep, self.paths, self.emit, self.should_stop = cfg, prep, paths, emit, should_stop
         self.chief = out == paths  # others write checkpoints to a scratch directory, and no logs
@@ -146,9 +146,9 @@ class _Trainer:
         self.vocab = prep.vocab
         tokens = TokenFile(prep.train_path, self.vocab.dtype)
         if cfg.carry_state:
-            self.windows = Strips(tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
+            self.windows = CarriedWindows(tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
         else:
-            self.windows = Windows(tokens, cfg.seq_len, cfg.objective, cfg.step, cfg.seed)
+            self.windows = Windows(tokens, cfg.seq_len, cfg.objective, cfg.stride, cfg.seed)
         self.val = TokenFile(prep.val_path, self.vocab.dtype)
         tf_keras.utils.set_random_seed(cfg.seed)
         with self.strategy.scope():
@@ -224,7 +224,7 @@ class _Trainer:
 
         return iter(strategy.distribute_datasets_from_function(make))
 
-    def validate(self) -> dict | None:
+    def validation_loss(self) -> dict | None:
         from textstream.evaluate import IdStream, score, train_context
 
         if len(self.val) == 0:
@@ -378,7 +378,7 @@ class _Trainer:
 
     def end_of_epoch(self, epoch: int | None, step: int) -> None:
         cfg = self.cfg
-        val = self.validate()
+        val = self.validation_loss()
         record = {"kind": "val", "step": step, "epoch": self.windows.epoch_of(step, cfg.batch_size)}
         if val:
             record.update(val)

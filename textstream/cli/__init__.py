@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--embedding", type=int, metavar="N", help="learned embedding width (0: one-hot input)")
     g = p.add_argument_group("data")
     g.add_argument("--seq-len", type=_positive_int)
-    g.add_argument("--step", type=_positive_int, help="window stride for --objective next")
+    g.add_argument("--stride", "--step", type=_positive_int,
+                   help="characters between window starts for --objective next (--step: deprecated alias)")
     g.add_argument("--objective", choices=("sequence", "next"))
     g.add_argument("--batch-size", type=_positive_int)
     g.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,

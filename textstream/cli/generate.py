@@ -90,7 +90,7 @@ def run_generate(args: argparse.Namespace) -> int:
     # everything a user can get wrong is checked before TensorFlow loads
     temps = parse_temperatures(args.temperature)
     for t in temps:
-        SampleConfig(temperature=t, top_k=args.top_k, top_p=args.top_p).validate()
+        SampleConfig(temperature=t, top_k=args.top_k, top_p=args.top_p).check()
     n = args.length
     if n is not None and n < 0:
         raise TextstreamError(f"-n must be >= 0 (got {n})")

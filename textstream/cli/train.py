@@ -18,7 +18,7 @@ from textstream.run import RunPaths
 
 # options that may change when a run is resumed: its length and its samples
 RESUMABLE = ("epochs", "steps", "time_budget", "samples", "sample_every")
-MODEL_AND_DATA = ("layers", "units", "dropout", "embedding", "seq_len", "step", "objective", "batch_size",
+MODEL_AND_DATA = ("layers", "units", "dropout", "embedding", "seq_len", "stride", "objective", "batch_size",
                   "carry_state", "optimizer", "lr", "clipnorm", "warmup_steps", "schedule", "min_lr_ratio",
                   "seed", "lowercase", "val_fraction", "max_vocab", "errors")
 
@@ -45,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for k in ("samples", "sample_every"):
         if overrides.get(k) is not None:
             setattr(cfg, k, overrides[k])
-    return cfg.validate()
+    return cfg.check()
 
 
 def _run_dir(args) -> Path:

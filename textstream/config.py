@@ -1,119 +1,38 @@
-"""Training configuration: one dataclass, its presets, defaults in one place.
+"""Training configuration: one dataclass whose fields say how they are set, checked and resumed.
 
-No TensorFlow here: the CLI builds configs for ``--help`` and validation
-before anything heavy is imported.
+Each ``TrainConfig`` field is declared with ``setting(default, ...)``: its help
+text, CLI group, choices or numeric range, flag form, and whether ``--resume``
+may change it. From that one line come the ``train`` and ``prepare`` flags
+(``textstream.cli.options``), ``TrainConfig.check`` (also run on every
+config.json read back), the corpus-preparation checks
+(``check_prepare_options``) and the resume rule (``TrainConfig.resumed``).
+
+No TensorFlow here: the CLI builds and checks configs before anything heavy is imported.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from textstream.errors import TextstreamError
 
 OBJECTIVES = ("sequence", "next")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine")
+ERRORS = ("strict", "replace")  # invalid UTF-8 in a source: fail with the offset, or read it as U+FFFD
 
-
-@dataclass
-class TrainConfig:
-    """Everything that decides what a training run computes.
-
-    Serialised to ``RUN_DIR/config.json``; ``TrainConfig.from_dict`` reads it back.
-    """
-
-    preset: str = "default"
-    # model
-    layers: int = 1
-    units: int = 384
-    dropout: float = 0.15  # between LSTM layers and before the head
-    embedding: int = 0  # 0: one-hot input (the original); N: a learned N-wide embedding
-    # data
-    seq_len: int = 100
-    stride: int = 3  # characters between window starts for the `next` objective
-    objective: str = "sequence"  # "sequence": every position predicts its next char; "next": the original
-    carry_state: bool = False  # sequence: carry the LSTM state from each window to the next (truncated BPTT)
-    lowercase: bool = False
-    val_fraction: float = 0.05
-    max_vocab: int | None = None
-    errors: str = "strict"
-    # optimisation
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 4e-3
-    clipnorm: float = 1.0  # 0 disables clipping
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # decay to lr * min_lr_ratio over the run's planned steps or time budget
-    min_lr_ratio: float = 0.05
-    # length of the run (the first one set wins: steps, then time_budget, then epochs)
-    epochs: int | None = 20
-    steps: int | None = None
-    time_budget: float | None = None  # minutes
-    seed: int = 0
-    # samples after each epoch, like the original
-    samples: bool = True
-    sample_every: int = 1  # epochs
-    sample_chars: int = 400
-    temperatures: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> "TrainConfig":
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise TextstreamError(msg)
-
-        need(self.layers >= 1, f"--layers must be >= 1 (got {self.layers})")
-        need(self.units >= 1, f"--units must be >= 1 (got {self.units})")
-        need(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1) (got {self.dropout})")
-        need(self.embedding >= 0, f"--embedding must be >= 0 (got {self.embedding})")
-        need(self.seq_len >= 1, f"--seq-len must be >= 1 (got {self.seq_len})")
-        need(self.stride >= 1, f"--stride must be >= 1 (got {self.stride})")
-        need(self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)} (got {self.objective!r})")
-        need(not (self.carry_state and self.objective == "next"),
-             "--carry-state needs --objective sequence (the original `next` objective has overlapping windows)")
-        need(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
-        need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
-        need(self.lr > 0, f"--lr must be > 0 (got {self.lr})")
-        need(self.clipnorm >= 0, f"--clipnorm must be >= 0 (got {self.clipnorm})")
-        need(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
-        need(0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
-        need(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
-        need(self.steps is None or self.steps >= 1, f"--steps must be >= 1 (got {self.steps})")
-        need(self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0 minutes (got {self.time_budget})")
-        return self
-
-    @property
-    def window(self) -> int:
-        """Characters one training example reads: the inputs plus the target after them."""
-        return self.seq_len + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["temperatures"] = list(self.temperatures)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if "step" in d and "stride" not in d:  # written before the window stride was renamed
-            d = {**d, "stride": d["step"]}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        if "temperatures" in kwargs:
-            kwargs["temperatures"] = tuple(kwargs["temperatures"])
-        return cls(**kwargs)
-
-    @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise TextstreamError(f"{path}: no such file") from None
-        except (ValueError, TypeError) as e:
-            raise TextstreamError(f"{path}: not a textstream config ({e})") from None
-
+# CLI flag groups, in the order ``train --help`` shows them; PREPARE's flags are also ``prepare``'s.
+MODEL, DATA, OPTIMISATION, LENGTH, RUN, PREPARE = (
+    "model", "data", "optimisation", "length (one of)", "run", "corpus preparation")
+GROUPS = (MODEL, DATA, OPTIMISATION, LENGTH, RUN, PREPARE)
+EXCLUSIVE = (LENGTH,)  # groups whose flags exclude each other
 
 # Presets: overrides applied on top of the dataclass defaults.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -142,18 +61,312 @@ BUDGET_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
 }
 
 
-def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
-    """A validated config: the preset's values (its budget tier), then every override that is not None."""
+@dataclass(frozen=True)
+class Setting:
+    """How one ``TrainConfig`` field is set (flag), checked (type, choices, range) and resumed.
+
+    ``help`` may say ``{default}`` for the field's default. Numbers are checked
+    against ``ge``/``gt``/``le``/``lt`` and, for floats, for finiteness.
+    """
+
+    help: str = ""
+    group: str | None = None  # CLI flag group (see GROUPS); None: among the command's own options
+    resume: bool = False  # whether --resume may change it (the run's length and its samples)
+    choices: tuple = ()
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    unit: str = ""  # said after the range in messages ("minutes")
+    flags: tuple[str, ...] = ()  # default: --field-name; more than one: aliases
+    switch: bool | None = None  # bool: a flag storing this value (--lowercase, --no-samples); None: --x/--no-x
+    metavar: str | None = None
+    cli: bool = True  # False: set from the library and config.json only
+
+
+def setting(default: Any, help: str = "", **kw: Any) -> Any:
+    """A dataclass field with its ``Setting`` (see there)."""
+    return field(default=default, metadata={"setting": Setting(help=help, **kw)})
+
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a list of numbers"}
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A ``TrainConfig`` field as settings see it: name, default, ``Setting``, value type."""
+
+    name: str
+    default: Any
+    setting: Setting
+    kind: type  # int, float, bool, str, or tuple (of floats)
+    optional: bool  # None is a value (unset)
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return self.setting.flags or ("--" + self.name.replace("_", "-"),)
+
+    @property
+    def label(self) -> str:
+        """How messages name it: its flag, or its field name when it has none."""
+        return self.flags[0] if self.setting.cli else self.name
+
+    @property
+    def rule(self) -> str:
+        """The numeric range in words: ">= 1", "in [0, 1)", "> 0 minutes and finite"."""
+        s = self.setting
+        low = ("[", s.ge) if s.ge is not None else ("(", s.gt) if s.gt is not None else None
+        high = ("]", s.le) if s.le is not None else (")", s.lt) if s.lt is not None else None
+        if low and high:
+            text = f"in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
+        elif low:
+            text = f"{'>=' if low[0] == '[' else '>'} {_num(low[1])}"
+        elif high:
+            text = f"{'<=' if high[0] == ']' else '<'} {_num(high[1])}"
+        else:
+            text = ""
+        text += f" {s.unit}" if s.unit else ""
+        if self.kind in (float, tuple) and high is None:
+            text += " and finite" if text else "finite"
+        return text.strip()
+
+    def _in_range(self, v: float) -> bool:
+        s = self.setting
+        return ((s.ge is None or v >= s.ge) and (s.gt is None or v > s.gt) and (s.le is None or v <= s.le)
+                and (s.lt is None or v < s.lt) and math.isfinite(v))
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` ("must be ... (got ...)"), or None when it is a valid setting."""
+        if value is None:
+            return None if self.optional else f"must be set ({_WORDS[self.kind]})"
+        if self.kind is tuple:
+            ok = isinstance(value, (tuple, list)) and all(_is(v, float) and self._in_range(v) for v in value)
+            return None if ok else f"must be a list of numbers {self.rule} (got {value!r})"
+        if not _is(value, self.kind):
+            return f"must be {_WORDS[self.kind]} (got {value!r})"
+        if self.setting.choices and value not in self.setting.choices:
+            return f"must be one of {', '.join(map(str, self.setting.choices))} (got {value!r})"
+        if self.kind in (int, float) and not self._in_range(value):
+            return f"must be {self.rule} (got {value})"
+        return None
+
+
+def _kind(hint: Any) -> tuple[type, bool]:
+    """(value type, None allowed) of a field's type hint."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _kind(inner)[0], True
+    if typing.get_origin(hint) is tuple:
+        return tuple, False
+    return hint, False
+
+
+@functools.cache
+def options(cls: type | None = None) -> Mapping[str, Option]:
+    """Every field of ``cls`` (default ``TrainConfig``) as an ``Option``, in declaration order.
+
+    Raises ``TypeError`` for a field declared without ``setting(...)``: every
+    field must say how it is set, checked and resumed.
+    """
+    cls = cls or TrainConfig
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if "setting" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} is declared without setting(...): give it its help, "
+                            f"group and checks")
+        kind, optional = _kind(hints[f.name])
+        if kind not in _WORDS:
+            raise TypeError(f"{cls.__name__}.{f.name}: settings do not know the type {hints[f.name]}")
+        out[f.name] = Option(f.name, f.default, f.metadata["setting"], kind, optional)
+    return types.MappingProxyType(out)
+
+
+def _with_length(given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given``; when it sets one of the run-length fields, the others are unset (the one given wins)."""
+    out = dict(given)
+    length = [name for name, o in options().items() if o.setting.group == LENGTH]
+    if any(given.get(k) is not None for k in length):
+        out.update({k: given.get(k) for k in length})
+    return out
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run computes.
+
+    Serialised to ``RUN_DIR/config.json``; ``TrainConfig.load`` reads it back (checked).
+    """
+
+    preset: str = setting("default", "seed: the original example; default: the measured best; "
+                                       "tiny: a smoke test", choices=tuple(PRESETS))
+    layers: int = setting(1, "stacked LSTM layers", group=MODEL, ge=1)
+    units: int = setting(384, "LSTM width", group=MODEL, ge=1)
+    dropout: float = setting(0.15, "dropout between LSTM layers and before the head", group=MODEL, ge=0, lt=1)
+    embedding: int = setting(0, "learned embedding width (0: one-hot input)", group=MODEL, ge=0, metavar="N")
+    seq_len: int = setting(100, "characters of input per window", group=DATA, ge=1)
+    stride: int = setting(3, "characters between window starts for --objective next (--step: deprecated alias)",
+                          group=DATA, ge=1, flags=("--stride", "--step"))
+    objective: str = setting("sequence", "sequence: every position predicts its next character; "
+                                         "next: only the last one (the original)", group=DATA, choices=OBJECTIVES)
+    batch_size: int = setting(32, "windows per step", group=DATA, ge=1)
+    carry_state: bool = setting(False, "carry the LSTM state from each window to the next one of its strip "
+                                       "(truncated backpropagation through time; sequence objective)", group=DATA)
+    lowercase: bool = setting(False, "lowercase the text", group=PREPARE, switch=True)
+    val_fraction: float = setting(0.05, "tail fraction of the text held out for validation (default {default}; "
+                                        "0 allowed)", group=PREPARE, ge=0, lt=1, metavar="F")
+    max_vocab: int | None = setting(None, "keep the N-1 most frequent characters, map the rest to one "
+                                          "out-of-vocabulary id", group=PREPARE, ge=1, metavar="N")
+    errors: str = setting("strict", "invalid UTF-8: fail with the byte offset (strict, default) or use U+FFFD "
+                                    "(replace)", group=PREPARE, choices=ERRORS)
+    optimizer: str = setting("adam", group=OPTIMISATION, choices=OPTIMIZERS)
+    lr: float = setting(4e-3, "learning rate (the peak, with a schedule)", group=OPTIMISATION, gt=0)
+    clipnorm: float = setting(1.0, "clip gradients to this global norm (0: off)", group=OPTIMISATION, ge=0)
+    warmup_steps: int = setting(0, "raise the learning rate linearly over the first N steps", group=OPTIMISATION,
+                                ge=0, metavar="N")
+    schedule: str = setting("cosine", "cosine: decay to lr * --min-lr-ratio over the run's planned steps or "
+                                      "time budget", group=OPTIMISATION, choices=SCHEDULES)
+    min_lr_ratio: float = setting(0.05, "cosine: decay to lr * R", group=OPTIMISATION, ge=0, le=1, metavar="R")
+    # the first one set wins: steps, then time_budget, then epochs
+    epochs: int | None = setting(20, group=LENGTH, resume=True, ge=1)
+    steps: int | None = setting(None, group=LENGTH, resume=True, ge=1)
+    time_budget: float | None = setting(None, "train for this many minutes", group=LENGTH, resume=True, gt=0,
+                                        unit="minutes", metavar="MIN")
+    seed: int = setting(0, group=RUN, ge=0, le=2**32 - 1)
+    sample_every: int = setting(1, "print samples every N epochs", group=RUN, resume=True, ge=1, metavar="N")
+    samples: bool = setting(True, "do not print samples", group=RUN, resume=True, flags=("--no-samples",),
+                            switch=False)
+    sample_chars: int = setting(400, "characters per sample", resume=True, ge=1, cli=False)
+    temperatures: tuple[float, ...] = setting((0.2, 0.5, 1.0, 1.2), "sampling temperatures of the samples",
+                                              resume=True, ge=0, cli=False)
+
+    def check(self, where: str | None = None) -> "TrainConfig":
+        """This config, after checking every field's type and range; raises one line naming the flag.
+
+        ``where``: the file the values came from; messages then name it and the field.
+        """
+        def fail(problem: str) -> TextstreamError:
+            return TextstreamError(f"{where}: {problem}" if where else problem)
+
+        for o in options(type(self)).values():
+            problem = o.problem(getattr(self, o.name))
+            if problem:
+                raise fail(f"{o.name if where else o.label} {problem}")
+        if self.carry_state and self.objective == "next":
+            raise fail("--carry-state needs --objective sequence (the original `next` objective has "
+                       "overlapping windows)")
+        return self
+
+    def resumed(self, overrides: Mapping[str, Any]) -> "TrainConfig":
+        """This (saved) run's config with the settings a resume may change taken from ``overrides``.
+
+        ``None`` values are ignored. A run's length and samples may change; any
+        other setting given with a different value is refused, naming its flags.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        opts = options(type(self))
+        if set(given) - set(opts):
+            raise TypeError(f"not settings: {', '.join(sorted(set(given) - set(opts)))}")
+        for o in opts.values():
+            problem = o.problem(given[o.name]) if o.name in given else None
+            if problem:  # a bad value is named as such, before any comparison
+                raise TextstreamError(f"{o.label} {problem}")
+        changed = [o.label for o in opts.values()
+                   if o.name in given and not o.setting.resume and given[o.name] != getattr(self, o.name)]
+        if changed:
+            raise TextstreamError(f"--resume keeps the run's settings; cannot change: {', '.join(changed)}")
+        return dataclasses.replace(self, **_with_length(given)).check()
+
+    @property
+    def window(self) -> int:
+        """Characters one training example reads: the inputs plus the target after them."""
+        return self.seq_len + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["temperatures"] = list(self.temperatures)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str | None = None) -> "TrainConfig":
+        """The checked config of a ``to_dict`` mapping; unknown keys are ignored, missing ones default."""
+        if not isinstance(d, Mapping):
+            raise TextstreamError(f"{where or 'config'}: not a textstream config "
+                                  f"(a JSON {type(d).__name__} instead of an object)")
+        if "step" in d and "stride" not in d:  # written before the window stride was renamed
+            d = {**d, "stride": d["step"]}
+        kwargs = {k: v for k, v in d.items() if k in options(cls)}
+        if isinstance(kwargs.get("temperatures"), list):
+            kwargs["temperatures"] = tuple(kwargs["temperatures"])
+        return cls(**kwargs).check(where)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "TrainConfig":
+        """The config saved in ``path`` (a run's config.json), checked like flags; problems name the file."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TextstreamError(f"{path}: no such file") from None
+        except UnicodeDecodeError as e:
+            raise TextstreamError(f"{path}: not a textstream config (not UTF-8: invalid byte at offset {e.start})") \
+                from None
+        except OSError as e:
+            raise TextstreamError(f"{path}: cannot read ({e.strerror or e})") from None
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise TextstreamError(f"{path}: not a textstream config ({e})") from None
+        return cls.from_dict(d, where=str(path))
+
+
+def check_prepare_options(**values: Any) -> None:
+    """Check corpus-preparation options (``lowercase``, ``val_fraction``, ``max_vocab``, ``errors``).
+
+    Raises one line naming the flag, like ``TrainConfig.check``; ``TypeError``
+    for a name that is not a preparation option.
+    """
+    opts = options()
+    for name, value in values.items():
+        if name not in opts or opts[name].setting.group != PREPARE:
+            raise TypeError(f"{name!r} is not a corpus-preparation option")
+        problem = opts[name].problem(value)
+        if problem:
+            raise TextstreamError(f"{opts[name].label} {problem}")
+
+
+def prepare_options(**given: Any) -> dict[str, Any]:
+    """Every corpus-preparation option: the ``given`` ones (None: unset), the defaults for the rest, checked."""
+    values = {name: o.default for name, o in options().items() if o.setting.group == PREPARE}
+    unknown = set(given) - set(values)
+    if unknown:
+        raise TypeError(f"not corpus-preparation options: {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in given.items() if v is not None})
+    check_prepare_options(**values)
+    return values
+
+
+def make_config(preset: str = TrainConfig.preset, **overrides: Any) -> TrainConfig:
+    """A checked config: the preset's values (its budget tier), then every override that is not None."""
     if preset not in PRESETS:
         raise TextstreamError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
     values: dict[str, Any] = dict(PRESETS[preset])
-    budget = overrides.get("time_budget")
+    budget = given.get("time_budget")
     for minimum, tier in BUDGET_TIERS.get(preset, []):
-        if budget is not None and budget >= minimum:
+        if _is(budget, float) and budget >= minimum:
             values.update(tier)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    # a run length given explicitly replaces the preset's default one
-    if any(overrides.get(k) is not None for k in ("steps", "time_budget", "epochs")):
-        for k in ("steps", "time_budget", "epochs"):
-            values[k] = overrides.get(k)
+    values.update(_with_length(given))  # a run length given explicitly replaces the preset's
     return TrainConfig(preset=preset, **values).check()

@@ -14,9 +14,33 @@ import sys
 import time
 from pathlib import Path
 
+from textstream.cli.options import positive_int
 from textstream.errors import TextstreamError
+from textstream.run import CHECKPOINTS
 
+HELP = "generate text from a trained run"
+DESCRIPTION = "Generate text with a stateful single-step copy of the trained model."
 DEFAULT_LENGTH = 400
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prime", metavar="TEXT", help="text to start from")
+    g.add_argument("--prime-file", type=Path, metavar="FILE", help="start from this file's text")
+    p.add_argument("-n", "--length", type=int, metavar="N",
+                   help=f"characters to generate (default {DEFAULT_LENGTH}; with --follow, no limit)")
+    p.add_argument("--temperature", default="1.0", metavar="T[,T...]",
+                   help="sampling temperature(s); 0 is greedy; several give one block each")
+    p.add_argument("--top-k", type=positive_int, metavar="K")
+    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("--stop", action="append", metavar="STR", help="stop when this string is produced (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--streams", type=positive_int, default=1, metavar="B", help="independent streams in one batch")
+    p.add_argument("--follow", action="store_true", help="stream text as it is produced")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument("--unknown", choices=("error", "skip"), default="error",
+                   help="prime characters outside the vocabulary: fail (default) or skip them")
 
 
 def parse_temperatures(text: str) -> list[float]:
@@ -81,7 +105,7 @@ class _Out:
             self.stream.flush()
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream generate``; returns the exit status."""
     from textstream.run import existing_run
     from textstream.sampling import SampleConfig

@@ -12,44 +12,40 @@ import sys
 import threading
 from pathlib import Path
 
-from textstream.config import TrainConfig, make_config
+from textstream.cli.options import add_setting_arguments
+from textstream.config import GROUPS, RUN, TrainConfig, make_config, options
+from textstream.distribute import STRATEGIES
 from textstream.errors import TextstreamError
 from textstream.run import RunPaths
 
-# options that may change when a run is resumed: its length and its samples
-RESUMABLE = ("epochs", "steps", "time_budget", "samples", "sample_every")
-MODEL_AND_DATA = ("layers", "units", "dropout", "embedding", "seq_len", "stride", "objective", "batch_size",
-                  "carry_state", "optimizer", "lr", "clipnorm", "warmup_steps", "schedule", "min_lr_ratio",
-                  "seed", "lowercase", "val_fraction", "max_vocab", "errors")
+HELP = "train a model (streams windows from disk; samples after each epoch)"
+DESCRIPTION = "Train a character-level LSTM. Prepares the sources first (cached)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="*", metavar="SOURCE")
+    p.add_argument("-o", "--output", type=Path, metavar="RUN_DIR",
+                   help="run directory (default: runs/<preset>)")
+    add_setting_arguments(p, groups=(None,))  # --preset
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
+    groups = add_setting_arguments(p, groups=GROUPS)  # a flag per TrainConfig field, in groups
+    groups[RUN].add_argument("--strategy", choices=STRATEGIES,
+                             help="tf.distribute strategy (default auto: mirrored when several GPUs are visible)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {k: getattr(args, k, None) for k in MODEL_AND_DATA + ("epochs", "steps", "time_budget")}
-    overrides["sample_every"] = args.sample_every
-    if args.no_samples:
-        overrides["samples"] = False
+    """The config the flags ask for: a preset with overrides, or with --resume the run's own, resumed."""
+    given = {name: getattr(args, name, None) for name in options()}
     if not args.resume:
-        return make_config(args.preset, **overrides)
+        return make_config(given.pop("preset") or TrainConfig.preset, **given)
     paths = RunPaths(_run_dir(args))
     if not paths.config.exists():
         raise TextstreamError(f"{paths.root}: nothing to resume (no config.json); drop --resume to start a run")
-    cfg = TrainConfig.load(paths.config)
-    changed = [k for k in MODEL_AND_DATA if overrides.get(k) is not None and overrides[k] != getattr(cfg, k)]
-    if changed:
-        raise TextstreamError(f"--resume keeps the run's settings; cannot change: "
-                              f"{', '.join('--' + k.replace('_', '-') for k in changed)}")
-    length = {k: overrides.get(k) for k in ("epochs", "steps", "time_budget")}
-    if any(v is not None for v in length.values()):
-        for k, v in length.items():
-            setattr(cfg, k, v)
-    for k in ("samples", "sample_every"):
-        if overrides.get(k) is not None:
-            setattr(cfg, k, overrides[k])
-    return cfg.check()
+    return TrainConfig.load(paths.config).resumed(given)
 
 
 def _run_dir(args) -> Path:
-    return args.output if args.output is not None else Path("runs") / args.preset
+    return args.output if args.output is not None else Path("runs") / (args.preset or TrainConfig.preset)
 
 
 class TrainDisplay:
@@ -137,7 +133,7 @@ def _fmt_s(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from textstream.cli.console import ProgressUI, console as _console
 
     cfg = config_from_args(args)

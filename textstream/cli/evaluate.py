@@ -1,0 +1,35 @@
+"""``textstream eval``: bits per character of a run on held-out text (its validation split or SOURCEs)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from textstream.cli.options import positive_int
+from textstream.run import CHECKPOINTS
+
+HELP = "bits per character on held-out text"
+DESCRIPTION = "Evaluate a run on its validation split (default) or on SOURCEs."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.add_argument("sources", nargs="*", metavar="SOURCE")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    # defaults: the library's (``evaluate.evaluate``)
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS)
+    parser.add_argument("--batch-size", type=positive_int)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The handler of ``textstream eval``; returns the exit status."""
+    from textstream.evaluate import evaluate
+
+    given = {k: getattr(args, k) for k in ("checkpoint", "batch_size") if getattr(args, k) is not None}
+    result = evaluate(args.run_dir, args.sources, **given)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['bits_per_char']:.4f} bits/char  ({result['nats_per_char']:.4f} nats/char) "
+              f"over {result['chars']:,} characters")
+    return 0

@@ -72,7 +72,7 @@ def test_loaded_generator_has_the_checkpoint_weights_and_feeds_long_primes(tmp_p
     gen = Generator.load(run, warm=False)
     prime = (TEXT * 6)[:PMAX * 2 + 17]  # three feed calls
     ids = vocab.encode(prime)
-    np.testing.assert_allclose(log_softmax(gen.step.logits(ids[None])[0]), log_softmax(full_logits(model, ids)),
+    np.testing.assert_allclose(log_softmax(gen.backend.logits(ids[None])[0]), log_softmax(full_logits(model, ids)),
                                atol=1e-5)
     # greedy text after a long prime: each character is the full model's argmax on everything before it
     text = gen.generate([prime], 30, temperature=0.0)[0]

@@ -256,6 +256,8 @@ class Streams:
 
     def advance(self, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Feed stream i the ids ``feed[i]`` (any length), then generate ``k`` ids per stream: int32 (B, k)."""
+        if feed is None and k == 0:
+            return np.zeros((self.batch, 0), np.int32)
         if feed is not None:
             feed = self._feed_all_but_last_call(feed)
         parts = []

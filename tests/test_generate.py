@@ -16,8 +16,10 @@ from textstream.generate import Generator
 from textstream.step import KMAX, PMAX, StepModel
 from textstream.model import build_model
 from textstream.run import load_model
+from textstream.vocab import OOV_CHAR, Vocab
 
 PRIME = "it was the "
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def log_softmax(z):
@@ -72,7 +74,7 @@ def test_loaded_generator_has_the_checkpoint_weights_and_feeds_long_primes(tmp_p
     gen = Generator.load(run, warm=False)
     prime = (TEXT * 6)[:PMAX * 2 + 17]  # three feed calls
     ids = vocab.encode(prime)
-    np.testing.assert_allclose(log_softmax(gen.step.logits(ids[None])[0]), log_softmax(full_logits(model, ids)),
+    np.testing.assert_allclose(log_softmax(gen.backend.logits(ids[None])[0]), log_softmax(full_logits(model, ids)),
                                atol=1e-5)
     # greedy text after a long prime: each character is the full model's argmax on everything before it
     text = gen.generate([prime], 30, temperature=0.0)[0]
@@ -177,6 +179,22 @@ def test_default_prime_is_a_validation_line_or_newline(tiny_gen, tmp_path):
     assert bare.default_prime(1) == "\n"
 
 
+# --- the backend interface ------------------------------------------------------------------------
+def test_stream_rows_copy_and_move_their_state(tiny_gen):
+    backend = tiny_gen.backend
+    primes = [tiny_gen.encode(p) for p in (PRIME, "the ", "wisdom")]
+    batch = backend.streams([1, 2, 3], [0.7, 0.7, 0.7], top_k=8)  # 3 streams in a bucket of 4 rows
+    batch.advance(5, primes)
+    twin = batch.copy()
+    twin.advance(7)
+    state = batch.row_state(1)
+    assert int(state["position"]) == 5 and int(twin.row_state(1)["position"]) == 12  # the copy is separate
+    assert state["h"].shape == (backend.layers, backend.units) and state["h"].dtype == np.float32
+    single = backend.streams([99], [0.7], top_k=8)
+    single.set_row_state(0, state)
+    np.testing.assert_array_equal(single.advance(50)[0], batch.advance(50)[1])
+
+
 # --- sessions -----------------------------------------------------------------------------------
 def test_fork_continues_identically_but_separately(tiny_gen):
     s = tiny_gen.session(PRIME, seed=5)
@@ -210,6 +228,70 @@ def test_feed_equals_a_longer_prime(tiny_gen):
     s = tiny_gen.session("it was", seed=2)
     s.feed(" the ")
     assert s.sample(80) == tiny_gen.session(PRIME, seed=2).sample(80)
+
+
+# --- decoding and the checks shared with the CLI -------------------------------------------------
+def test_vocab_decode_is_the_join_of_its_characters():
+    chars = ["\n", " ", "a", "é", "€", "\U0001d518", "😀", "\U0010fffd", OOV_CHAR]  # 1- to 4-byte UTF-8
+    vocab = Vocab(chars=chars, oov_id=len(chars) - 1)
+    ids = np.random.default_rng(0).integers(0, len(chars), 500)
+    for chunk in (ids, ids[:0], ids[:1], list(ids[:7]), (int(i) for i in ids[:9])):
+        chunk = list(chunk)
+        assert vocab.decode(np.asarray(chunk, np.int64)) == "".join(chars[i] for i in chunk)
+    assert vocab.decode(vocab.encode("a€😀 z")) == "a€😀 " + OOV_CHAR  # 'z' is out of the vocabulary
+    assert vocab.decoder()(np.array([6, 2], np.uint16)) == "😀a"
+
+
+def test_generation_modules_import_without_tensorflow(tiny_run):
+    """``generate`` checks every option (and the prime) before TensorFlow loads."""
+    code = ("import sys\n"
+            "import textstream.generate, textstream.backend, textstream.sampling, textstream.cli.generate\n"
+            "from textstream.cli import main\n"
+            f"for bad in (['--temperature', '-1'], ['-n', '-2'], ['--stop', ''], ['--prime', 'naïve']):\n"
+            f"    assert main(['generate', {str(tiny_run)!r}, *bad]) == 2, bad\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras'))\n"
+            "assert not loaded, loaded[:5]\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("\n") == 4 and proc.stderr.count("textstream: ") == 4, proc.stderr
+
+
+BAD_REQUESTS = [  # (library keyword arguments, the same values as CLI options)
+    ({"temperature": -1.0}, ["--temperature", "-1"]),
+    ({"temperature": float("nan")}, ["--temperature", "nan"]),
+    ({"temperature": float("inf")}, ["--temperature", "inf"]),
+    ({"top_p": 0.0}, ["--top-p", "0"]),
+    ({"top_p": 1.5}, ["--top-p", "1.5"]),
+    ({"n": -1}, ["-n", "-1"]),
+    ({"stop": ""}, ["--stop", ""]),
+    ({"stop": ["\n", ""]}, ["--stop", r"\n", "--stop", ""]),
+]
+
+
+@pytest.mark.parametrize("kwargs, argv", BAD_REQUESTS)
+def test_library_and_cli_reject_the_same_values_with_the_same_line(tiny_gen, tiny_run, capsys, kwargs, argv):
+    n = kwargs.pop("n", 10)
+    with pytest.raises(TextstreamError) as gen_err:
+        tiny_gen.generate([PRIME], n, **kwargs)
+    with pytest.raises(TextstreamError) as stream_err:
+        tiny_gen.stream(PRIME, n=n, **kwargs)  # raises at the call, not at the first chunk
+    assert str(stream_err.value) == str(gen_err.value)
+    assert main(["generate", str(tiny_run), *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"textstream: {gen_err.value}\n"
+
+
+def test_library_rejects_what_the_cli_parser_cannot_express(tiny_gen):
+    bad = [lambda: tiny_gen.generate([PRIME], 5, top_k=0), lambda: tiny_gen.generate([PRIME], 5, top_k=2.5),
+           lambda: tiny_gen.generate([PRIME], 5, unknown="ignore"), lambda: tiny_gen.session(PRIME, top_p=-1),
+           lambda: tiny_gen.session(PRIME, temperature=-1), lambda: tiny_gen.session(PRIME).sample(-1),
+           lambda: tiny_gen.generate([PRIME] * 2, 5, seed=[1, 2, 3]),
+           lambda: tiny_gen.generate([PRIME] * 2, 5, temperature=[1.0]),
+           lambda: tiny_gen.generate([], 5, top_k=0)]
+    for call in bad:
+        with pytest.raises(TextstreamError):
+            call()
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from textstream._tf import tf
+from textstream.corpus import resolve
 from textstream.errors import TextstreamError
+from textstream.pipeline import TokenFile
+from textstream.prepare import load_prepared
+from textstream.run import RunPaths
+from textstream.run import load_model
 
 
 class IdStream:
@@ -82,8 +88,6 @@ DEFAULT_BURN_IN = 512
 
 
 def _score_stateful(model, seq_len, stream, first, last, rows, burn_in):
-    from textstream._tf import tf
-
     @tf.function(reduce_retracing=True)
     def chunk(x, y, mask, states):
         logits, states = model(x, states=states, return_state=True, training=False)
@@ -114,8 +118,6 @@ def _score_stateful(model, seq_len, stream, first, last, rows, burn_in):
 
 
 def _score_windows(model, seq_len, stream, first, last, batch_size):
-    from textstream._tf import tf
-
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)],
                  reduce_retracing=True)
     def nats_next(x, y):
@@ -147,40 +149,34 @@ def train_context(train, seq_len: int) -> np.ndarray:
 
 
 def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpoint: str = "best",
-             batch_size: int = 64, on_progress: Callable | None = None) -> dict:
+             batch_size: int = 64) -> dict:
     """Nats and bits per character of a trained run on held-out text.
 
     With no ``sources``, the run's validation split (with the end of the
     training split as context); otherwise the normalised text of the sources.
     Returns ``{"nats_per_char", "bits_per_char", "chars", "checkpoint"}``.
     """
-    from textstream.run import load_model
-
     cfg, vocab, model = load_model(run_dir, checkpoint)
     if sources:
-        from textstream.corpus import resolve
-
         text = "".join(Path(p).read_text(encoding="utf-8", errors="strict") for p in resolve(list(sources)))
         stream = IdStream(vocab.encode(text, what=", ".join(map(str, sources))))
     else:
-        from textstream.pipeline import TokenFile
-        from textstream.run import RunPaths
-        from textstream.prepare import load_prepared
-
-        paths = RunPaths(Path(run_dir))
-        prepared = paths.prepared_dir()
-        if prepared is None:
-            raise TextstreamError(f"{paths.root}: no data.json: cannot find the run's prepared corpus")
-        prep = load_prepared(prepared)
-        val = TokenFile(prep.val_path, vocab.dtype)
-        if len(val) == 0:
-            raise TextstreamError(f"{run_dir}: the run has no validation split (trained with --val-fraction 0); "
-                                  f"pass a SOURCE to evaluate on")
-        train = TokenFile(prep.train_path, vocab.dtype)
-        ctx = train_context(train, cfg.seq_len)
-        stream = IdStream(val, ctx)
+        stream = run_validation(RunPaths(Path(run_dir)), vocab.dtype, cfg.seq_len)
     nats, chars = score(model, cfg.objective, cfg.seq_len, stream, batch_size=batch_size)
     if chars == 0:
         raise TextstreamError("nothing to evaluate: the text is too short")
     return {"nats_per_char": nats / chars, "bits_per_char": nats / chars / math.log(2), "chars": chars,
             "checkpoint": checkpoint}
+
+
+def run_validation(paths: RunPaths, dtype: np.dtype, seq_len: int) -> IdStream:
+    """The run's validation split, with the end of its training split as context."""
+    prepared = paths.prepared_dir()
+    if prepared is None:
+        raise TextstreamError(f"{paths.root}: no data.json: cannot find the run's prepared corpus")
+    prep = load_prepared(prepared)
+    val = TokenFile(prep.val_path, dtype)
+    if len(val) == 0:
+        raise TextstreamError(f"{paths.root}: the run has no validation split (trained with --val-fraction 0); "
+                              f"pass a SOURCE to evaluate on")
+    return IdStream(val, train_context(TokenFile(prep.train_path, dtype), seq_len))

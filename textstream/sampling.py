@@ -1,34 +1,45 @@
-"""Choosing the next character, inside the compiled graph: temperature, top-k, top-p, greedy, noise.
+"""How the next character is chosen, and every check on a generation request. No TensorFlow here.
 
-Every function here is pure: tensors in, tensors out, no state. The
-randomness is a counter-based hash, so the noise a stream sees at position
-``p`` depends only on ``(stream seed, p, character id)``: the same seed gives
-the same text whatever the number of characters generated per call and
-however many other streams share the batch.
+The rules (the ops that apply them in the compiled graph are in
+``textstream.sampling_tf``; a backend without TensorFlow applies the same ones):
 
-    from textstream._tf import tf
-    from textstream.sampling import choose, gumbel_noise
-    logits = tf.math.log(tf.constant([[0.1, 0.7, 0.2]]))
-    noise = gumbel_noise(tf.constant([7], tf.uint32), tf.constant([0], tf.uint32), 3)
-    ids = choose(logits, tf.constant([1.0]), noise)   # int32, shape (1,)
+* Sampling is Gumbel-max: ``argmax(logits + T * g)`` draws from
+  ``softmax(logits / T)``; temperature 0 is greedy (``argmax``). Top-k keeps
+  the k largest logits, top-p the smallest set of most likely characters whose
+  probabilities reach p.
+* The noise is a counter-based hash: ``g`` for stream seed ``s`` at stream
+  position ``p`` for character id ``i`` is ``gumbel(unit(mix32(key + i * GOLDEN)))``
+  with ``key = mix32(mix32(seed_u32(s) ^ SEED_SALT) ^ p)`` (uint32 arithmetic;
+  ``mix32`` is lowbias32 with ``MIX_M1``/``MIX_M2``; ``unit(x) = ((x >> 9) + 0.5) / 2**23``;
+  ``gumbel(u) = -log(max(-log(u), 1e-30))``), so the same seed gives the same text however the work is cut into calls and
+  however many other streams share the batch.
+* Stop strings are found on the Python side (``find_stop``, ``held_back``).
 
-Sampling is Gumbel-max: ``argmax(logits / T + g)`` with ``g = -log(-log(u))``
-draws from ``softmax(logits / T)`` (computed as ``argmax(logits + T * g)``).
-Temperature 0 means greedy (``argmax``).
-Stop strings are found on the Python side (``find_stop``).
+``check_request`` checks every input of a request at once; the CLI calls it
+before TensorFlow loads and ``Generator`` calls it on every request, so a bad
+value gets the same one-line ``TextstreamError`` from both.
+
+    >>> check_request([0.5], top_k=10, n=100, stop="\\n\\n")
+    ['\\n\\n']
 """
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from textstream.errors import TextstreamError
 
-_GOLDEN = 0x9E3779B9
-_M1 = 0x7FEB352D
-_M2 = 0x846CA68B
-_SEED_SALT = 0x5BD1E995
+# the noise hash (see the module docstring): uint32 constants shared by every backend
+GOLDEN = 0x9E3779B9
+MIX_M1 = 0x7FEB352D
+MIX_M2 = 0x846CA68B
+SEED_SALT = 0x5BD1E995
+
+UNKNOWN = ("error", "skip")  # what to do with prime characters outside the vocabulary
 
 
 @dataclass(frozen=True)
@@ -44,14 +55,88 @@ class SampleConfig:
     top_p: float | None = None
 
     def check(self) -> "SampleConfig":
+        """This config, or a ``TextstreamError`` naming the first value out of range."""
         t = self.temperature
-        if not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        if not _is_real(t) or not math.isfinite(t) or t < 0:
             raise TextstreamError(f"temperature must be a finite number >= 0 (got {t!r}); 0 means greedy")
-        if self.top_k is not None and (int(self.top_k) != self.top_k or self.top_k < 1):
-            raise TextstreamError(f"top-k must be an integer >= 1 (got {self.top_k!r})")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
-            raise TextstreamError(f"top-p must be in (0, 1] (got {self.top_p!r})")
+        k = self.top_k
+        if k is not None and not (isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1):
+            raise TextstreamError(f"top-k must be an integer >= 1 (got {k!r})")
+        p = self.top_p
+        if p is not None and not (_is_real(p) and 0.0 < p <= 1.0):
+            raise TextstreamError(f"top-p must be in (0, 1] (got {p!r})")
         return self
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+# --- checks on a request: one function per concept, shared by the CLI and the library ------------
+def check_length(n: int | None) -> int | None:
+    """``n`` (characters to generate; None = no limit), or an error when it is negative."""
+    if n is not None and not (isinstance(n, numbers.Integral) and n >= 0):
+        raise TextstreamError(f"n must be an integer >= 0 (got {n!r})")
+    return n
+
+
+def check_unknown(unknown: str) -> str:
+    """``unknown`` if it is one of ``UNKNOWN`` ("error": fail listing the characters; "skip": drop them)."""
+    if unknown not in UNKNOWN:
+        raise TextstreamError(f"unknown must be 'error' or 'skip' (got {unknown!r})")
+    return unknown
+
+
+def stop_strings(stop: str | Sequence[str] | None) -> list[str]:
+    """``stop`` as a list (one string or several; None: none); an empty stop string is an error."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else [str(s) for s in stop]
+    if any(not s for s in stops):
+        raise TextstreamError("stop strings must not be empty")
+    return stops
+
+
+def check_request(temperatures: Sequence[float], top_k: int | None = None, top_p: float | None = None, *,
+                  n: int | None = None, stop: str | Sequence[str] | None = None,
+                  unknown: str = "error") -> list[str]:
+    """Check every input of a generation request; returns the stop strings as a list.
+
+    ``temperatures``: one per stream (each checked with ``top_k`` and ``top_p``).
+    """
+    for t in list(temperatures) or [1.0]:  # top-k and top-p are checked even for no streams
+        SampleConfig(temperature=t, top_k=top_k, top_p=top_p).check()
+    check_length(n)
+    check_unknown(unknown)
+    return stop_strings(stop)
+
+
+# --- seeds and per-stream values ------------------------------------------------------------------
+def random_seed() -> int:
+    """A fresh seed from the operating system's entropy (for a request made without one)."""
+    return int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+
+
+def stream_seeds(seed: int | Sequence[int] | None, b: int) -> list[int]:
+    """One seed per stream: ``seed + i`` for an int, the list as given (length ``b``), random for None."""
+    if seed is None:
+        seed = random_seed()
+    if isinstance(seed, numbers.Integral):
+        return [int(seed) + i for i in range(b)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != b:
+        raise TextstreamError(f"{len(seeds)} seeds for {b} streams")
+    return seeds
+
+
+def per_stream(value: float | Sequence[float], b: int, what: str) -> list[float]:
+    """One float per stream: a single value repeated, or a list of exactly ``b`` values."""
+    if _is_real(value):
+        return [float(value)] * b
+    values = [float(v) for v in value]
+    if len(values) != b:
+        raise TextstreamError(f"{len(values)} {what} values for {b} streams")
+    return values
 
 
 def seed_u32(seed: int) -> int:
@@ -62,120 +147,7 @@ def seed_u32(seed: int) -> int:
     return (x ^ (x >> 33)) & 0xFFFFFFFF
 
 
-# --- in-graph pieces ------------------------------------------------------------------------
-def _tf():
-    from textstream._tf import tf
-
-    return tf
-
-
-def mix32(x):
-    """A bijective uint32 -> uint32 finaliser (lowbias32): every output bit depends on every input bit."""
-    tf = _tf()
-    rs = tf.bitwise.right_shift
-    x = tf.bitwise.bitwise_xor(x, rs(x, tf.constant(16, tf.uint32)))
-    x = x * tf.constant(_M1, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, rs(x, tf.constant(15, tf.uint32)))
-    x = x * tf.constant(_M2, tf.uint32)
-    return tf.bitwise.bitwise_xor(x, rs(x, tf.constant(16, tf.uint32)))
-
-
-def uniform(seeds, positions, vocab_size: int):
-    """Uniform floats in the open interval (0, 1), shape ``(B, vocab_size)``, from ``hash(seed, position, id)``.
-
-    ``seeds`` and ``positions`` are uint32 vectors of shape ``(B,)``. Never 0
-    or 1, so the logs of Gumbel noise are always finite.
-    """
-    tf = _tf()
-    key = mix32(tf.bitwise.bitwise_xor(mix32(tf.bitwise.bitwise_xor(seeds, tf.constant(_SEED_SALT, tf.uint32))),
-                                      positions))  # (B,)
-    ids = tf.cast(tf.range(vocab_size, dtype=tf.int32), tf.uint32)  # tf.range has no uint32 kernel
-    return unit(mix32(key[:, None] + ids[None, :] * tf.constant(_GOLDEN, tf.uint32)))
-
-
-def unit(x):
-    """uint32 bits -> float32 in the open interval (0, 1): ``(top 23 bits + 0.5) / 2**23``.
-
-    23 bits, not 24: ``2**24 - 0.5`` is not a float32 and would round to 1.
-    """
-    tf = _tf()
-    top23 = tf.cast(tf.bitwise.right_shift(x, tf.constant(9, tf.uint32)), tf.float32)
-    return (top23 + 0.5) * (1.0 / (1 << 23))
-
-
-def gumbel_noise(seeds, positions, vocab_size: int):
-    """Standard Gumbel noise ``-log(-log(u))``, shape ``(B, vocab_size)``, a pure function of its inputs.
-
-    Always finite (see ``unit`` and ``gumbel``).
-    """
-    return gumbel(uniform(seeds, positions, vocab_size))
-
-
-def gumbel(u):
-    """``-log(-log(u))`` for ``u`` in (0, 1); the inner term is kept above 1e-30, so never infinite."""
-    tf = _tf()
-    return -tf.math.log(tf.maximum(-tf.math.log(u), 1e-30))
-
-
-def apply_temperature(logits, temperature):
-    """``logits / T`` per stream (``temperature`` shape ``(B,)``), shifted so the best is 0; safe for any T >= 0.
-
-    Dividing ``logits - max`` (all <= 0) keeps the result in ``[-inf, 0]``:
-    a tiny T sends everything but the best to ``-inf``, never to NaN. Rows
-    with T == 0 come back unscaled (they are chosen greedily).
-    """
-    tf = _tf()
-    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
-    t = temperature[:, None]
-    return tf.where(t > 0, shifted / tf.where(t > 0, t, tf.ones_like(t)), shifted)
-
-
-def top_k_filter(logits, k):
-    """``-inf`` everywhere but each row's ``k`` largest logits (``k`` shape ``(B,)``, ties at the k-th kept)."""
-    tf = _tf()
-    v = tf.shape(logits)[-1]
-    ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
-    kth = tf.gather(ordered, tf.clip_by_value(k, 1, v) - 1, axis=-1, batch_dims=1)
-    return tf.where(logits >= kth[:, None], logits, tf.constant(-math.inf, logits.dtype))
-
-
-def top_p_filter(logits, p):
-    """Keep each row's nucleus: the most likely characters whose probabilities first reach ``p`` (shape ``(B,)``).
-
-    The most likely character is always kept; characters tied with the last
-    one kept are kept too.
-    """
-    tf = _tf()
-    ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
-    probs = tf.nn.softmax(ordered, axis=-1)
-    before = tf.cumsum(probs, axis=-1, exclusive=True)  # mass of the characters ranked above
-    keep = before < p[:, None]
-    n_keep = tf.maximum(tf.reduce_sum(tf.cast(keep, tf.int32), axis=-1), 1)
-    last = tf.gather(ordered, n_keep - 1, axis=-1, batch_dims=1)
-    return tf.where(logits >= last[:, None], logits, tf.constant(-math.inf, logits.dtype))
-
-
-def choose(logits, temperature, noise, top_k=None, top_p=None):
-    """Next ids (int32, shape ``(B,)``): Gumbel-max over the filtered, tempered logits; greedy where T == 0.
-
-    ``temperature``: float32 ``(B,)``; ``noise``: from ``gumbel_noise``;
-    ``top_k`` int32 ``(B,)`` and ``top_p`` float32 ``(B,)`` are optional
-    (``None`` skips the sort they need).
-
-    ``argmax(logits / T + g) == argmax(logits + T * g)`` for T > 0, so the
-    noise is scaled instead of the logits: nothing can overflow at any
-    temperature, and T == 0 is exactly ``argmax(logits)`` (the noise is finite).
-    """
-    tf = _tf()
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        keep = tf.math.is_finite(top_p_filter(apply_temperature(logits, temperature), top_p))
-        logits = tf.where(keep, logits, tf.constant(-math.inf, logits.dtype))
-    return tf.argmax(logits + temperature[:, None] * noise, axis=-1, output_type=tf.int32)
-
-
-# --- Python side --------------------------------------------------------------------------------
+# --- stop strings -----------------------------------------------------------------------------
 def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
     """Index where the earliest stop string in ``text`` begins (searching from ``start``), or None.
 

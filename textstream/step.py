@@ -1,133 +1,137 @@
-"""The compiled single-step model: a stateful copy of a trained ``CharLSTM`` that generates in graph.
+"""The compiled single-step model (the TensorFlow step backend): a stateful copy of a trained ``CharLSTM``.
 
-``StepModel`` is a single-step copy of a ``CharLSTM``: the same weights, the
-LSTM cell written out, and a compiled loop (XLA, ``tf.while_loop``) that first
-feeds given characters and then generates up to ``KMAX`` characters per call
-for a batch of B streams, carrying ``(h, c)`` of every layer from call to
-call. Characters are chosen in the graph (``textstream.sampling``) with noise
+``StepModel`` has the same weights as a ``CharLSTM``, the LSTM cell written
+out, and a compiled loop (XLA, ``tf.while_loop``) that first feeds given
+characters and then generates up to ``KMAX`` characters per call for a batch
+of B streams, carrying ``(h, c)`` of every layer from call to call.
+Characters are chosen in the graph (``textstream.sampling_tf``) with noise
 that depends only on (stream seed, stream position, character), so a seed
 gives the same text however the work is cut into calls or batched.
 
 ``Streams`` holds the state of B streams on the device (model state, seeds,
-positions, sampling settings) and advances them with one compiled call.
+positions, sampling settings) and advances them with compiled calls.
+Together they implement ``textstream.backend.StepBackend`` / ``StreamBatch``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from textstream._tf import tf
+from textstream.config import TrainConfig
+from textstream.model import head_weights, lstm_weights
+from textstream.run import load_model
 from textstream.sampling import seed_u32
+from textstream.sampling_tf import choose, gumbel_noise
+from textstream.vocab import Vocab
 
 KMAX = 1024  # characters generated per compiled call, at most (the output buffer's length)
 PMAX = 256  # characters fed per compiled call, at most (the feed buffer's length)
 
-__all__ = ["StepModel", "Streams", "KMAX", "PMAX"]
+__all__ = ["StepModel", "Streams", "load", "KMAX", "PMAX"]
 
 
-# --- the compiled step model ---------------------------------------------------------------------
-def _tf():
-    from textstream._tf import tf
-
-    return tf
-
-
-_COMPILED: dict = {}
+# --- the graph: weights are arguments, so models of one shape share an XLA executable per batch size ----
+def _cell(g, c):
+    i, f, cc, o = tf.split(g, 4, axis=-1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(cc)
+    return tf.sigmoid(o) * tf.tanh(c), c
 
 
-def _compiled():
-    """The module's compiled functions, built once per process (weights are arguments, so every
-    model of the same shape shares one XLA executable per batch size)."""
-    if _COMPILED:
-        return _COMPILED
-    tf = _tf()
-    from textstream import sampling
+def _consume(w, hs, cs, x, top_rec=None):
+    """Every layer takes one step on ids ``x`` (B,); ``top_rec`` = h_top @ rec_top if already computed."""
+    n = len(hs)
+    g = tf.gather(w["embed"], x)  # one-hot @ kernel + bias == row x of (kernel + bias)
+    g += top_rec if (n == 1 and top_rec is not None) else tf.matmul(hs[0], w["rec"][0])
+    h, c = _cell(g, cs[0])
+    new_h, new_c = [h], [c]
+    for layer in range(1, n):
+        g = tf.matmul(h, w["kernel"][layer - 1]) + w["bias"][layer - 1]
+        g += top_rec if (layer == n - 1 and top_rec is not None) else tf.matmul(hs[layer], w["rec"][layer])
+        h, c = _cell(g, cs[layer])
+        new_h.append(h)
+        new_c.append(c)
+    return new_h, new_c
 
-    def cell(g, c):
-        i, f, cc, o = tf.split(g, 4, axis=-1)
-        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(cc)
-        return tf.sigmoid(o) * tf.tanh(c), c
 
-    def consume(w, hs, cs, x, top_rec=None):
-        """Every layer takes one step on ids ``x`` (B,); ``top_rec`` = h_top @ rec_top if already computed."""
-        n = len(hs)
-        g = tf.gather(w["embed"], x)  # one-hot @ kernel + bias == row x of (kernel + bias)
-        g += top_rec if (n == 1 and top_rec is not None) else tf.matmul(hs[0], w["rec"][0])
-        h, c = cell(g, cs[0])
-        new_h, new_c = [h], [c]
-        for layer in range(1, n):
-            g = tf.matmul(h, w["kernel"][layer - 1]) + w["bias"][layer - 1]
-            g += top_rec if (layer == n - 1 and top_rec is not None) else tf.matmul(hs[layer], w["rec"][layer])
-            h, c = cell(g, cs[layer])
-            new_h.append(h)
-            new_c.append(c)
-        return new_h, new_c
+def _feed_loop(w, hs, cs, feed, feed_len, n_feed):
+    """Consume ``feed[:n_feed]`` (P, B); stream b takes only its first ``feed_len[b]`` ids."""
+    def body(t, hs, cs):
+        nh, nc = _consume(w, hs, cs, feed[t])
+        on = (t < feed_len)[:, None]
+        return (t + 1, [tf.where(on, a, b) for a, b in zip(nh, hs)],
+                [tf.where(on, a, b) for a, b in zip(nc, cs)])
 
-    @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-    def run(w, h, c, feed, feed_len, n_feed, seeds, positions, temperature, k, top_k, top_p):
-        """Feed ``feed[:n_feed]`` (P, B) (stream b only its first ``feed_len[b]``), then generate ``k``."""
-        n = len(w["rec"])
-        # dynamic: with reduce_retracing the traced signature may leave the vocabulary size unknown
-        # (XLA still compiles each concrete shape)
-        vocab = tf.shape(w["head_bias"])[0]
-        hs, cs = list(tf.unstack(h, num=n)), list(tf.unstack(c, num=n))
+    _, hs, cs = tf.while_loop(lambda t, *_: t < n_feed, body, (tf.constant(0), hs, cs))
+    return hs, cs
 
-        def feed_body(t, hs, cs):
-            nh, nc = consume(w, hs, cs, feed[t])
-            on = (t < feed_len)[:, None]
-            return (t + 1, [tf.where(on, a, b) for a, b in zip(nh, hs)],
-                    [tf.where(on, a, b) for a, b in zip(nc, cs)])
 
-        _, hs, cs = tf.while_loop(lambda t, *_: t < n_feed, feed_body, (tf.constant(0), hs, cs))
+def _sample_loop(w, hs, cs, seeds, positions, temperature, k, top_k, top_p):
+    """Generate ``k`` ids per stream: returns ``(hs, cs, positions, ids (KMAX, B))``."""
+    # dynamic: with reduce_retracing the traced signature may leave the vocabulary size unknown
+    # (XLA still compiles each concrete shape)
+    vocab = tf.shape(w["head_bias"])[0]
+    out = tf.TensorArray(tf.int32, size=KMAX, element_shape=seeds.shape)
 
-        out = tf.TensorArray(tf.int32, size=KMAX, element_shape=feed_len.shape)
+    def body(i, hs, cs, pos, out):
+        z = tf.matmul(hs[-1], w["top"])  # [head kernel | top recurrent kernel]: one matmul
+        logits = z[:, :vocab] + w["head_bias"]
+        x = choose(logits, temperature, gumbel_noise(seeds, pos, vocab), top_k, top_p)
+        hs, cs = _consume(w, hs, cs, x, z[:, vocab:])
+        return i + 1, hs, cs, pos + tf.constant(1, tf.uint32), out.write(i, x)
 
-        def sample_body(i, hs, cs, pos, out):
-            z = tf.matmul(hs[-1], w["top"])  # [head kernel | top recurrent kernel]: one matmul
-            logits = z[:, :vocab] + w["head_bias"]
-            noise = sampling.gumbel_noise(seeds, pos, vocab)
-            x = sampling.choose(logits, temperature, noise, top_k, top_p)
-            hs, cs = consume(w, hs, cs, x, z[:, vocab:])
-            return i + 1, hs, cs, pos + tf.constant(1, tf.uint32), out.write(i, x)
+    _, hs, cs, positions, out = tf.while_loop(lambda i, *_: i < k, body, (tf.constant(0), hs, cs, positions, out))
+    return hs, cs, positions, out.stack()
 
-        _, hs, cs, positions, out = tf.while_loop(
-            lambda i, *_: i < k, sample_body, (tf.constant(0), hs, cs, positions, out))
-        return tf.stack(hs), tf.stack(cs), positions, out.stack()
 
-    @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-    def logits(w, h, c, ids):
-        """Teacher-forced: logits after each of ``ids`` (T, B) -> (T, B, V), and the final state."""
-        n = len(w["rec"])
-        hs, cs = list(tf.unstack(h, num=n)), list(tf.unstack(c, num=n))
-        steps = tf.shape(ids)[0]
-        out = tf.TensorArray(tf.float32, size=steps)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
+def _run(w, h, c, feed, feed_len, n_feed, seeds, positions, temperature, k, top_k, top_p):
+    """Feed ``feed[:n_feed]`` (P, B) (stream b only its first ``feed_len[b]``), then generate ``k``."""
+    n = len(w["rec"])
+    hs, cs = _feed_loop(w, list(tf.unstack(h, num=n)), list(tf.unstack(c, num=n)), feed, feed_len, n_feed)
+    hs, cs, positions, ids = _sample_loop(w, hs, cs, seeds, positions, temperature, k, top_k, top_p)
+    return tf.stack(hs), tf.stack(cs), positions, ids
 
-        def body(t, hs, cs, out):
-            hs, cs = consume(w, hs, cs, ids[t])
-            return t + 1, hs, cs, out.write(t, tf.matmul(hs[-1], w["head_kernel"]) + w["head_bias"])
 
-        _, hs, cs, out = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), hs, cs, out))
-        return out.stack(), tf.stack(hs), tf.stack(cs)
+@tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
+def _teacher_forced(w, h, c, ids):
+    """Logits after each of ``ids`` (T, B) -> (T, B, V), and the final state."""
+    n = len(w["rec"])
+    hs, cs = list(tf.unstack(h, num=n)), list(tf.unstack(c, num=n))
+    steps = tf.shape(ids)[0]
+    out = tf.TensorArray(tf.float32, size=steps)
 
-    _COMPILED.update(run=run, logits=logits)
-    return _COMPILED
+    def body(t, hs, cs, out):
+        hs, cs = _consume(w, hs, cs, ids[t])
+        return t + 1, hs, cs, out.write(t, tf.matmul(hs[-1], w["head_kernel"]) + w["head_bias"])
+
+    _, hs, cs, out = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), hs, cs, out))
+    return out.stack(), tf.stack(hs), tf.stack(cs)
+
+
+# --- the step model ----------------------------------------------------------------------------
+def load(run_dir: str | Path, checkpoint: str = "best") -> tuple[TrainConfig, Vocab, "StepModel"]:
+    """``(config, vocab, step model)`` of a run directory's ``checkpoint`` ("best" or "last")."""
+    cfg, vocab, model = load_model(run_dir, checkpoint)
+    return cfg, vocab, StepModel.from_model(model)
 
 
 class StepModel:
     """A single-step copy of a trained ``CharLSTM`` (same weights) for B streams at a time.
 
-    ``run`` feeds characters and generates ``k`` more in one compiled call;
-    ``logits`` scores a sequence position by position (the equivalence check).
+    ``streams`` makes B streams to advance; ``run`` feeds characters and
+    generates ``k`` more in one compiled call; ``logits`` scores a sequence
+    position by position (the equivalence check).
 
-        from textstream.run import load_model
-        cfg, vocab, model = load_model("runs/default")
-        step = StepModel.from_model(model)
-        h, c = step.zero_state(1)
-        per_position = step.logits([[1, 2, 3]])     # numpy (1, 3, V)
+        from textstream.step import load
+        cfg, vocab, step_model = load("runs/default")
+        per_position = step_model.logits([[1, 2, 3]])     # numpy (1, 3, V)
+        ids = step_model.streams([7], [0.8]).advance(100)  # numpy (1, 100)
     """
 
     def __init__(self, lstm: Sequence[Mapping[str, np.ndarray]], head: tuple[np.ndarray, np.ndarray]):
-        tf = _tf()
         f32 = lambda a: tf.constant(np.asarray(a, np.float32))  # noqa: E731
         head_kernel, head_bias = head
         self.layers = len(lstm)
@@ -149,15 +153,17 @@ class StepModel:
     @classmethod
     def from_model(cls, model) -> "StepModel":
         """The step copy of a ``textstream.model.CharLSTM`` (its weights as they are now)."""
-        from textstream.model import head_weights, lstm_weights
-
         return cls(lstm_weights(model), head_weights(model))
 
     def zero_state(self, batch: int):
         """``(h, c)``: float32 tensors of shape (layers, batch, units), all zero."""
-        tf = _tf()
         z = tf.zeros([self.layers, batch, self.units], tf.float32)
         return z, z
+
+    def streams(self, seeds: Sequence[int], temperatures: Sequence[float], top_k: int | None = None,
+                top_p: float | None = None) -> "Streams":
+        """B = ``len(seeds)`` streams in the zero state, at position 0 (see ``Streams``)."""
+        return Streams(self, seeds, temperatures, top_k, top_p)
 
     def run(self, h, c, seeds, positions, temperature, k: int, feed: Sequence[np.ndarray] | None = None,
             top_k=None, top_p=None):
@@ -167,35 +173,35 @@ class StepModel:
         ``top_k``: int32 (B,) or None; ``top_p``: float32 (B,) or None.
         Returns ``(h, c, positions, ids)`` with ``ids`` a numpy int32 array (B, k).
         """
-        tf = _tf()
         batch = int(h.shape[1])
         if not 0 <= k <= KMAX:
             raise ValueError(f"k must be in [0, {KMAX}] (got {k})")
-        if feed is None or not any(len(f) for f in feed):
-            if batch not in self._zero_feed:
-                self._zero_feed[batch] = (tf.zeros([PMAX, batch], tf.int32), tf.zeros([batch], tf.int32))
-            buf, lens = self._zero_feed[batch]
-            n_feed = 0
-        else:
-            lens_np = np.array([len(f) for f in feed], np.int32)
-            if lens_np.max() > PMAX:
-                raise ValueError(f"at most {PMAX} ids per call (got {lens_np.max()})")
-            arr = np.zeros([PMAX, batch], np.int32)
-            for b, f in enumerate(feed):
-                arr[:len(f), b] = f
-            buf, lens, n_feed = tf.constant(arr), tf.constant(lens_np), int(lens_np.max())
+        buf, lens, n_feed = self._feed_buffer(batch, feed)
         args = (self.weights, h, c, buf, lens, tf.constant(n_feed, tf.int32), seeds, positions, temperature,
                 tf.constant(k, tf.int32), top_k, top_p)
         key = (batch, top_k is None, top_p is None)
         fn = self._concrete.get(key)
         if fn is None:  # calling the traced function directly skips tf.function's dispatch (~0.5 ms a call)
-            fn = self._concrete[key] = _compiled()["run"].get_concrete_function(*args)
+            fn = self._concrete[key] = _run.get_concrete_function(*args)
         h, c, positions, ids = fn(*args)
         return h, c, positions, ids.numpy()[:k].T
 
+    def _feed_buffer(self, batch: int, feed: Sequence[np.ndarray] | None):
+        """``(ids (PMAX, batch), lengths (batch,), longest)`` for ``run``; one cached zero buffer when empty."""
+        if feed is None or not any(len(f) for f in feed):
+            if batch not in self._zero_feed:
+                self._zero_feed[batch] = (tf.zeros([PMAX, batch], tf.int32), tf.zeros([batch], tf.int32))
+            return (*self._zero_feed[batch], 0)
+        lens = np.array([len(f) for f in feed], np.int32)
+        if lens.max() > PMAX:
+            raise ValueError(f"at most {PMAX} ids per call (got {lens.max()})")
+        arr = np.zeros([PMAX, batch], np.int32)
+        for b, f in enumerate(feed):
+            arr[:len(f), b] = f
+        return tf.constant(arr), tf.constant(lens), int(lens.max())
+
     def feed(self, h, c, ids: Sequence[np.ndarray]):
         """Consume each stream's ids (any length), in calls of ``PMAX``; returns the new ``(h, c)``."""
-        tf = _tf()
         batch = int(h.shape[1])
         dummy = (tf.zeros([batch], tf.uint32), tf.zeros([batch], tf.uint32), tf.zeros([batch], tf.float32))
         longest = max((len(f) for f in ids), default=0)
@@ -205,10 +211,9 @@ class StepModel:
 
     def logits(self, ids, state=None) -> np.ndarray:
         """Logits after each position of ``ids`` (B, T) fed one character at a time: numpy (B, T, V)."""
-        tf = _tf()
         ids = np.asarray(ids, np.int32)
         h, c = state if state is not None else self.zero_state(ids.shape[0])
-        out, _, _ = _compiled()["logits"](self.weights, h, c, tf.constant(ids.T))
+        out, _, _ = _teacher_forced(self.weights, h, c, tf.constant(ids.T))
         return np.transpose(out.numpy(), (1, 0, 2))
 
 
@@ -225,39 +230,66 @@ class Streams:
 
     The batch is padded to ``_bucket(B)`` rows so that any B reuses one of a
     few compiled executables; the padding rows are computed and dropped.
+    A ``textstream.backend.StreamBatch``.
     """
 
-    def __init__(self, step: StepModel, seeds: Sequence[int], temperature: Sequence[float],
-                 top_k: int | None, top_p: float | None):
-        tf = _tf()
+    def __init__(self, model: StepModel, seeds: Sequence[int], temperatures: Sequence[float],
+                 top_k: int | None = None, top_p: float | None = None):
         self.batch = b = len(seeds)
         rows = _bucket(b)
         pad = lambda values, fill, dtype: tf.constant(  # noqa: E731
             np.array(list(values) + [fill] * (rows - b), dtype))
-        self.step = step
-        self.h, self.c = step.zero_state(rows)
+        self.model = model
+        self.h, self.c = model.zero_state(rows)
         self.seeds = pad((seed_u32(s) for s in seeds), 0, np.uint32)
         self.positions = tf.zeros([rows], tf.uint32)
-        self.temperature = pad(temperature, 1.0, np.float32)
-        keep_all = top_k is None or top_k >= step.vocab_size  # no sort when top-k keeps everything
+        self.temperature = pad(temperatures, 1.0, np.float32)
+        keep_all = top_k is None or top_k >= model.vocab_size  # no sort when top-k keeps everything
         self.top_k = None if keep_all else tf.constant(np.full(rows, int(top_k), np.int32))
         self.top_p = None if top_p is None or top_p >= 1.0 else tf.constant(np.full(rows, top_p, np.float32))
 
     def copy(self) -> "Streams":
+        """An independent copy: advancing one leaves the other as it was."""
         new = object.__new__(Streams)
         new.__dict__.update(self.__dict__)  # tensors are immutable: sharing them is copying them
         return new
 
     def advance(self, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        """Feed (each stream's ids, any length), then generate ``k`` <= KMAX ids per stream: (B, k)."""
+        """Feed stream i the ids ``feed[i]`` (any length), then generate ``k`` ids per stream: int32 (B, k)."""
+        if feed is None and k == 0:
+            return np.zeros((self.batch, 0), np.int32)
         if feed is not None:
-            rows = int(self.h.shape[1])
-            feed = list(feed) + [np.zeros(0, np.int32)] * (rows - len(feed))
-            longest = max((len(f) for f in feed), default=0)
-            if longest > PMAX:
-                cut = (longest - 1) // PMAX * PMAX  # all but the last chunk, fed without sampling
-                self.h, self.c = self.step.feed(self.h, self.c, [f[:cut] for f in feed])
-                feed = [f[cut:] for f in feed]
-        self.h, self.c, self.positions, ids = self.step.run(
-            self.h, self.c, self.seeds, self.positions, self.temperature, k, feed, self.top_k, self.top_p)
-        return ids[:self.batch]
+            feed = self._feed_all_but_last_call(feed)
+        parts = []
+        for lo in range(0, max(k, 1), KMAX):  # one call even for k == 0 (it feeds)
+            self.h, self.c, self.positions, ids = self.model.run(
+                self.h, self.c, self.seeds, self.positions, self.temperature, min(KMAX, k - lo), feed,
+                self.top_k, self.top_p)
+            parts.append(ids[:self.batch])
+            feed = None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def _feed_all_but_last_call(self, feed: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Pad ``feed`` to the bucket's rows and consume all but its last ``PMAX`` chunk; returns the rest."""
+        rows = int(self.h.shape[1])
+        feed = list(feed) + [np.zeros(0, np.int32)] * (rows - len(feed))
+        longest = max((len(f) for f in feed), default=0)
+        if longest <= PMAX:
+            return feed
+        cut = (longest - 1) // PMAX * PMAX  # all but the last chunk, fed without sampling
+        self.h, self.c = self.model.feed(self.h, self.c, [f[:cut] for f in feed])
+        return [f[cut:] for f in feed]
+
+    def row_state(self, row: int) -> dict[str, np.ndarray]:
+        """Stream ``row``'s state as numpy: ``h``/``c`` float32 (layers, units), ``seed``/``position`` uint32."""
+        return {"h": np.array(self.h[:, row]), "c": np.array(self.c[:, row]),
+                "seed": np.array(self.seeds[row], np.uint32), "position": np.array(self.positions[row], np.uint32)}
+
+    def set_row_state(self, row: int, state: Mapping[str, np.ndarray]) -> None:
+        """Put stream ``row`` in ``state`` (as ``row_state`` returns it; shapes already checked)."""
+        h, c = np.array(self.h), np.array(self.c)  # (layers, rows, units)
+        h[:, row], c[:, row] = state["h"], state["c"]
+        seeds, positions = np.array(self.seeds), np.array(self.positions)
+        seeds[row], positions[row] = np.uint32(state["seed"]), np.uint32(state["position"])
+        self.h, self.c = tf.constant(h), tf.constant(c)
+        self.seeds, self.positions = tf.constant(seeds), tf.constant(positions)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -76,8 +77,26 @@ class Vocab:
         return np.fromiter((self._index.get(ch, oov) for ch in text), dtype=np.int32, count=len(text))
 
     def decode(self, ids: Iterable[int]) -> str:
-        chars = self.chars
-        return "".join(chars[int(i)] for i in ids)
+        """The text of ``ids``, vectorised: one table lookup per id, no Python code per character."""
+        ids = np.asarray(ids if hasattr(ids, "__len__") else list(ids), dtype=np.int64)
+        if self._code_points is None:  # a symbol longer than one character (not from prepare)
+            return "".join(self.chars[int(i)] for i in ids)
+        return self._code_points[ids].tobytes().decode("utf-32-le", errors="surrogatepass")
+
+    def decoder(self) -> Callable[[np.ndarray], str]:
+        """A decoder for one stream of ids that arrive in chunks: ``decoder(ids) -> text so far unreturned``.
+
+        Every id is a whole character here, so it is ``decode``; token kinds
+        whose characters span several ids hold back an incomplete one instead.
+        """
+        return self.decode
+
+    @cached_property
+    def _code_points(self) -> np.ndarray | None:
+        """Id -> code point as little-endian uint32, or None when a symbol is not one character."""
+        if any(len(ch) != 1 for ch in self.chars):
+            return None
+        return np.array([ord(ch) for ch in self.chars], dtype="<u4")
 
     # --- json -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

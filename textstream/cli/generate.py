@@ -10,13 +10,19 @@ quietly too (``cli.main`` handles ``BrokenPipeError``).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from textstream.cli.console import console as rich_console
 from textstream.cli.options import positive_int
 from textstream.errors import TextstreamError
-from textstream.run import CHECKPOINTS
+from textstream.generate import Generator
+from textstream.run import CHECKPOINTS, existing_run
+from textstream.sampling import check_request, random_seed
+from textstream.vocab import Vocab
 
 HELP = "generate text from a trained run"
 DESCRIPTION = "Generate text with a stateful single-step copy of the trained model."
@@ -44,16 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_temperatures(text: str) -> list[float]:
-    """"0.2,0.5,1" -> [0.2, 0.5, 1.0]; each must be a finite number >= 0."""
+    """"0.2,0.5,1" -> [0.2, 0.5, 1.0] (their range is checked by ``sampling.check_request``)."""
     temps = []
     for part in str(text).split(","):
         try:
-            t = float(part)
+            temps.append(float(part))
         except ValueError:
             raise TextstreamError(f"--temperature: {part.strip()!r} is not a number") from None
-        if not (t >= 0 and t != float("inf")):
-            raise TextstreamError(f"--temperature must be >= 0 and finite (got {part.strip()}); 0 is greedy")
-        temps.append(t)
     return temps
 
 
@@ -83,8 +86,6 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 def unescape(text: str) -> str:
     r"""``--stop`` values may spell newline, tab and CR as ``\n``, ``\t``, ``\r`` (``\\`` is a backslash)."""
-    import re
-
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
@@ -105,71 +106,54 @@ class _Out:
             self.stream.flush()
 
 
-def run(args: argparse.Namespace) -> int:
-    """The handler of ``textstream generate``; returns the exit status."""
-    from textstream.run import existing_run
-    from textstream.sampling import SampleConfig
-    from textstream.vocab import Vocab
+@dataclass
+class _Request:
+    """The command's options, checked and ready for the library."""
 
-    # everything a user can get wrong is checked before TensorFlow loads
+    temperatures: list[float]
+    stops: list[str]
+    prime: str
+    seed: int
+
+
+def _checked_options(args: argparse.Namespace) -> tuple[list[float], list[str]]:
+    """``(temperatures, stop strings)`` after the library's own checks of every option (no TensorFlow)."""
     temps = parse_temperatures(args.temperature)
-    for t in temps:
-        SampleConfig(temperature=t, top_k=args.top_k, top_p=args.top_p).check()
-    n = args.length
-    if n is not None and n < 0:
-        raise TextstreamError(f"-n must be >= 0 (got {n})")
-    streams = args.streams
-    if args.follow and (len(temps) > 1 or streams > 1):
+    stops = check_request(temps, args.top_k, args.top_p, n=args.length,
+                          stop=[unescape(s) for s in args.stop or []], unknown=args.unknown)
+    if args.follow and (len(temps) > 1 or args.streams > 1):
         raise TextstreamError("--follow streams one text: give one temperature and --streams 1")
-    stops = [unescape(s) for s in (args.stop or [])]
-    if any(not s for s in stops):
-        raise TextstreamError("--stop must not be empty")
-    paths = existing_run(args.run_dir)
-    vocab = Vocab.load(paths.vocab)
+    return temps, stops
+
+
+def _prime_text(args: argparse.Namespace, vocab: Vocab) -> str:
+    """The prime given (``--prime`` or ``--prime-file``; "" for none), checked against the vocabulary."""
     if args.prime_file is not None:
         prime, what = read_prime_file(args.prime_file), str(args.prime_file)
     else:
         prime, what = args.prime or "", "--prime"
     if prime:
         vocab.encode(prime, unknown=args.unknown, what=what)  # raises listing the unknown characters
+    return prime
 
-    from textstream.generate import Generator, _random_seed
 
-    status = sys.stderr.isatty()
-    from textstream.cli.console import console as _console
-
-    console = _console() if status else None
-    seed = args.seed if args.seed is not None else _random_seed()
-    batch = 1 if args.follow else len(temps) * streams
+def run(args: argparse.Namespace) -> int:
+    """The handler of ``textstream generate``; returns the exit status."""
+    temps, stops = _checked_options(args)  # everything a user can get wrong is checked before TensorFlow loads
+    paths = existing_run(args.run_dir)
+    prime = _prime_text(args, Vocab.load(paths.vocab))
+    req = _Request(temps, stops, prime, args.seed if args.seed is not None else random_seed())
+    console = rich_console() if sys.stderr.isatty() else None
+    batch = 1 if args.follow else len(req.temperatures) * args.streams
     gen = Generator.load(paths.root, args.checkpoint, warm=batch)  # compiled before the clock starts
-    if not prime or not len(gen.encode(prime, unknown=args.unknown)):
-        prime = gen.default_prime(seed)
+    if not req.prime or not len(gen.encode(req.prime, unknown=args.unknown)):
+        req.prime = gen.default_prime(req.seed)
         if console:
-            console.print(f"[dim]prime (a random validation line): {prime!r}[/dim]", soft_wrap=True)
+            console.print(f"[dim]prime (a random validation line): {req.prime!r}[/dim]", soft_wrap=True)
     out = _Out()
     t0 = time.perf_counter()
-    count = 0
     try:
-        if args.follow:
-            for chunk in gen.stream(prime, temperature=temps[0], top_k=args.top_k, top_p=args.top_p, seed=seed,
-                                    n=n, stop=stops or None, unknown=args.unknown):
-                out.write(chunk)
-                count += len(chunk)
-            if sys.stdout.isatty():
-                out.write("\n")
-        else:
-            n = DEFAULT_LENGTH if n is None else n
-            blocks = [(t, j) for t in temps for j in range(streams)]
-            texts = gen.generate([prime] * len(blocks), n, temperature=[t for t, _ in blocks],
-                                 top_k=args.top_k, top_p=args.top_p, seed=[seed + j for _, j in blocks],
-                                 stop=stops or None, unknown=args.unknown)
-            for (t, j), text in zip(blocks, texts):
-                if len(blocks) > 1:
-                    label = f"--- temperature {t:g}" + (f", stream {j + 1}/{streams}" if streams > 1 else "")
-                    sys.stdout.flush()
-                    print(label, file=sys.stderr, flush=True)
-                out.write(text + "\n")
-                count += len(text)
+        count = (_follow if args.follow else _blocks)(gen, req, args, out)
     except KeyboardInterrupt:
         if sys.stdout.isatty():
             out.write("\n")
@@ -179,3 +163,31 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[dim]{count:,} characters in {dt:.2f} s ({count / max(dt, 1e-9):,.0f} chars/s)[/dim]",
                       soft_wrap=True)
     return 0
+
+
+def _follow(gen: Generator, req: _Request, args: argparse.Namespace, out: _Out) -> int:
+    """``--follow``: one stream's chunks written as they come; returns the characters written."""
+    count = 0
+    for chunk in gen.stream(req.prime, temperature=req.temperatures[0], top_k=args.top_k, top_p=args.top_p,
+                            seed=req.seed, n=args.length, stop=req.stops, unknown=args.unknown):
+        out.write(chunk)
+        count += len(chunk)
+    if sys.stdout.isatty():
+        out.write("\n")
+    return count
+
+
+def _blocks(gen: Generator, req: _Request, args: argparse.Namespace, out: _Out) -> int:
+    """One block per temperature and stream, all in one batch; returns the characters written."""
+    n = DEFAULT_LENGTH if args.length is None else args.length
+    blocks = [(t, j) for t in req.temperatures for j in range(args.streams)]
+    texts = gen.generate([req.prime] * len(blocks), n, temperature=[t for t, _ in blocks], top_k=args.top_k,
+                         top_p=args.top_p, seed=[req.seed + j for _, j in blocks], stop=req.stops,
+                         unknown=args.unknown)
+    for (t, j), text in zip(blocks, texts):
+        if len(blocks) > 1:
+            label = f"--- temperature {t:g}" + (f", stream {j + 1}/{args.streams}" if args.streams > 1 else "")
+            sys.stdout.flush()
+            print(label, file=sys.stderr, flush=True)
+        out.write(text + "\n")
+    return sum(map(len, texts))

@@ -1,0 +1,89 @@
+"""The step backend: what ``Generator`` needs from a single-step model, and where one comes from. No TensorFlow here.
+
+A backend advances B streams of a trained model one character at a time.
+``Generator`` and ``Session`` (``textstream.generate``) talk only to these two
+small interfaces, never to tensors:
+
+* ``StepBackend``: the model (``layers``, ``units``, ``vocab_size``), makes
+  ``streams(...)`` and scores sequences with ``logits`` (the equivalence check);
+* ``StreamBatch``: B streams' state wherever the backend keeps it:
+  ``advance`` (feed, then generate), ``copy``, and one stream's state as numpy
+  (``row_state`` / ``set_row_state``).
+
+A backend must follow the sampling rules of ``textstream.sampling`` (the
+noise hash of seed, position and character), so that every backend gives
+the same text for the same seed, up to the last bits of its logits.
+
+The one backend today is TensorFlow's (``textstream.step``: ``StepModel``,
+``Streams``), imported by ``load_backend``/``backend_from_model`` only when
+they are called.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from textstream.config import TrainConfig
+    from textstream.vocab import Vocab
+
+
+class StreamBatch(Protocol):
+    """The state of B streams (model state, seeds, positions, sampling settings) on a backend."""
+
+    batch: int  # B
+
+    def advance(self, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Feed stream i the ids ``feed[i]`` (any length; its position stays), then generate ``k`` >= 0 ids each.
+
+        Returns the generated ids, int (B, k). Each generated id moves its
+        stream's position by one. ``advance(0, feed)`` only feeds.
+        """
+        ...
+
+    def copy(self) -> "StreamBatch":
+        """An independent copy: advancing one leaves the other as it was."""
+        ...
+
+    def row_state(self, row: int) -> dict[str, np.ndarray]:
+        """Stream ``row``'s state: ``h``, ``c`` float32 (layers, units); ``seed`` (folded by
+        ``sampling.seed_u32``), ``position`` uint32 scalars."""
+        ...
+
+    def set_row_state(self, row: int, state: Mapping[str, np.ndarray]) -> None:
+        """Put stream ``row`` in ``state`` (the keys and shapes of ``row_state``, already checked)."""
+        ...
+
+
+class StepBackend(Protocol):
+    """A single-step model: the weights of a trained ``CharLSTM``, ready to advance streams."""
+
+    layers: int
+    units: int
+    vocab_size: int
+
+    def streams(self, seeds: Sequence[int], temperatures: Sequence[float], top_k: int | None = None,
+                top_p: float | None = None) -> StreamBatch:
+        """B = ``len(seeds)`` streams in the zero state at position 0, stream i with ``seeds[i]`` and
+        ``temperatures[i]`` (already checked by ``sampling.check_request``)."""
+        ...
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits after each position of ``ids`` (B, T) fed one at a time from the zero state: float (B, T, V)."""
+        ...
+
+
+def load_backend(run_dir: str | Path, checkpoint: str = "best") -> tuple["TrainConfig", "Vocab", StepBackend]:
+    """``(config, vocab, backend)`` for a run directory's ``checkpoint`` ("best" or "last")."""
+    from textstream import step  # TensorFlow: imported only when a run is loaded
+
+    return step.load(run_dir, checkpoint)
+
+
+def backend_from_model(model) -> StepBackend:
+    """The backend for a ``CharLSTM`` in memory (a snapshot of its weights now), e.g. during training."""
+    from textstream.step import StepModel  # TensorFlow (the model in memory has loaded it already)
+
+    return StepModel.from_model(model)

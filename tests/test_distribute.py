@@ -72,7 +72,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from textstream.config import make_config
 from textstream.distribute import make_strategy
-from textstream.run import load_model
+from textstream.checkpoint import load_model
 from textstream.train import train
 cfg = dict(steps=12, layers=2, carry_state=True, lr=0.01, samples=False)
 train(make_config("tiny", **cfg), [sys.argv[1]], sys.argv[2] + "/one", strategy=make_strategy("one"))

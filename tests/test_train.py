@@ -12,7 +12,8 @@ import pytest
 from textstream.cli import main
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
-from textstream.run import RunLock, RunPaths, load_model
+from textstream.checkpoint import load_model
+from textstream.run import RunLock, RunPaths
 from textstream.train import train
 
 WORDS = ("the cat sat on a mat while the dog ran after a red ball and the bird sang "

@@ -154,7 +154,7 @@ def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpo
     training split as context); otherwise the normalised text of the sources.
     Returns ``{"nats_per_char", "bits_per_char", "chars", "checkpoint"}``.
     """
-    from textstream.run import load_model
+    from textstream.checkpoint import load_model
 
     cfg, vocab, model = load_model(run_dir, checkpoint)
     if sources:

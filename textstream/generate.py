@@ -100,7 +100,8 @@ class Generator:
 
             gen = Generator.load("runs/default", checkpoint="last")
         """
-        from textstream.run import RunPaths, load_model
+        from textstream.checkpoint import load_model
+        from textstream.run import RunPaths
 
         cfg, vocab, model = load_model(run_dir, checkpoint)
         paths = RunPaths(Path(run_dir))

@@ -1,4 +1,4 @@
-"""The run directory: its layout, its lock, and loading a trained model from it.
+"""The run directory: its layout and its lock (loading a trained model: checkpoint.py).
 
     RUN_DIR/
       config.json          TrainConfig (json)
@@ -73,45 +73,6 @@ def existing_run(run_dir: Path | str) -> RunPaths:
     if not paths.config.exists() or not paths.vocab.exists():
         raise TextstreamError(f"{paths.root}: not a textstream run directory (no config.json / vocab.json)")
     return paths
-
-
-def latest_checkpoint(paths: RunPaths, which: str = "best") -> str:
-    """Path prefix of the newest checkpoint of kind ``which`` ("best" or "last").
-
-    "best" falls back to "last" for runs that never evaluated (no validation split).
-    """
-    from textstream._tf import tf
-
-    if which not in CHECKPOINTS:
-        raise TextstreamError(f"unknown checkpoint {which!r}; choose one of: {', '.join(CHECKPOINTS)}")
-    order = [which] + (["last"] if which == "best" else [])
-    for kind in order:
-        prefix = tf.train.latest_checkpoint(str(paths.checkpoints(kind)))
-        if prefix:
-            return prefix
-    raise TextstreamError(f"{paths.root}: no checkpoint yet (train first)")
-
-
-def load_model(run_dir: Path | str, checkpoint: str = "best"):
-    """``(config, vocab, model)`` with the weights of the run's ``checkpoint``.
-
-    The model is a ``textstream.model.CharLSTM``; optimizer state is not loaded.
-    """
-    from textstream._tf import tf
-    from textstream.config import TrainConfig
-    from textstream.model import build_model
-    from textstream.vocab import Vocab
-
-    paths = existing_run(run_dir)
-    cfg = TrainConfig.load(paths.config)
-    vocab = Vocab.load(paths.vocab)
-    model = build_model(cfg, vocab.size)
-    prefix = latest_checkpoint(paths, checkpoint)
-    try:
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
-        raise TextstreamError(f"{prefix}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
-    return cfg, vocab, model
 
 
 class RunLock:

@@ -119,7 +119,7 @@ class StepModel:
     ``run`` feeds characters and generates ``k`` more in one compiled call;
     ``logits`` scores a sequence position by position (the equivalence check).
 
-        from textstream.run import load_model
+        from textstream.checkpoint import load_model
         cfg, vocab, model = load_model("runs/default")
         step = StepModel.from_model(model)
         h, c = step.zero_state(1)

@@ -149,7 +149,8 @@ class RunPaths:
             if not self.config.exists():
                 raise TextstreamError(f"{self.root}: nothing to resume (no config.json); drop --resume to start a run")
             if not self.has_checkpoint():
-                raise TextstreamError(f"{self.root}: nothing to resume (no checkpoint yet); drop --resume to start over")
+                raise TextstreamError(f"{self.root}: nothing to resume (no checkpoint yet); "
+                                      f"drop --resume to start over")
         elif self.has_checkpoint() or self.config.exists():
             raise TextstreamError(f"{self.root}: already holds a run; pass --resume to continue it, "
                                   f"or choose another -o")

@@ -18,12 +18,13 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from textstream.config import make_config
 from textstream.distribute import make_strategy
+from textstream.events import StepLogged
 from textstream.train import train
 strategy = make_strategy("mirrored")
 losses = []
 summary = train(make_config("tiny", steps=40, lr=0.01, samples=False), [sys.argv[1]], sys.argv[2],
-                strategy=strategy, on_event=lambda k, i: losses.append(i["loss"]) if k == "step" else None)
-print(json.dumps({"replicas": strategy.num_replicas_in_sync, "first": losses[0], "last": summary["loss"]}))
+                strategy=strategy, on_event=lambda e: losses.append(e.loss) if isinstance(e, StepLogged) else None)
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "first": losses[0], "last": summary.loss}))
 """
 
 
@@ -72,7 +73,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from textstream.config import make_config
 from textstream.distribute import make_strategy
-from textstream.run import load_model
+from textstream.checkpoint import load_model
 from textstream.train import train
 cfg = dict(steps=12, layers=2, carry_state=True, lr=0.01, samples=False)
 train(make_config("tiny", **cfg), [sys.argv[1]], sys.argv[2] + "/one", strategy=make_strategy("one"))

@@ -15,7 +15,7 @@ from textstream.errors import TextstreamError
 from textstream.generate import Generator
 from textstream.step import KMAX, PMAX, StepModel
 from textstream.model import build_model
-from textstream.run import load_model
+from textstream.checkpoint import load_model
 from textstream.vocab import OOV_CHAR, Vocab
 
 PRIME = "it was the "

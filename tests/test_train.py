@@ -1,6 +1,7 @@
 """Training: loss falls, exact resume, atomic checkpoints, signals, the lock, clear errors."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import pytest
 from textstream.cli import main
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
-from textstream.run import RunLock, RunPaths, load_model
+from textstream.checkpoint import load_model
+from textstream.events import Checkpointed, EpochEnd, Finished, Prepared, Samples, Started, StepLogged
+from textstream.run import RunLock, RunPaths
 from textstream.train import train
 
 WORDS = ("the cat sat on a mat while the dog ran after a red ball and the bird sang "
@@ -33,8 +36,7 @@ def corpus(tmp_path, monkeypatch):
 
 
 def records(run, kind):
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+    return RunPaths(run).read_metrics(kind)
 
 
 def weights(run, which="last"):
@@ -61,12 +63,42 @@ def test_samples_after_each_epoch(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     events = []
     cfg = make_config("tiny", epochs=2, seq_len=32, batch_size=64, sample_chars=30)
-    train(cfg, [corpus], run, on_event=lambda k, i: events.append((k, i)))
-    samples = [i for k, i in events if k == "samples"]
-    assert [s["epoch"] for s in samples] == [1, 2]
-    assert [s["temperature"] for s in samples[0]["samples"]] == [0.2, 0.5, 1.0, 1.2]
-    assert all(len(s["text"]) == 30 for s in samples[0]["samples"])
-    assert len([k for k, _ in events if k == "epoch"]) == 2
+    train(cfg, [corpus], run, on_event=events.append)
+    samples = [e for e in events if isinstance(e, Samples)]
+    assert [s.epoch for s in samples] == [1, 2]
+    assert [s.temperature for s in samples[0].samples] == [0.2, 0.5, 1.0, 1.2]
+    assert all(len(s.text) == 30 for s in samples[0].samples)
+    assert len([e for e in events if isinstance(e, EpochEnd)]) == 2
+    # the documented order (events.py): per epoch "last" saved, maybe "best", the epoch's end, its samples
+    names = " ".join(_name(e) for e in events)
+    epoch = r"(StepLogged )+Checkpointed:epoch (Checkpointed:best )?EpochEnd:1 Samples "
+    assert re.fullmatch(r"Prepared Started " + epoch + epoch.replace(":1", ":2") + "Finished", names), names
+
+
+def _name(event):
+    """An event's type, with what tells its place apart: a checkpoint's reason, an epoch's number."""
+    detail = {Checkpointed: lambda e: e.why, EpochEnd: lambda e: e.number}.get(type(event))
+    return type(event).__name__ + (f":{detail(event)}" if detail else "")
+
+
+def test_events_of_a_run_that_stops_between_epochs(corpus, tmp_path):
+    run = tmp_path / "run"
+    events = []
+    summary = train(make_config("tiny", steps=5, samples=False), [corpus], run, on_event=events.append)
+    names = " ".join(_name(e) for e in events)
+    assert re.fullmatch(r"Prepared Started (StepLogged )+Checkpointed:end Checkpointed:best EpochEnd:None Finished",
+                        names), names
+    assert all(isinstance(e, (Prepared, Started, StepLogged, Checkpointed, EpochEnd, Finished)) for e in events)
+    assert events[-1] is summary and summary.step == 5 and summary.stop == "done"
+    assert [e.step for e in events if isinstance(e, StepLogged)][-1] == 5
+    assert events[1].step == 0 and events[1].total_steps == 5 and not events[1].resumed
+    end = events[-2]
+    assert end.best and end.val is not None and end.val.chars > 0
+    assert summary.best_val_nats_per_char == end.val.nats_per_char
+    # metrics.jsonl holds the same records as the events' to_dict()
+    logged = RunPaths(run).read_metrics()
+    assert logged[-1] == json.loads(json.dumps(summary.to_dict()))
+    assert logged[-2] == end.to_dict() and logged[-2]["kind"] == "val"
 
 
 @pytest.mark.parametrize("objective,dropout,carry", [("sequence", 0.0, False), ("sequence", 0.3, False),
@@ -79,6 +111,7 @@ def test_resume_is_exact(corpus, tmp_path, objective, dropout, carry):
     resumed = TrainConfig.load(split / "config.json")
     resumed.steps = 24
     train(resumed, [], split, resume=True)
+    assert RunPaths(split).read_data().sources == (str(corpus),)  # a resume keeps the run's sources
     for a, b in zip(weights(straight), weights(split)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -119,7 +152,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(corpus, tmp_path):
         np.testing.assert_array_equal(a, b)
     cfg = TrainConfig.load(run / "config.json")
     cfg.steps = 12
-    assert train(cfg, [], run, resume=True)["step"] == 12
+    assert train(cfg, [], run, resume=True).step == 12
 
 
 def test_sigint_saves_a_checkpoint_and_says_how_to_resume(corpus, tmp_path):
@@ -190,4 +223,4 @@ def test_diverging_loss_stops_with_an_error_and_keeps_the_last_checkpoint(corpus
 
 def test_time_budget_stops_the_run(corpus, tmp_path):
     summary = train(make_config("tiny", time_budget=0.05, samples=False), [corpus], tmp_path / "run")
-    assert summary["stop"] == "time budget" and summary["step"] > 0
+    assert summary.stop == "time budget" and summary.step > 0

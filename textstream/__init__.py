@@ -27,7 +27,7 @@ _LAZY = {
     "evaluate": "textstream.evaluate",
     "Generator": "textstream.generate",
     "Session": "textstream.generate",
-    "load_model": "textstream.run",
+    "load_model": "textstream.checkpoint",
 }
 
 __all__ = ["TextstreamError", "__version__", *_LAZY]

@@ -22,7 +22,7 @@ STRATEGIES = ("auto", "one", "mirrored", "multiworker", "tpu")
 
 def make_strategy(name: str = "auto"):
     """The strategy called ``name``. Create it before any other TensorFlow work."""
-    from textstream._tf import tf
+    from textstream._tf import tf  # here, so that the CLI reads STRATEGIES without loading TensorFlow
 
     if name not in STRATEGIES:
         raise TextstreamError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")

@@ -22,12 +22,12 @@ from typing import Sequence
 import numpy as np
 
 from textstream._tf import tf
+from textstream.checkpoint import load_model
 from textstream.corpus import resolve
 from textstream.errors import TextstreamError
 from textstream.pipeline import TokenFile
 from textstream.prepare import load_prepared
 from textstream.run import RunPaths
-from textstream.run import load_model
 
 
 class IdStream:

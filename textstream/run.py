@@ -1,4 +1,4 @@
-"""The run directory: its layout, its lock, and loading a trained model from it.
+"""The run directory: its layout, its lock, and the one reader and writer of its files.
 
     RUN_DIR/
       config.json          TrainConfig (json)
@@ -6,24 +6,43 @@
       data.json            where the prepared token files are (path, sources)
       checkpoints/last/    tf.train.CheckpointManager, newest checkpoint (weights, optimizer, step, ...)
       checkpoints/best/    the checkpoint with the lowest validation loss so far
-      metrics.jsonl        one JSON object per evaluation / epoch
+      metrics.jsonl        one JSON object per log line (kind train | val | end; see events.py)
       tb/                  TensorBoard scalars
       .lock                held (flock) while a `train` process uses the directory
+
+No TensorFlow here (the CLI reads run directories before TensorFlow loads);
+the checkpoints themselves are ``checkpoint.py``'s.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
+from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
+from textstream.fsutil import atomic_write_text
+from textstream.vocab import Vocab
 
 CHECKPOINTS = ("best", "last")
 
 
 @dataclass(frozen=True)
+class DataRecord:
+    """``data.json``: the prepared corpus directory and the sources it was made from."""
+
+    dir: Path
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunPaths:
+    """The files of one run directory, and their readers and writers (writes are atomic)."""
+
     root: Path
 
     @property
@@ -50,17 +69,91 @@ class RunPaths:
     def lock(self) -> Path:
         return self.root / ".lock"
 
-    def prepared_dir(self) -> Path | None:
-        """The prepared corpus directory recorded in ``data.json``, or None when there is none."""
-        import json
-
-        try:
-            return Path(json.loads(self.data.read_text(encoding="utf-8"))["dir"])
-        except (OSError, KeyError, TypeError, ValueError):
-            return None
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.root / "checkpoints"
 
     def checkpoints(self, which: str) -> Path:
-        return self.root / "checkpoints" / which
+        return self.checkpoint_root / which
+
+    # --- config.json, vocab.json ------------------------------------------------------------
+    def read_config(self) -> TrainConfig:
+        return TrainConfig.load(self.config)
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        atomic_write_text(self.config, json.dumps(cfg.to_dict(), indent=1) + "\n")
+
+    def read_vocab(self) -> Vocab:
+        return Vocab.load(self.vocab)
+
+    def write_vocab(self, vocab: Vocab) -> None:
+        vocab.save(self.vocab)
+
+    # --- data.json --------------------------------------------------------------------------
+    def read_data(self) -> DataRecord | None:
+        """``data.json``, or None when the run has none; a ``TextstreamError`` when it is unreadable."""
+        try:
+            d = json.loads(self.data.read_text(encoding="utf-8"))
+            return DataRecord(Path(d["dir"]), tuple(str(s) for s in d.get("sources", [])))
+        except FileNotFoundError:
+            return None
+        except (OSError, KeyError, TypeError, AttributeError, ValueError) as e:
+            raise TextstreamError(f"{self.data}: not a textstream data.json ({type(e).__name__}: {e})") from None
+
+    def write_data(self, prepared_dir: Path | str, sources: Sequence[str | Path]) -> None:
+        record = {"dir": str(prepared_dir), "sources": [str(s) for s in sources]}
+        atomic_write_text(self.data, json.dumps(record, indent=1) + "\n")
+
+    def prepared_dir(self) -> Path | None:
+        """The prepared corpus directory recorded in ``data.json``, or None when there is none (or it is unreadable)."""
+        try:
+            record = self.read_data()
+        except TextstreamError:
+            return None
+        return record.dir if record is not None else None
+
+    # --- metrics.jsonl ----------------------------------------------------------------------
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line to ``metrics.jsonl`` (one ``write``: a crash loses at most that line)."""
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (those of ``kind`` only, if given); [] when there is none."""
+        try:
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for n, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if n < len(lines):  # only the last line may be cut short by a crash
+                    raise TextstreamError(f"{self.metrics}:{n}: not a JSON line") from None
+        return [r for r in records if kind is None or r.get("kind") == kind]
+
+    # --- checks -----------------------------------------------------------------------------
+    def has_checkpoint(self) -> bool:
+        last = self.checkpoints("last")
+        return last.is_dir() and any(last.iterdir())
+
+    def check_directory(self) -> None:
+        """The run directory may be missing (training creates it), not a file."""
+        if self.root.exists() and not self.root.is_dir():
+            raise TextstreamError(f"{self.root}: exists and is not a directory")
+
+    def check_for_training(self, resume: bool) -> None:
+        """A new run needs an empty directory; ``resume`` needs a config and a checkpoint."""
+        if resume:
+            if not self.config.exists():
+                raise TextstreamError(f"{self.root}: nothing to resume (no config.json); drop --resume to start a run")
+            if not self.has_checkpoint():
+                raise TextstreamError(f"{self.root}: nothing to resume (no checkpoint yet); "
+                                      f"drop --resume to start over")
+        elif self.has_checkpoint() or self.config.exists():
+            raise TextstreamError(f"{self.root}: already holds a run; pass --resume to continue it, "
+                                  f"or choose another -o")
 
 
 def existing_run(run_dir: Path | str) -> RunPaths:
@@ -75,45 +168,6 @@ def existing_run(run_dir: Path | str) -> RunPaths:
     return paths
 
 
-def latest_checkpoint(paths: RunPaths, which: str = "best") -> str:
-    """Path prefix of the newest checkpoint of kind ``which`` ("best" or "last").
-
-    "best" falls back to "last" for runs that never evaluated (no validation split).
-    """
-    from textstream._tf import tf
-
-    if which not in CHECKPOINTS:
-        raise TextstreamError(f"unknown checkpoint {which!r}; choose one of: {', '.join(CHECKPOINTS)}")
-    order = [which] + (["last"] if which == "best" else [])
-    for kind in order:
-        prefix = tf.train.latest_checkpoint(str(paths.checkpoints(kind)))
-        if prefix:
-            return prefix
-    raise TextstreamError(f"{paths.root}: no checkpoint yet (train first)")
-
-
-def load_model(run_dir: Path | str, checkpoint: str = "best"):
-    """``(config, vocab, model)`` with the weights of the run's ``checkpoint``.
-
-    The model is a ``textstream.model.CharLSTM``; optimizer state is not loaded.
-    """
-    from textstream._tf import tf
-    from textstream.config import TrainConfig
-    from textstream.model import build_model
-    from textstream.vocab import Vocab
-
-    paths = existing_run(run_dir)
-    cfg = TrainConfig.load(paths.config)
-    vocab = Vocab.load(paths.vocab)
-    model = build_model(cfg, vocab.size)
-    prefix = latest_checkpoint(paths, checkpoint)
-    try:
-        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
-        raise TextstreamError(f"{prefix}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
-    return cfg, vocab, model
-
-
 class RunLock:
     """An exclusive ``flock`` on ``RUN_DIR/.lock``, released when the process ends (even by kill -9)."""
 
@@ -122,8 +176,6 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        import fcntl
-
         self.paths.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -22,7 +22,7 @@ import numpy as np
 from textstream._tf import tf
 from textstream.config import TrainConfig
 from textstream.model import head_weights, lstm_weights
-from textstream.run import load_model
+from textstream.checkpoint import load_model
 from textstream.sampling import seed_u32
 from textstream.sampling_tf import choose, gumbel_noise
 from textstream.vocab import Vocab

@@ -37,13 +37,14 @@ def free_ports(n: int) -> list[int]:
 
 def worker_main(args: argparse.Namespace) -> int:
     """Runs inside one worker process: train, then print the summary as JSON on stdout."""
-    from textstream.config import TrainConfig, make_config
+    from textstream.config import make_config
     from textstream.errors import TextstreamError
+    from textstream.run import RunPaths
     from textstream.train import train
 
     try:
         if args.resume:
-            cfg = TrainConfig.load(Path(args.output) / "config.json")
+            cfg = RunPaths(Path(args.output)).read_config()
             cfg.steps = args.steps
         else:
             cfg = make_config(args.preset, steps=args.steps, samples=False, batch_size=args.batch_size)
@@ -51,7 +52,7 @@ def worker_main(args: argparse.Namespace) -> int:
     except TextstreamError as e:
         print(f"worker: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary))
+    print(json.dumps(summary.to_dict()))
     return 0
 
 

@@ -7,6 +7,7 @@ save a checkpoint and stop.
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ from textstream.cli.options import add_setting_arguments
 from textstream.config import GROUPS, RUN, TrainConfig, make_config, options
 from textstream.distribute import STRATEGIES
 from textstream.errors import TextstreamError
+from textstream.events import EpochEnd, Event, Finished, Prepared, Samples, Started, StepLogged
 from textstream.run import RunPaths
 
 HELP = "train a model (streams windows from disk; samples after each epoch)"
@@ -56,26 +58,30 @@ class TrainDisplay:
         self.before_start = before_start  # closes the preparation progress bars
         self.progress = None
         self.task = None
+        self.last: StepLogged | None = None  # the newest step, for the epoch lines
 
-    def __call__(self, kind: str, info: dict) -> None:
-        getattr(self, f"on_{kind}", lambda info: None)(info)
+    @functools.singledispatchmethod
+    def __call__(self, event: Event) -> None:
+        """Render one event (those without a rendering, such as ``Checkpointed``, show nothing)."""
 
-    def on_prepared(self, info):
+    @__call__.register
+    def _prepared(self, event: Prepared) -> None:
         if self.before_start is not None:
             self.before_start()
-        how = "cached" if info["cached"] else "prepared"
-        self.console.print(f"[dim]corpus {how}: {info['train_chars']:,} train + {info['val_chars']:,} val "
-                           f"characters, {info['vocab_size']} symbols ({info['dir']})[/dim]")
+        how = "cached" if event.cached else "prepared"
+        self.console.print(f"[dim]corpus {how}: {event.train_chars:,} train + {event.val_chars:,} val "
+                           f"characters, {event.vocab_size} symbols ({event.dir})[/dim]")
 
-    def on_start(self, info):
-        c = info["config"]
-        total = info["total_steps"]
-        what = f"{total:,} steps" if total else f"{info['time_budget_s'] / 60:g} min"
+    @__call__.register
+    def _started(self, event: Started) -> None:
+        c = event.config
+        total = event.total_steps
+        what = f"{total:,} steps" if total else f"{event.time_budget_s / 60:g} min"
         self.console.print(
-            f"[bold]{'resuming' if info['resumed'] else 'training'}[/bold] preset {c['preset']}: "
+            f"[bold]{'resuming' if event.resumed else 'training'}[/bold] preset {c['preset']}: "
             f"{c['layers']}x LSTM({c['units']}), seq {c['seq_len']}, objective {c['objective']}, "
             f"batch {c['batch_size']}, {c['optimizer']} lr {c['lr']:g}; {what} "
-            f"({info['steps_per_epoch']:.1f} steps/epoch), from step {info['step']:,}")
+            f"({event.steps_per_epoch:.1f} steps/epoch), from step {event.step:,}")
         if self.live:
             from rich.progress import BarColumn, Progress, TextColumn
 
@@ -86,40 +92,44 @@ class TrainDisplay:
                 TextColumn("{task.fields[rate]:,.0f} chars/s"), TextColumn("ETA {task.fields[eta]}"),
                 console=self.console, transient=True)
             self.progress.start()
-            self.task = self.progress.add_task("train", total=total, completed=info["step"], epoch=0.0,
+            self.task = self.progress.add_task("train", total=total, completed=event.step, epoch=0.0,
                                                loss=float("nan"), bpc=float("nan"), rate=0.0, eta="?")
 
-    def on_step(self, info):
+    @__call__.register
+    def _step(self, event: StepLogged) -> None:
+        self.last = event
         if self.progress is None:
             return
-        eta = "?" if info["eta_s"] is None else _fmt_s(info["eta_s"])
-        self.progress.update(self.task, completed=info["step"], epoch=info["epoch"], loss=info["loss_avg"],
-                             bpc=info["bits_per_char"], rate=info["chars_per_s"], eta=eta)
-        self._last = info
+        eta = "?" if event.eta_s is None else _fmt_s(event.eta_s)
+        self.progress.update(self.task, completed=event.step, epoch=event.epoch, loss=event.loss_avg,
+                             bpc=event.bits_per_char, rate=event.chars_per_s, eta=eta)
 
-    def on_epoch(self, info):
+    @__call__.register
+    def _epoch_end(self, event: EpochEnd) -> None:
         val = ""
-        if "val_bits_per_char" in info:
-            val = f"  val {info['val_bits_per_char']:.4f} bits/char{' (best)' if info.get('best') else ''}"
-        label = f"epoch {info['number']}" if info["number"] is not None else "end"
-        last = getattr(self, "_last", None)
-        loss = f"  loss {last['loss_avg']:.4f}  {last['chars_per_s']:,.0f} chars/s" if last else ""
-        self.console.print(f"{label:>9}  step {info['step']:,}{loss}{val}")
+        if event.val is not None:
+            val = f"  val {event.val.bits_per_char:.4f} bits/char{' (best)' if event.best else ''}"
+        label = f"epoch {event.number}" if event.number is not None else "end"
+        last = self.last
+        loss = f"  loss {last.loss_avg:.4f}  {last.chars_per_s:,.0f} chars/s" if last else ""
+        self.console.print(f"{label:>9}  step {event.step:,}{loss}{val}")
 
-    def on_samples(self, info):
+    @__call__.register
+    def _samples(self, event: Samples) -> None:
         out = sys.stdout
-        for s in info["samples"]:
-            shown = s["prime"][-40:].replace("\n", "\\n")
-            out.write(f"\n--- epoch {info['epoch']}, temperature {s['temperature']:g}, "
-                      f"after \"...{shown}\":\n{s['prime']}{s['text']}\n")
+        for s in event.samples:
+            shown = s.prime[-40:].replace("\n", "\\n")
+            out.write(f"\n--- epoch {event.epoch}, temperature {s.temperature:g}, "
+                      f"after \"...{shown}\":\n{s.prime}{s.text}\n")
         out.flush()
 
-    def on_end(self, info):
+    @__call__.register
+    def _finished(self, event: Finished) -> None:
         self.close()
-        best = info.get("best_val_nats_per_char")
+        best = event.best_val_nats_per_char
         best = f", best val {best / 0.6931471805599453:.4f} bits/char" if best is not None else ""
-        rate = f", {info['char_steps_per_s']:,.0f} chars/s" if info.get("char_steps_per_s") else ""
-        self.console.print(f"finished at step {info['step']:,} ({info['stop']}) in {_fmt_s(info['wall_s'])}"
+        rate = f", {event.char_steps_per_s:,.0f} chars/s" if event.char_steps_per_s else ""
+        self.console.print(f"finished at step {event.step:,} ({event.stop}) in {_fmt_s(event.wall_s)}"
                            f"{rate}{best}")
 
     def close(self):

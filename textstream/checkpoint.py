@@ -1,0 +1,145 @@
+"""Checkpoints: what one holds, the run's "last" and "best" series, and loading a model back.
+
+    RUN_DIR/checkpoints/last/   the newest training state (tf.train.CheckpointManager, one kept)
+    RUN_DIR/checkpoints/best/   the state with the lowest validation loss so far
+
+A checkpoint holds a ``TrainState`` under fixed names: ``model``,
+``optimizer``, ``step``, ``best_val_nats`` and, with ``carry_state``,
+``carried_state``. ``CheckpointManager`` writes the data files first and
+the small ``checkpoint`` state file last, by rename, so a crash during a save
+leaves the previous checkpoint in force.
+
+    cfg, vocab, model = load_model("runs/tiny", "best")
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from textstream._tf import tf
+from textstream.config import TrainConfig
+from textstream.errors import TextstreamError
+from textstream.model import build_model
+from textstream.run import CHECKPOINTS, RunPaths, existing_run
+from textstream.vocab import Vocab
+
+
+@dataclass
+class TrainState:
+    """Everything a training checkpoint holds: restoring it resumes the run exactly."""
+
+    model: Any  # textstream.model.CharLSTM
+    optimizer: Any  # a tf_keras optimizer, built for the model's variables
+    step: Any  # tf.Variable int64: optimizer steps taken
+    best_val_nats: Any  # tf.Variable float64: the lowest validation loss so far (inf before any)
+    carried_state: Any = None  # tf.Variable (layers, 2, batch, units) with carry_state, else None
+
+    def objects(self) -> dict[str, Any]:
+        """The tracked objects under the names a checkpoint stores them."""
+        names = ("model", "optimizer", "step", "best_val_nats", "carried_state")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    @property
+    def step_number(self) -> int:
+        return int(self.step.numpy())
+
+    @property
+    def best(self) -> float | None:
+        """The lowest validation loss so far (nats per character), None before the first."""
+        best = float(self.best_val_nats.numpy())
+        return None if math.isinf(best) else best
+
+
+class Checkpoints:
+    """The "last" and "best" series of one ``TrainState``, saved under ``directory``.
+
+    ``directory`` has the layout of ``RUN_DIR/checkpoints`` (see ``save_directory``).
+    """
+
+    def __init__(self, state: TrainState, directory: Path):
+        self.state = state
+        self.directory = Path(directory)
+        self._checkpoint = tf.train.Checkpoint(**state.objects())
+        self._managers = {which: tf.train.CheckpointManager(self._checkpoint, str(self.directory / which),
+                                                            max_to_keep=1) for which in CHECKPOINTS}
+
+    def restore(self, run: RunPaths) -> bool:
+        """Load the newest "last" checkpoint of ``run`` into the state; False when there is none.
+
+        Every worker restores from the run directory (the chief's checkpoints;
+        on several machines RUN_DIR must be on a shared file system for resume).
+        """
+        prefix = tf.train.latest_checkpoint(str(run.checkpoints("last")))
+        if not prefix:
+            return False
+        try:
+            self._checkpoint.restore(prefix).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            raise TextstreamError(f"{prefix}: cannot resume from checkpoint ({str(e).splitlines()[0]})") from None
+        return True
+
+    def save(self, which: str) -> str:
+        """Save the state to series ``which`` ("last" or "best"), numbered by its step; its path prefix."""
+        return self._managers[which].save(checkpoint_number=self.state.step_number)
+
+
+@contextlib.contextmanager
+def save_directory(run: RunPaths, chief: bool) -> Iterator[Path]:
+    """Where this worker saves checkpoints: the run's ``checkpoints/`` on the chief.
+
+    Every worker must take part in a save (they are collective under
+    multi-worker training); the others write to a scratch directory removed
+    at the end, so only the chief's checkpoints are kept.
+    """
+    if chief:
+        yield run.checkpoint_root
+        return
+    with tempfile.TemporaryDirectory(prefix="textstream-worker-") as scratch:
+        yield Path(scratch)
+
+
+def latest_checkpoint(run: RunPaths, which: str = "best") -> str:
+    """Path prefix of the newest checkpoint of kind ``which`` ("best" or "last").
+
+    "best" falls back to "last" for runs that never evaluated (no validation split).
+    """
+    if which not in CHECKPOINTS:
+        raise TextstreamError(f"unknown checkpoint {which!r}; choose one of: {', '.join(CHECKPOINTS)}")
+    for kind in [which] + (["last"] if which == "best" else []):
+        prefix = tf.train.latest_checkpoint(str(run.checkpoints(kind)))
+        if prefix:
+            return prefix
+    raise TextstreamError(f"{run.root}: no checkpoint yet (train first)")
+
+
+def load_model(run_dir: Path | str, checkpoint: str = "best") -> tuple[TrainConfig, Vocab, Any]:
+    """``(config, vocab, model)`` with the weights of the run's ``checkpoint``.
+
+    The model is a ``textstream.model.CharLSTM``; optimizer state is not loaded.
+    """
+    run = existing_run(run_dir)
+    cfg = run.read_config()
+    vocab = run.read_vocab()
+    model = build_model(cfg, vocab.size)
+    prefix = latest_checkpoint(run, checkpoint)
+    try:
+        tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as e:
+        raise TextstreamError(f"{prefix}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
+    return cfg, vocab, model
+
+
+def weights_sha256(model) -> str:
+    """sha256 of a model's weights: equal on every worker whose replicas stayed in sync."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
+    return h.hexdigest()
+

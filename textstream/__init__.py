@@ -5,8 +5,9 @@
     for chunk in gen.stream("The ", temperature=0.5):
         print(chunk, end="", flush=True)
 
-Importing ``textstream`` is cheap: TensorFlow loads only when a name that
-needs it (``Generator``, ``Session``, ``train``, ``evaluate``) is first used.
+Importing ``textstream`` is cheap: names load on first use, and TensorFlow
+only with what needs it (``train``, ``evaluate``, ``load_model``,
+``Generator.load`` on the TensorFlow backend).
 """
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream generate``; returns the exit status."""
     temps, stops = _checked_options(args)  # everything a user can get wrong is checked before TensorFlow loads
     paths = existing_run(args.run_dir)
-    prime = _prime_text(args, Vocab.load(paths.vocab))
+    prime = _prime_text(args, paths.read_vocab())
     req = _Request(temps, stops, prime, args.seed if args.seed is not None else random_seed())
     console = rich_console() if sys.stderr.isatty() else None
     batch = 1 if args.follow else len(req.temperatures) * args.streams

@@ -43,7 +43,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     paths = RunPaths(_run_dir(args))
     if not paths.config.exists():
         raise TextstreamError(f"{paths.root}: nothing to resume (no config.json); drop --resume to start a run")
-    return TrainConfig.load(paths.config).resumed(given)
+    return paths.read_config().resumed(given)
 
 
 def _run_dir(args) -> Path:

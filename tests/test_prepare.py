@@ -1,14 +1,17 @@
 """prepare(): decoding the token files gives the normalised text back, whatever the chunking."""
+import importlib
 import math
 import os
 
 import numpy as np
 import pytest
 
-from textstream import prepare as tokens
 from textstream.errors import TextstreamError
 from textstream.prepare import load_prepared, prepare
 from textstream.vocab import OOV_CHAR
+
+# the module, not the function: ``from textstream import prepare`` may give either (the package's lazy names)
+tokens = importlib.import_module("textstream.prepare")
 
 KINYARWANDA = ("Mbere na mbere Imana yaremye ijuru n’isi.\n"
                "Imana iravuga iti “Habeho umucyo”, umucyo ubaho. Ā ā, ī, ū: inyajwi ndende.\n"
@@ -260,7 +263,7 @@ def test_too_short(tmp_path):
 def test_unwritable_output_is_found_before_the_work(tmp_path, monkeypatch):
     src = write(tmp_path / "src.txt", ASCII)
     blocker = write(tmp_path / "file", "not a directory")
-    monkeypatch.setattr(tokens, "_normalised", lambda *a, **k: pytest.fail("read the sources first"))
+    monkeypatch.setattr(tokens, "normalised", lambda *a, **k: pytest.fail("read the sources first"))
     with pytest.raises(TextstreamError, match=r"cannot (create|write)"):
         prepare([src], blocker / "out")
     with pytest.raises(TextstreamError, match=r"exists and is not a directory"):

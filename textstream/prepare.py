@@ -23,32 +23,27 @@ O(text), and no Python code runs per character.
 """
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from textstream.corpus import cache_dir, describe, resolve
 from textstream.errors import TextstreamError
+from textstream.textio import codepoints, count, gather, latin1, normalised
 from textstream.vocab import OOV_CHAR, Vocab
 
 TOKENS_FORMAT = 1  # bump when the token files or the normalisation change: it invalidates caches
 N_CODEPOINTS = 0x110000
 ERRORS = ("strict", "replace")
-_CARRY_MAX = 4096  # with --lowercase, hold back at most this much of a chunk's tail (see _cut)
 _PROGRESS_EVERY = 1 << 22
-_PIECE = 1 << 18  # bytes decoded at a time (see _normalised)
-_COUNT_BLOCK = 1 << 18
-_GATHER_BLOCK = 1 << 16
 _WRITEBACK_EVERY = 1 << 26  # bytes of token files between writeback kicks
 
 ProgressFn = Callable[[str, int, "int | None"], None]
@@ -83,134 +78,6 @@ class Prepared:
             empty.flags.writeable = False
             return empty
         return np.memmap(path, dtype=self.vocab.dtype, mode="r", shape=(n,))
-
-
-# --- reading -------------------------------------------------------------------------------
-def _cut(text: str, lowercase: bool) -> int:
-    """Where to split a (non-final) decoded chunk into what to emit now and what to carry.
-
-    A trailing ``\\r`` waits for the next chunk (it may start a CRLF). With
-    lowercase, the tail after the last space/newline waits too: ``str.lower`` is
-    context-dependent for one letter (Greek final sigma), and whitespace ends
-    that context, so lowercasing chunk by chunk equals lowercasing the whole text.
-    """
-    n = len(text)
-    cut = n - 1 if text.endswith("\r") else n
-    if lowercase:
-        lo = max(0, cut - _CARRY_MAX)
-        i = max(text.rfind(" ", lo, cut), text.rfind("\n", lo, cut))
-        if i >= 0:
-            cut = i + 1
-        elif lo == 0:
-            cut = 0  # one word so far: wait for its end (a word longer than _CARRY_MAX is cut anyway)
-    return cut
-
-
-def _normalised(path: Path, *, chunk_size: int, errors: str, lowercase: bool) -> Iterator[tuple[int, str]]:
-    """``(bytes read so far, normalised text)`` for consecutive pieces of one file.
-
-    The file is read ``chunk_size`` bytes at a time and each read is decoded in
-    pieces of at most ``_PIECE`` bytes: small pieces keep the temporaries
-    (str, code point arrays) in the CPU caches and out of the way of the
-    allocator's fragmentation, which is both faster and smaller.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors)
-    carry = ""
-    pos = 0
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(chunk_size)
-            final = not raw
-            nul = raw.find(b"\0")
-            if nul >= 0:
-                raise TextstreamError(f"{path}: binary file (NUL byte at offset {pos + nul}), not UTF-8 text")
-            view = memoryview(raw)
-            for start in range(0, max(len(raw), 1), _PIECE):
-                piece = view[start:start + _PIECE]
-                pending = len(decoder.getstate()[0])
-                try:
-                    text = decoder.decode(piece, final)
-                except UnicodeDecodeError as e:
-                    raise TextstreamError(f"{path}: invalid UTF-8 at byte offset {pos - pending + e.start} "
-                                          f"({e.reason}); pass --errors replace to read it as U+FFFD") from None
-                pos += len(piece)
-                if carry:
-                    text, carry = carry + text, ""
-                if not final:
-                    cut = _cut(text, lowercase)
-                    if cut < len(text):
-                        text, carry = text[:cut], text[cut:]
-                if "\r" in text:
-                    text = text.replace("\r\n", "\n")
-                if lowercase:
-                    text = text.lower()
-                if text:
-                    yield pos, text
-            if final:
-                return
-
-
-_HEADER = sys.getsizeof("\xe9") - 2  # CPython's compact non-ASCII str header (PEP 393)
-
-
-def _kind(text: str) -> int:
-    """Bytes per character CPython uses for ``text`` (1, 2 or 4); 0 when it cannot tell."""
-    if text.isascii():  # O(1) for str
-        return 1
-    n = len(text) + 1
-    extra = sys.getsizeof(text) - _HEADER
-    kind, rest = divmod(extra, n)
-    return kind if rest == 0 and kind in (1, 2, 4) else 0
-
-
-def _latin1(text: str) -> bytes | None:
-    """``text`` as one byte per character when every code point is < 256, else None."""
-    if _kind(text) not in (0, 1):
-        return None
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return None
-
-
-def _codepoints(text: str) -> np.ndarray:
-    """The code points of ``text`` as the narrowest unsigned array that holds them.
-
-    Encoding to the width CPython already stores the string in is close to a
-    memcpy; UTF-32 from a 1- or 2-byte string is ten times slower.
-    """
-    kind = _kind(text)
-    if kind in (0, 1):
-        one = _latin1(text)
-        if one is not None:
-            return np.frombuffer(one, dtype=np.uint8)
-    if kind in (0, 2):
-        two = text.encode("utf-16-le")
-        if len(two) == 2 * len(text):  # no surrogate pairs: all in the BMP
-            return np.frombuffer(two, dtype="<u2")
-    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-
-
-def _count(counts: np.ndarray, cps: np.ndarray) -> None:
-    """Add the histogram of ``cps`` to ``counts``."""
-    if cps.dtype == np.uint8 and len(cps) >= 2:
-        # pairs of bytes as one uint16: a 65536-bin histogram, then fold (faster than add.at on bytes)
-        even = len(cps) // 2 * 2
-        h = np.bincount(cps[:even].view(np.uint16), minlength=1 << 16).reshape(256, 256)
-        counts[:256] += h.sum(axis=0) + h.sum(axis=1)
-        if even < len(cps):
-            counts[cps[-1]] += 1
-    else:
-        for i in range(0, len(cps), _COUNT_BLOCK):  # blocks: cache-friendly, bounded temporaries
-            np.add.at(counts, cps[i:i + _COUNT_BLOCK], 1)
-
-
-def _gather(table: np.ndarray, cps: np.ndarray) -> np.ndarray:
-    """``table[cps]``, in blocks (about 1.5x faster than one call, and bounded temporaries)."""
-    out = np.empty(len(cps), dtype=table.dtype)
-    for i in range(0, len(cps), _GATHER_BLOCK):
-        np.take(table, cps[i:i + _GATHER_BLOCK], out=out[i:i + _GATHER_BLOCK])
-    return out
 
 
 class _Progress:
@@ -406,9 +273,9 @@ def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool =
         prog, hash_prog = _Progress(on_progress, "count", total_bytes), _Progress(on_progress, "hash", total_bytes)
         key = fingerprint = out = None
         for p, st in zip(paths, stats):
-            for done, text in _normalised(p, chunk_size=chunk_size, errors=errors, lowercase=lowercase):
-                cps = _codepoints(text)
-                _count(counts, cps)
+            for done, text in normalised(p, chunk_size=chunk_size, errors=errors, lowercase=lowercase):
+                cps = codepoints(text)
+                count(counts, cps)
                 total += len(cps)
                 prog.update(done)
                 if key is None:
@@ -549,13 +416,13 @@ def _encode(paths: Sequence[Path], stats: list, out: Path, vocab: Vocab, kept: n
         pos = written = kicked = 0
         prog = _Progress(on_progress, "encode", total_bytes)
         for p, st in zip(paths, stats):
-            for done, text in _normalised(p, chunk_size=chunk_size, errors=errors, lowercase=lowercase):
-                one = _latin1(text) if table8 is not None else None
+            for done, text in normalised(p, chunk_size=chunk_size, errors=errors, lowercase=lowercase):
+                one = latin1(text) if table8 is not None else None
                 if one is not None:
                     buf = memoryview(one.translate(table8))
                 else:
-                    cps = _codepoints(text)
-                    buf = memoryview(_gather(luts[cps.dtype.itemsize], cps)).cast("B")
+                    cps = codepoints(text)
+                    buf = memoryview(gather(luts[cps.dtype.itemsize], cps)).cast("B")
                 n = len(buf) // dtype.itemsize
                 k = min(max(n_train - pos, 0), n) * dtype.itemsize
                 if k:

@@ -6,8 +6,10 @@ import os
 import numpy as np
 import pytest
 
+from textstream import fsutil
 from textstream.errors import TextstreamError
 from textstream.prepare import load_prepared, prepare
+from textstream.progress import Progress
 from textstream.vocab import OOV_CHAR
 
 # the module, not the function: ``from textstream import prepare`` may give either (the package's lazy names)
@@ -263,7 +265,7 @@ def test_too_short(tmp_path):
 def test_unwritable_output_is_found_before_the_work(tmp_path, monkeypatch):
     src = write(tmp_path / "src.txt", ASCII)
     blocker = write(tmp_path / "file", "not a directory")
-    monkeypatch.setattr(tokens, "normalised", lambda *a, **k: pytest.fail("read the sources first"))
+    monkeypatch.setattr(tokens, "read_texts", lambda *a, **k: pytest.fail("read the sources first"))
     with pytest.raises(TextstreamError, match=r"cannot (create|write)"):
         prepare([src], blocker / "out")
     with pytest.raises(TextstreamError, match=r"exists and is not a directory"):
@@ -276,16 +278,14 @@ def test_failure_keeps_the_previous_output_and_leaves_no_temporaries(tmp_path, m
     prepare([src], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     write(src, KINYARWANDA)  # a new text: a cache miss that will be interrupted mid-encode
-    real = tokens._Progress.update
 
-    def interrupt(self, done):
-        if self.label == "encode" and self.base + done > 0:
+    def interrupt(label, done, total):
+        if label == "encode" and done > 0:
             raise KeyboardInterrupt
-        real(self, done)
 
-    monkeypatch.setattr(tokens._Progress, "update", interrupt)
+    monkeypatch.setattr(Progress, "every", 1)  # a report after every piece: the interrupt comes mid-encode
     with pytest.raises(KeyboardInterrupt):
-        prepare([src], out, chunk_size=16, on_progress=lambda *a: None)
+        prepare([src], out, chunk_size=16, on_progress=interrupt)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing else, nothing changed
 
 
@@ -326,14 +326,14 @@ def test_no_tensorflow_or_rich_imports():
 def test_temporaries_use_hidden_names(tmp_path, monkeypatch):
     src = write(tmp_path / "src.txt", ASCII)
     names = []
-    real = tokens.tempfile.mkstemp
+    real = fsutil.tempfile.mkstemp
 
     def spy(*a, **k):
         fd, name = real(*a, **k)
         names.append(os.path.basename(name))
         return fd, name
 
-    monkeypatch.setattr(tokens.tempfile, "mkstemp", spy)
+    monkeypatch.setattr(fsutil.tempfile, "mkstemp", spy)
     prepare([src], tmp_path / "out")
     assert any(n.startswith(".train.bin.") and n.endswith(".tmp") for n in names)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train.bin", "val.bin", "vocab.json"]

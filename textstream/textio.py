@@ -1,8 +1,10 @@
-"""Reading source text for ``prepare``: streaming UTF-8 decoding, normalisation, code point arrays.
+"""Reading the sources for ``prepare``: streaming UTF-8 decoding, normalisation, code points, fingerprint.
 
-    from textstream.textio import normalised, codepoints
-    for done, text in normalised(path, chunk_size=1 << 22, errors="strict", lowercase=False):
+    from textstream.textio import Fingerprint, codepoints, read_texts
+    for done, text in read_texts(paths, stats, chunk_size=1 << 22, errors="strict", lowercase=False):
         cps = codepoints(text)   # numpy, the narrowest unsigned dtype that holds them
+    with Fingerprint(paths, stats, 1 << 22, Progress(None, "hash", None)) as fp:
+        digest = fp.wait()       # the sha256 of the files' bytes, computed in a thread
 
 Everything here works on fixed-size pieces of the sources (memory is
 O(chunk), never O(text)) and hands numpy whole arrays (no Python code runs
@@ -11,13 +13,17 @@ per character). No TensorFlow here.
 from __future__ import annotations
 
 import codecs
+import hashlib
+import os
 import sys
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from textstream.errors import TextstreamError
+from textstream.progress import Progress
 
 _CARRY_MAX = 4096  # with lowercase, hold back at most this much of a chunk's tail (see _cut)
 _PIECE = 1 << 18  # bytes decoded at a time (see normalised)
@@ -57,15 +63,18 @@ def normalised(path: Path, *, chunk_size: int, errors: str, lowercase: bool) -> 
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     carry = ""
     pos = 0
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
+        # one buffer for every read of the file (a fresh chunk per read leaves the allocator fragmented)
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(min(chunk_size, size) if size > 0 else chunk_size)
         while True:
-            raw = f.read(chunk_size)
-            final = not raw
-            nul = raw.find(b"\0")
+            n = f.readinto(buf)
+            final = not n
+            nul = buf.find(b"\0", 0, n)
             if nul >= 0:
                 raise TextstreamError(f"{path}: binary file (NUL byte at offset {pos + nul}), not UTF-8 text")
-            view = memoryview(raw)
-            for start in range(0, max(len(raw), 1), _PIECE):
+            view = memoryview(buf)[:n]
+            for start in range(0, max(n, 1), _PIECE):
                 piece = view[start:start + _PIECE]
                 pending = len(decoder.getstate()[0])
                 try:
@@ -88,6 +97,91 @@ def normalised(path: Path, *, chunk_size: int, errors: str, lowercase: bool) -> 
                     yield pos, text
             if final:
                 return
+
+
+def read_texts(paths: Sequence[Path], stats: Sequence[os.stat_result], *, chunk_size: int, errors: str,
+               lowercase: bool) -> Iterator[tuple[int, str]]:
+    """``(bytes read so far, all files together; normalised text)`` for consecutive pieces of ``paths``.
+
+    ``stats`` are the files' ``os.stat`` results from before the reading: a
+    file whose size or modification time differs once read raises (it changed
+    under us). Each file is decoded on its own: a CR ending one file stays a CR.
+    """
+    base = 0
+    for path, st in zip(paths, stats):
+        for done, text in normalised(path, chunk_size=chunk_size, errors=errors, lowercase=lowercase):
+            yield base + done, text
+        base += st.st_size
+        try:
+            now = path.stat()
+        except OSError:
+            now = None
+        if now is None or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise TextstreamError(f"{path}: the file changed while it was being prepared; try again")
+
+
+# --- bytes ----------------------------------------------------------------------------------
+class Fingerprint(threading.Thread):
+    """The sha256 of the sources (each file's size, then its bytes), computed in a thread.
+
+    hashlib releases the GIL on large buffers, so on a multi-core machine the
+    hash costs almost no wall time next to the count. As a context manager it
+    starts, and stops (without waiting for the end of the files) on exit.
+    """
+
+    def __init__(self, paths: Sequence[Path], stats: Sequence[os.stat_result], bufsize: int, progress: Progress):
+        super().__init__(name="textstream-hash", daemon=True)
+        self.paths, self.stats, self.bufsize, self.progress = list(paths), list(stats), bufsize, progress
+        self.done = 0
+        self.digest: str | None = None
+        self.error: TextstreamError | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        h = hashlib.sha256()
+        buf = bytearray(self.bufsize)
+        view = memoryview(buf)
+        for p, st in zip(self.paths, self.stats):
+            h.update(f"{st.st_size}\n".encode())
+            try:
+                with open(p, "rb", buffering=0) as f:
+                    while n := f.readinto(buf):
+                        if self._halt.is_set():
+                            return
+                        h.update(view[:n])
+                        self.done += n
+            except OSError as e:
+                self.error = TextstreamError(f"{p}: cannot read ({e.strerror or e})")
+                return
+        self.digest = h.hexdigest()
+
+    def poll(self) -> str | None:
+        """The digest if the thread has finished (its error raised), else None; reports the progress."""
+        self.progress.update(self.done)
+        return None if self.is_alive() else self._result()
+
+    def wait(self) -> str:
+        """The digest, once the thread has finished (its error raised)."""
+        while self.is_alive():
+            self.join(0.05)
+            self.progress.update(self.done)
+        return self._result()
+
+    def _result(self) -> str:
+        self.join()
+        self.progress.update(self.done)
+        if self.error is not None:
+            raise self.error
+        assert self.digest is not None
+        return self.digest
+
+    def __enter__(self) -> "Fingerprint":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        self.join()
 
 
 # --- code points ---------------------------------------------------------------------------

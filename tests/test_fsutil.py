@@ -101,3 +101,17 @@ def test_remove_quietly(tmp_path):
     remove_quietly(None)
     remove_quietly(tmp_path)  # a directory: not removed, not an error
     assert not p.exists() and tmp_path.is_dir()
+
+
+def test_discard_removes_the_temporary_even_when_closing_fails(tmp_path):
+    pending = PendingFile(tmp_path / "f")
+    real = pending.file
+
+    class FullDisk:  # closing flushes the buffer, which fails
+        def close(self):
+            real.close()
+            raise OSError(28, "No space left on device")
+
+    pending.file = FullDisk()
+    pending.discard()
+    assert names(tmp_path) == []

@@ -68,9 +68,13 @@ class PendingFile:
 
     def discard(self) -> None:
         """Close and remove the temporary; nothing happens to a committed file."""
-        self.file.close()
-        if not self.committed:
-            remove_quietly(self.tmp)
+        try:
+            self.file.close()
+        except OSError:
+            pass  # flushing data that is being thrown away failed (a full disk): the error that led here matters
+        finally:
+            if not self.committed:
+                remove_quietly(self.tmp)
 
     def __enter__(self) -> "PendingFile":
         return self

@@ -342,7 +342,7 @@ class _IdTable:
 
 def _encode(texts: Iterable[tuple[int, str]], out: Path, vocab: Vocab, kept: np.ndarray, n_train: int,
             total: int, progress: Progress, *, what: str) -> None:
-    """Write the ids of ``texts`` to ``out``: the first ``n_train`` to train.bin, the rest to val.bin, vocab.json last."""
+    """Write the ids of ``texts``: the first ``n_train`` to train.bin, the rest to val.bin; vocab.json last."""
     with PendingFile(out / "train.bin") as train, PendingFile(out / "val.bin") as val:
         n = _write_ids(texts, _IdTable(vocab, kept), n_train, train.file, val.file, progress)
         if n != total:

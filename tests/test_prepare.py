@@ -274,6 +274,27 @@ def test_unwritable_output_is_found_before_the_work(tmp_path, monkeypatch):
         prepare([src], blocker)
 
 
+def test_read_only_output_still_serves_its_own_preparation(tmp_path, monkeypatch):
+    """An output directory that cannot be written is fine for a cache hit; a miss names the problem."""
+    src = write(tmp_path / "src.txt", ASCII)
+    out = tmp_path / "out"
+    first = prepare([src], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def read_only(d):
+        raise TextstreamError(f"{d}: output directory is not writable (Read-only file system)")
+
+    monkeypatch.setattr(tokens, "_make_dir", read_only)
+    again = prepare([src], out)
+    assert again.cached and again.vocab.chars == first.vocab.chars
+    write(src, KINYARWANDA)
+    with pytest.raises(TextstreamError, match=r"out: output directory is not writable"):
+        prepare([src], out)
+    with pytest.raises(TextstreamError, match=r"new: output directory is not writable"):
+        prepare([src], tmp_path / "new")  # no vocab.json there: the problem comes before any work
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_failure_keeps_the_previous_output_and_leaves_no_temporaries(tmp_path, monkeypatch):
     src = write(tmp_path / "src.txt", ASCII)
     out = tmp_path / "out"

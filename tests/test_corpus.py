@@ -224,3 +224,33 @@ def test_files_and_missing_paths(tmp_path):
     assert corpus.resolve([f, str(f)]) == [f, f]
     with pytest.raises(TextstreamError, match=r"sub/missing\.txt: no such file or directory$"):
         corpus.resolve([str(tmp_path / "sub" / "missing.txt")])
+
+
+# --- path safety -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../../ESCAPE", "..", ".hidden", "a/b", "a\\b", "", "x" * 101, "nul\0", "tab\tname",
+                                  "caf\u00e9"])
+def test_crafted_registry_names_are_rejected(tmp_path, monkeypatch, name):
+    src = tmp_path / "src.txt"
+    src.write_bytes(TEXT)
+    use_registry(tmp_path, monkeypatch, [entry(name, src.as_uri(), TEXT)])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(TextstreamError, match="corpus name .* is not a safe file name") as e:
+        corpus.fetch(name)
+    assert "\n" not in str(e.value) and "registry.json" in str(e.value)
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, in the cache or outside it
+
+
+def test_crafted_registry_checksum_is_rejected(tmp_path, monkeypatch):
+    src = tmp_path / "src.txt"
+    src.write_bytes(TEXT)
+    use_registry(tmp_path, monkeypatch, [entry("ok", src.as_uri(), TEXT, sha256="0" * 12 + "/../../../ESCAPE")])
+    with pytest.raises(TextstreamError, match=r"corpus 'ok': sha256 must be 64 hex digits"):
+        corpus.fetch("ok")
+    assert not list(tmp_path.rglob("*ESCAPE*")) and not (tmp_path / "cache").exists()
+
+
+def test_safe_name():
+    for name in ["nietzsche", "kinyarwanda-bible", "text8", "a.b_c+d-1", "x" * 100]:
+        assert corpus.safe_name(name, "corpus name") == name
+    with pytest.raises(TextstreamError, match=r"^cache file '\.\./x' is not a safe file name"):
+        corpus.safe_name("../x", "cache file")

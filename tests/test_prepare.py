@@ -1,14 +1,21 @@
 """prepare(): decoding the token files gives the normalised text back, whatever the chunking."""
+import ast
+import importlib
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from textstream import prepare as tokens
+from textstream import fsutil
 from textstream.errors import TextstreamError
 from textstream.prepare import load_prepared, prepare
+from textstream.progress import Progress
 from textstream.vocab import OOV_CHAR
+
+# the module, not the function: ``from textstream import prepare`` may give either (the package's lazy names)
+tokens = importlib.import_module("textstream.prepare")
 
 KINYARWANDA = ("Mbere na mbere Imana yaremye ijuru n’isi.\n"
                "Imana iravuga iti “Habeho umucyo”, umucyo ubaho. Ā ā, ī, ū: inyajwi ndende.\n"
@@ -260,11 +267,32 @@ def test_too_short(tmp_path):
 def test_unwritable_output_is_found_before_the_work(tmp_path, monkeypatch):
     src = write(tmp_path / "src.txt", ASCII)
     blocker = write(tmp_path / "file", "not a directory")
-    monkeypatch.setattr(tokens, "_normalised", lambda *a, **k: pytest.fail("read the sources first"))
+    monkeypatch.setattr(tokens, "read_texts", lambda *a, **k: pytest.fail("read the sources first"))
     with pytest.raises(TextstreamError, match=r"cannot (create|write)"):
         prepare([src], blocker / "out")
     with pytest.raises(TextstreamError, match=r"exists and is not a directory"):
         prepare([src], blocker)
+
+
+def test_read_only_output_still_serves_its_own_preparation(tmp_path, monkeypatch):
+    """An output directory that cannot be written is fine for a cache hit; a miss names the problem."""
+    src = write(tmp_path / "src.txt", ASCII)
+    out = tmp_path / "out"
+    first = prepare([src], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def read_only(d):
+        raise TextstreamError(f"{d}: output directory is not writable (Read-only file system)")
+
+    monkeypatch.setattr(tokens, "_make_dir", read_only)
+    again = prepare([src], out)
+    assert again.cached and again.vocab.chars == first.vocab.chars
+    write(src, KINYARWANDA)
+    with pytest.raises(TextstreamError, match=r"out: output directory is not writable"):
+        prepare([src], out)
+    with pytest.raises(TextstreamError, match=r"new: output directory is not writable"):
+        prepare([src], tmp_path / "new")  # no vocab.json there: the problem comes before any work
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_failure_keeps_the_previous_output_and_leaves_no_temporaries(tmp_path, monkeypatch):
@@ -273,16 +301,14 @@ def test_failure_keeps_the_previous_output_and_leaves_no_temporaries(tmp_path, m
     prepare([src], out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     write(src, KINYARWANDA)  # a new text: a cache miss that will be interrupted mid-encode
-    real = tokens._Progress.update
 
-    def interrupt(self, done):
-        if self.label == "encode" and self.base + done > 0:
+    def interrupt(label, done, total):
+        if label == "encode" and done > 0:
             raise KeyboardInterrupt
-        real(self, done)
 
-    monkeypatch.setattr(tokens._Progress, "update", interrupt)
+    monkeypatch.setattr(Progress, "every", 1)  # a report after every piece: the interrupt comes mid-encode
     with pytest.raises(KeyboardInterrupt):
-        prepare([src], out, chunk_size=16, on_progress=lambda *a: None)
+        prepare([src], out, chunk_size=16, on_progress=interrupt)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing else, nothing changed
 
 
@@ -310,10 +336,8 @@ def test_load_prepared_rejects_other_dirs(tmp_path):
 
 
 def test_no_tensorflow_or_rich_imports():
-    import ast
-    from pathlib import Path
-
-    for mod in (tokens, __import__("textstream.corpus", fromlist=["x"])):
+    for name in ("prepare", "textio", "corpus", "fsutil", "progress", "vocab"):
+        mod = importlib.import_module(f"textstream.{name}")
         tree = ast.parse(Path(mod.__file__).read_text())
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -323,14 +347,14 @@ def test_no_tensorflow_or_rich_imports():
 def test_temporaries_use_hidden_names(tmp_path, monkeypatch):
     src = write(tmp_path / "src.txt", ASCII)
     names = []
-    real = tokens.tempfile.mkstemp
+    real = fsutil.tempfile.mkstemp
 
     def spy(*a, **k):
         fd, name = real(*a, **k)
         names.append(os.path.basename(name))
         return fd, name
 
-    monkeypatch.setattr(tokens.tempfile, "mkstemp", spy)
+    monkeypatch.setattr(fsutil.tempfile, "mkstemp", spy)
     prepare([src], tmp_path / "out")
     assert any(n.startswith(".train.bin.") and n.endswith(".tmp") for n in names)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train.bin", "val.bin", "vocab.json"]

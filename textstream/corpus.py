@@ -6,6 +6,8 @@
 ``resolve`` turns what the user typed into a list of local text files, in a
 stable order. Registry corpora are downloaded once into ``cache_dir()/corpora``
 (temporary file, sha256 check, rename) and unpacked there if they are zipped.
+Every file name built from the registry passes ``safe_name`` first: a crafted
+entry cannot name a file outside the cache.
 """
 from __future__ import annotations
 
@@ -13,15 +15,16 @@ import codecs
 import hashlib
 import json
 import os
-import tempfile
+import re
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from textstream.errors import TextstreamError
-
-ProgressFn = Callable[[str, int, "int | None"], None]
+from textstream.fsutil import atomic_file, atomic_write_bytes
+from textstream.progress import Progress, ProgressFn
 
 REGISTRY_FORMAT = "textstream-registry/1"
 DEFAULT_DESCRIPTION = ("Python's reference documentation (the stdlib's pydoc_data.topics: statements, "
@@ -29,8 +32,9 @@ DEFAULT_DESCRIPTION = ("Python's reference documentation (the stdlib's pydoc_dat
 
 _SNIFF_BYTES = 8192
 _IO_CHUNK = 1 << 20
-_PROGRESS_EVERY = 1 << 22  # bytes between on_progress calls
 _TIMEOUT_S = 60
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,26 @@ def registry() -> dict[str, Entry]:
                           member=None if item.get("member") is None else str(item["member"]))
         except (KeyError, TypeError, ValueError) as e:
             raise TextstreamError(f"{where}: bad registry entry {item!r} ({e!r})") from None
+        safe_name(entry.name, f"{where}: corpus name")
+        if not _SHA256.fullmatch(entry.sha256):
+            raise TextstreamError(f"{where}: corpus {entry.name!r}: sha256 must be 64 hex digits "
+                                  f"(got {entry.sha256!r})")
         out[entry.name] = entry
     return out
+
+
+def safe_name(name: str, what: str) -> str:
+    """``name`` if it can be used as a file name as is, else ``TextstreamError`` naming ``what``.
+
+    The one check for names that come from outside (registry entries and the
+    cache files named after them): ASCII letters, digits and ``._+-``, not
+    starting with a dot, at most 100 characters; no separator, so no ``..``
+    path and nothing outside the directory it is joined to.
+    """
+    if not (isinstance(name, str) and _SAFE_NAME.fullmatch(name)):
+        raise TextstreamError(f"{what} {name!r} is not a safe file name (letters, digits and ._+- only, "
+                              f"not starting with a dot, at most 100 characters)")
+    return name
 
 
 def cache_dir() -> Path:
@@ -104,14 +126,6 @@ def _corpora_dir() -> Path:
     return d
 
 
-def _remove(path: str | Path | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
 # --- download ------------------------------------------------------------------------------
 def fetch(name: str, on_progress: ProgressFn | None = None) -> Path:
     """The local path of registry corpus ``name``, downloading (and unpacking) it the first time.
@@ -125,11 +139,11 @@ def fetch(name: str, on_progress: ProgressFn | None = None) -> Path:
         raise TextstreamError(f"unknown corpus {name!r}; known corpora: {_known(reg)}")
     entry = reg[name]
     d = _corpora_dir()
-    stem = f"{name}-{entry.sha256[:12]}"
-    final = d / f"{stem}.txt"
+    stem = f"{entry.name}-{entry.sha256[:12]}"
+    final = d / safe_name(f"{stem}.txt", "cache file")
     if final.is_file() and (entry.member is not None or final.stat().st_size == entry.size):
         return final
-    download = d / (f"{stem}.zip" if entry.member else f"{stem}.txt")
+    download = d / safe_name(f"{stem}.zip", "cache file") if entry.member else final
     if entry.member is None or not download.is_file():
         _download(entry, download, on_progress)
     if entry.member is not None:
@@ -138,99 +152,70 @@ def fetch(name: str, on_progress: ProgressFn | None = None) -> Path:
 
 
 def _download(entry: Entry, dest: Path, on_progress: ProgressFn | None) -> None:
-    import http.client  # here, not at the top: they cost ~70 ms of every start-up
+    """Download ``entry`` to ``dest``: streamed into a temporary, checked against its sha256, renamed."""
+    # imported here, not at the top: together they cost ~40 ms, which every `prepare` and `corpora` start-up
+    # would pay although few of them download
+    import http.client
     import urllib.error
     import urllib.request
 
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    label = f"download {entry.name}"
     h = hashlib.sha256()
     done = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(entry.url, timeout=_TIMEOUT_S) as resp:
-                    length = resp.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else entry.size
-                    last = 0
-                    if on_progress:
-                        on_progress(label, 0, total)
-                    while True:
-                        block = resp.read(_IO_CHUNK)
-                        if not block:
-                            break
-                        out.write(block)
-                        h.update(block)
-                        done += len(block)
-                        if on_progress and done - last >= _PROGRESS_EVERY:
-                            on_progress(label, done, total)
-                            last = done
-                    if on_progress:
-                        on_progress(label, done, total)
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-                if isinstance(e, urllib.error.HTTPError):
-                    reason = f"HTTP {e.code} {e.reason}"
-                else:
-                    reason = getattr(e, "reason", None) or e
-                reason = " ".join(str(reason).split())  # one line
-                raise TextstreamError(
-                    f"cannot download {entry.name} from {entry.url} ({reason}); download it yourself "
-                    f"and pass the local file path instead") from None
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_file(dest) as out:
+        try:
+            with urllib.request.urlopen(entry.url, timeout=_TIMEOUT_S) as resp:
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else entry.size
+                progress = Progress(on_progress, f"download {entry.name}", total)
+                while block := resp.read(_IO_CHUNK):
+                    out.write(block)
+                    h.update(block)
+                    done += len(block)
+                    progress.update(done)
+                progress.finish()
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            if isinstance(e, urllib.error.HTTPError):
+                reason = f"HTTP {e.code} {e.reason}"
+            else:
+                reason = getattr(e, "reason", None) or e
+            reason = " ".join(str(reason).split())  # one line
+            raise TextstreamError(
+                f"cannot download {entry.name} from {entry.url} ({reason}); download it yourself "
+                f"and pass the local file path instead") from None
         got = h.hexdigest()
         if got != entry.sha256:
             raise TextstreamError(
                 f"{entry.name}: checksum mismatch for {entry.url}: expected sha256 {entry.sha256}, got {got} "
                 f"({done:,} bytes); the download was removed")
-        os.replace(tmp, dest)
-        tmp = None
-    finally:
-        _remove(tmp)
 
 
 def _unzip(entry: Entry, zpath: Path, final: Path, on_progress: ProgressFn | None) -> None:
-    import zipfile
-
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    label = f"unpack {entry.name}"
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with zipfile.ZipFile(zpath) as zf:
-                    try:
-                        info = zf.getinfo(entry.member)
-                    except KeyError:
-                        raise TextstreamError(f"{zpath}: no member {entry.member!r} in the zip of {entry.name} "
-                                              f"(it has: {', '.join(zf.namelist()[:10])})") from None
-                    with zf.open(info) as src:
-                        done = last = 0
-                        while True:
-                            block = src.read(_IO_CHUNK)
-                            if not block:
-                                break
-                            out.write(block)
-                            done += len(block)
-                            if on_progress and done - last >= _PROGRESS_EVERY:
-                                on_progress(label, done, info.file_size)
-                                last = done
-                        if on_progress:
-                            on_progress(label, done, info.file_size)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
-                raise TextstreamError(f"{zpath}: cannot unpack {entry.name} ({e}); delete the file "
-                                      f"to download it again") from None
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, final)
-        tmp = None
-    finally:
-        _remove(tmp)
+    """Unpack the member ``entry.member`` of ``zpath`` to ``final`` (temporary, rename)."""
+    with atomic_file(final) as out:
+        try:
+            with zipfile.ZipFile(zpath) as zf:
+                try:
+                    info = zf.getinfo(entry.member)
+                except KeyError:
+                    raise TextstreamError(f"{zpath}: no member {entry.member!r} in the zip of {entry.name} "
+                                          f"(it has: {', '.join(zf.namelist()[:10])})") from None
+                progress = Progress(on_progress, f"unpack {entry.name}", info.file_size)
+                with zf.open(info) as src:
+                    while block := src.read(_IO_CHUNK):
+                        out.write(block)
+                        progress.update(progress.done + len(block))
+                progress.finish()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+            raise TextstreamError(f"{zpath}: cannot unpack {entry.name} ({e}); delete the file "
+                                  f"to download it again") from None
 
 
 # --- the embedded default ------------------------------------------------------------------
 def default_text() -> str:
     """The embedded default corpus: the stdlib's ``pydoc_data.topics``, values in sorted-key order."""
     try:
+        # imported here: some distributions strip pydoc_data; only the default corpus needs it, and its
+        # absence must be this one-line error, not a failure to import textstream.corpus
         from pydoc_data.topics import topics
     except ImportError:
         raise TextstreamError("this Python has no pydoc_data module (the embedded default corpus); "
@@ -240,8 +225,6 @@ def default_text() -> str:
 
 def default_corpus() -> Path:
     """The embedded default corpus as a file in the cache, written once (atomically)."""
-    from textstream.fsutil import atomic_write_bytes
-
     data = default_text().encode("utf-8")
     # the text depends on the Python version: name the file by its content
     path = _corpora_dir() / f"default-{hashlib.sha256(data).hexdigest()[:16]}.txt"

@@ -15,43 +15,35 @@ The output directory holds three files:
 The sources are streamed in fixed-size byte chunks, in two passes: a count of
 the characters (while a thread computes the sha256 of the bytes, the
 fingerprint behind the cache key: a hit stops the count), then the encoding.
-Each chunk is decoded with an incremental UTF-8 decoder (a character split
-between chunks survives), normalised (CRLF -> LF, optional lowercase) and
-handled by numpy as an array of code points (``np.add.at`` into a 0x110000
-histogram, a lookup table from code point to id): memory is O(chunk), never
-O(text), and no Python code runs per character.
+Reading, decoding and normalising are in ``textio``: each chunk becomes a numpy
+array of code points (``np.add.at`` into a 0x110000 histogram, then a lookup
+table from code point to id): memory is O(chunk), never O(text), and no Python
+code runs per character.
 """
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import math
 import os
-import sys
-import tempfile
-import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import IO, Callable, Iterable, Sequence
 
 import numpy as np
 
 from textstream.corpus import cache_dir, describe, resolve
 from textstream.errors import TextstreamError
+from textstream.fsutil import PendingFile, fsync_dir, start_writeback
+from textstream.progress import Progress, ProgressFn
+from textstream.textio import Fingerprint, codepoints, count, gather, latin1, read_texts
 from textstream.vocab import OOV_CHAR, Vocab
 
 TOKENS_FORMAT = 1  # bump when the token files or the normalisation change: it invalidates caches
 N_CODEPOINTS = 0x110000
 ERRORS = ("strict", "replace")
-_CARRY_MAX = 4096  # with --lowercase, hold back at most this much of a chunk's tail (see _cut)
-_PROGRESS_EVERY = 1 << 22
-_PIECE = 1 << 18  # bytes decoded at a time (see _normalised)
-_COUNT_BLOCK = 1 << 18
-_GATHER_BLOCK = 1 << 16
 _WRITEBACK_EVERY = 1 << 26  # bytes of token files between writeback kicks
-
-ProgressFn = Callable[[str, int, "int | None"], None]
 
 
 @dataclass
@@ -85,286 +77,45 @@ class Prepared:
         return np.memmap(path, dtype=self.vocab.dtype, mode="r", shape=(n,))
 
 
-# --- reading -------------------------------------------------------------------------------
-def _cut(text: str, lowercase: bool) -> int:
-    """Where to split a (non-final) decoded chunk into what to emit now and what to carry.
-
-    A trailing ``\\r`` waits for the next chunk (it may start a CRLF). With
-    lowercase, the tail after the last space/newline waits too: ``str.lower`` is
-    context-dependent for one letter (Greek final sigma), and whitespace ends
-    that context, so lowercasing chunk by chunk equals lowercasing the whole text.
-    """
-    n = len(text)
-    cut = n - 1 if text.endswith("\r") else n
-    if lowercase:
-        lo = max(0, cut - _CARRY_MAX)
-        i = max(text.rfind(" ", lo, cut), text.rfind("\n", lo, cut))
-        if i >= 0:
-            cut = i + 1
-        elif lo == 0:
-            cut = 0  # one word so far: wait for its end (a word longer than _CARRY_MAX is cut anyway)
-    return cut
-
-
-def _normalised(path: Path, *, chunk_size: int, errors: str, lowercase: bool) -> Iterator[tuple[int, str]]:
-    """``(bytes read so far, normalised text)`` for consecutive pieces of one file.
-
-    The file is read ``chunk_size`` bytes at a time and each read is decoded in
-    pieces of at most ``_PIECE`` bytes: small pieces keep the temporaries
-    (str, code point arrays) in the CPU caches and out of the way of the
-    allocator's fragmentation, which is both faster and smaller.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors)
-    carry = ""
-    pos = 0
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(chunk_size)
-            final = not raw
-            nul = raw.find(b"\0")
-            if nul >= 0:
-                raise TextstreamError(f"{path}: binary file (NUL byte at offset {pos + nul}), not UTF-8 text")
-            view = memoryview(raw)
-            for start in range(0, max(len(raw), 1), _PIECE):
-                piece = view[start:start + _PIECE]
-                pending = len(decoder.getstate()[0])
-                try:
-                    text = decoder.decode(piece, final)
-                except UnicodeDecodeError as e:
-                    raise TextstreamError(f"{path}: invalid UTF-8 at byte offset {pos - pending + e.start} "
-                                          f"({e.reason}); pass --errors replace to read it as U+FFFD") from None
-                pos += len(piece)
-                if carry:
-                    text, carry = carry + text, ""
-                if not final:
-                    cut = _cut(text, lowercase)
-                    if cut < len(text):
-                        text, carry = text[:cut], text[cut:]
-                if "\r" in text:
-                    text = text.replace("\r\n", "\n")
-                if lowercase:
-                    text = text.lower()
-                if text:
-                    yield pos, text
-            if final:
-                return
-
-
-_HEADER = sys.getsizeof("\xe9") - 2  # CPython's compact non-ASCII str header (PEP 393)
-
-
-def _kind(text: str) -> int:
-    """Bytes per character CPython uses for ``text`` (1, 2 or 4); 0 when it cannot tell."""
-    if text.isascii():  # O(1) for str
-        return 1
-    n = len(text) + 1
-    extra = sys.getsizeof(text) - _HEADER
-    kind, rest = divmod(extra, n)
-    return kind if rest == 0 and kind in (1, 2, 4) else 0
-
-
-def _latin1(text: str) -> bytes | None:
-    """``text`` as one byte per character when every code point is < 256, else None."""
-    if _kind(text) not in (0, 1):
-        return None
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return None
-
-
-def _codepoints(text: str) -> np.ndarray:
-    """The code points of ``text`` as the narrowest unsigned array that holds them.
-
-    Encoding to the width CPython already stores the string in is close to a
-    memcpy; UTF-32 from a 1- or 2-byte string is ten times slower.
-    """
-    kind = _kind(text)
-    if kind in (0, 1):
-        one = _latin1(text)
-        if one is not None:
-            return np.frombuffer(one, dtype=np.uint8)
-    if kind in (0, 2):
-        two = text.encode("utf-16-le")
-        if len(two) == 2 * len(text):  # no surrogate pairs: all in the BMP
-            return np.frombuffer(two, dtype="<u2")
-    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-
-
-def _count(counts: np.ndarray, cps: np.ndarray) -> None:
-    """Add the histogram of ``cps`` to ``counts``."""
-    if cps.dtype == np.uint8 and len(cps) >= 2:
-        # pairs of bytes as one uint16: a 65536-bin histogram, then fold (faster than add.at on bytes)
-        even = len(cps) // 2 * 2
-        h = np.bincount(cps[:even].view(np.uint16), minlength=1 << 16).reshape(256, 256)
-        counts[:256] += h.sum(axis=0) + h.sum(axis=1)
-        if even < len(cps):
-            counts[cps[-1]] += 1
-    else:
-        for i in range(0, len(cps), _COUNT_BLOCK):  # blocks: cache-friendly, bounded temporaries
-            np.add.at(counts, cps[i:i + _COUNT_BLOCK], 1)
-
-
-def _gather(table: np.ndarray, cps: np.ndarray) -> np.ndarray:
-    """``table[cps]``, in blocks (about 1.5x faster than one call, and bounded temporaries)."""
-    out = np.empty(len(cps), dtype=table.dtype)
-    for i in range(0, len(cps), _GATHER_BLOCK):
-        np.take(table, cps[i:i + _GATHER_BLOCK], out=out[i:i + _GATHER_BLOCK])
-    return out
-
-
-class _Progress:
-    def __init__(self, fn: ProgressFn | None, label: str, total: int):
-        self.fn, self.label, self.total, self.base, self.last = fn, label, total, 0, -_PROGRESS_EVERY
-        self.update(0)
-
-    def update(self, done_in_file: int) -> None:
-        done = self.base + done_in_file
-        if self.fn is not None and (done - self.last >= _PROGRESS_EVERY or done == self.total):
-            self.fn(self.label, done, self.total)
-            self.last = done
-
-    def next_file(self, size: int) -> None:
-        self.base += size
-
-
-# --- output directory ------------------------------------------------------------------------
-def _make_dir(d: Path) -> tuple[list[Path], str | None]:
-    """Create ``d`` (and parents) and probe that a file can be written there.
-
-    Returns the directories created (deepest first, to remove on failure) and a
-    problem, or None.
-    """
-    missing: list[Path] = []
-    p = d
-    while not os.path.lexists(p) and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    if d.exists() and not d.is_dir():
-        return [], f"{d}: cannot write the output there: it exists and is not a directory"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return [m for m in missing if m.exists()], f"{d}: cannot create the output directory ({e.strerror or e})"
-    try:
-        fd, probe = tempfile.mkstemp(dir=d, prefix=".textstream-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        return missing, f"{d}: output directory is not writable ({e.strerror or e})"
-    return missing, None
-
-
-def _remove_dirs(created: list[Path]) -> None:
-    for p in created:  # deepest first; stops at the first that is not empty
-        try:
-            p.rmdir()
-        except OSError:
-            break
-
-
-def _unlink(path: str | Path | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def _start_writeback(files: list) -> None:
-    """Have the kernel start writing what we wrote so far, so the final fsync is short.
-
-    (``POSIX_FADV_DONTNEED`` starts asynchronous writeback of dirty pages on
-    Linux and drops the clean ones: the page cache does not fill with token files.)
-    """
-    if not hasattr(os, "posix_fadvise"):
-        return
-    for f in files:
-        try:
-            f.flush()
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --- loading ---------------------------------------------------------------------------------
-def _check_sizes(d: Path, vocab: Vocab) -> tuple[int, int] | str:
-    """``(train_chars, val_chars)``, or a problem. Without them in the metadata, the sizes tell."""
-    size = vocab.dtype.itemsize
-    found = []
-    for name, key in (("train.bin", "train_chars"), ("val.bin", "val_chars")):
-        try:
-            got = (d / name).stat().st_size
-        except FileNotFoundError:
-            return f"{d / name}: missing (prepare the corpus again)"
-        try:
-            n = int(vocab.meta[key])
-        except (KeyError, TypeError, ValueError):
-            n = got // size
-        if got != n * size:
-            return (f"{d / name}: {got} bytes, expected {n * size} ({n} ids of {vocab.dtype}): "
-                    f"truncated or from another preparation (prepare the corpus again)")
-        found.append(n)
-    return found[0], found[1]
-
-
 def load_prepared(dir: Path) -> Prepared:
     """The prepared corpus in ``dir`` (as written by ``prepare``), checked against its vocab.json."""
     d = Path(dir)
     if not (d / "vocab.json").is_file():
         raise TextstreamError(f"{d}: not a prepared corpus (no vocab.json)")
     vocab = Vocab.load(d / "vocab.json")
-    sizes = _check_sizes(d, vocab)
-    if isinstance(sizes, str):
-        raise TextstreamError(sizes)
-    return Prepared(d, vocab, sizes[0], sizes[1], cached=True)
+    train_chars, val_chars = (_split_size(d / name, vocab, key)
+                              for name, key in (("train.bin", "train_chars"), ("val.bin", "val_chars")))
+    return Prepared(d, vocab, train_chars, val_chars, cached=True)
 
 
-def _cache_hit(d: Path, key: str) -> Prepared | None:
-    if not (d / "vocab.json").is_file():
-        return None
+def _split_size(path: Path, vocab: Vocab, key: str) -> int:
+    """The number of ids in token file ``path``, checked against ``vocab.meta[key]`` (the size tells without it)."""
+    size = vocab.dtype.itemsize
     try:
-        vocab = Vocab.load(d / "vocab.json")
+        got = path.stat().st_size
+    except FileNotFoundError:
+        raise TextstreamError(f"{path}: missing (prepare the corpus again)") from None
+    try:
+        n = int(vocab.meta[key])
+    except (KeyError, TypeError, ValueError):
+        n = got // size
+    if got != n * size:
+        raise TextstreamError(f"{path}: {got} bytes, expected {n * size} ({n} ids of {vocab.dtype}): "
+                              f"truncated or from another preparation (prepare the corpus again)")
+    return n
+
+
+def _cached(d: Path, key: str) -> Prepared | None:
+    """The preparation in ``d`` if it is the one keyed ``key`` and intact, else None (a damaged one is redone)."""
+    try:
+        prep = load_prepared(d)
     except TextstreamError:
         return None
-    if vocab.meta.get("cache_key") != key:
-        return None
-    sizes = _check_sizes(d, vocab)
-    if isinstance(sizes, str):
-        return None
-    return Prepared(d, vocab, sizes[0], sizes[1], cached=True)
+    return prep if prep.vocab.meta.get("cache_key") == key else None
 
 
 # --- prepare ---------------------------------------------------------------------------------
-def _build_vocab(counts: np.ndarray, total: int, max_vocab: int | None) -> tuple[np.ndarray, list[str], list[int], int | None]:
-    present = np.flatnonzero(counts)
-    if max_vocab is not None and len(present) > max_vocab:
-        order = np.lexsort((present, -counts[present]))  # most frequent first, ties by code point
-        kept = np.sort(present[order[: max_vocab - 1]])
-        kept_counts = counts[kept]
-        oov_id: int | None = len(kept)
-        chars = [chr(c) for c in kept.tolist()] + [OOV_CHAR]
-        cnts = kept_counts.tolist() + [int(total - kept_counts.sum())]
-    else:
-        kept, oov_id = present, None
-        chars = [chr(c) for c in kept.tolist()]
-        cnts = counts[kept].tolist()
-    return kept, chars, cnts, oov_id
-
-
 def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool = False,
             val_fraction: float = 0.05, max_vocab: int | None = None, errors: str = "strict",
             min_chars: int = 61, chunk_size: int = 1 << 22, on_progress: ProgressFn | None = None) -> Prepared:
@@ -373,6 +124,50 @@ def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool =
     A directory that already holds this preparation (same content, same
     options) is returned as is (``cached=True``); nothing is re-encoded.
     """
+    options = _options(lowercase, val_fraction, max_vocab, errors, chunk_size)
+    root = Path(out_dir) if out_dir is not None else cache_dir() / "prepared"
+    created, unwritable = _claim_output(root, explicit=out_dir is not None)  # before any work, downloads too
+    try:
+        paths, stats = _sources(sources, on_progress)
+        total_bytes = sum(st.st_size for st in stats)
+        texts = partial(read_texts, paths, stats, chunk_size=chunk_size, errors=errors, lowercase=lowercase)
+
+        # pass 1: count the characters while a thread hashes the bytes; a cache hit stops the count
+        progress = Progress(on_progress, "count", total_bytes)
+        with Fingerprint(paths, stats, max(chunk_size, 1 << 20), Progress(on_progress, "hash", total_bytes)) as fp:
+            lookup = _CacheLookup(fp, options, root, keyed=out_dir is None)
+            counted = _count_pass(texts(), progress, stop=lookup.poll)
+            hit = lookup.wait()
+        if hit is not None:
+            _check_min(hit.train_chars, min_chars, paths)
+            return hit
+        if unwritable is not None:
+            raise unwritable
+        out = lookup.out
+        if out != root:
+            created = _make_dir(out) + created
+        assert counted is not None  # only a hit stops the count
+        counts, total = counted
+        n_val = math.floor(total * val_fraction)
+        n_train = total - n_val
+        _check_min(n_train, min_chars, paths)
+        meta = {"tokens_format": TOKENS_FORMAT, "cache_key": lookup.key, "fingerprint": lookup.digest,
+                "train_chars": n_train, "val_chars": n_val, "source_bytes": total_bytes,
+                "sources": [str(p) for p in paths]}
+        vocab, kept = _make_vocab(counts, total, max_vocab, options, meta)
+        del counts, counted
+
+        # pass 2: encode, then commit (vocab.json last)
+        _encode(texts(), out, vocab, kept, n_train, total, Progress(on_progress, "encode", total_bytes),
+                what=describe(paths))
+    except BaseException:
+        _remove_dirs(created)
+        raise
+    return Prepared(out, vocab, n_train, n_val, cached=False)
+
+
+def _options(lowercase: bool, val_fraction: float, max_vocab: int | None, errors: str, chunk_size: int) -> dict:
+    """The options that shape the output (they are part of the cache key), checked."""
     if errors not in ERRORS:
         raise TextstreamError(f"errors must be one of {', '.join(ERRORS)} (got {errors!r})")
     if not 0.0 <= val_fraction < 1.0:
@@ -381,136 +176,12 @@ def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool =
         raise TextstreamError(f"--max-vocab must be >= 1 (got {max_vocab})")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
-    options = {"lowercase": bool(lowercase), "val_fraction": float(val_fraction), "max_vocab": max_vocab,
-               "errors": errors}
-
-    # check the output first, before any work (downloads included)
-    root = Path(out_dir) if out_dir is not None else cache_dir() / "prepared"
-    created, problem = _make_dir(root)
-    if problem and (out_dir is None or not (root / "vocab.json").is_file()):
-        raise TextstreamError(problem)
-    try:
-        paths, stats = _sources(sources, on_progress)
-    except BaseException:
-        _remove_dirs(created)
-        raise
-    total_bytes = sum(st.st_size for st in stats)
-
-    hasher = _Hasher(paths, stats, max(chunk_size, 1 << 20))
-    hasher.start()
-    try:
-        # pass 1: count characters, while a thread hashes the bytes for the cache key;
-        # once the hash is known, a cache hit stops the count
-        counts = np.zeros(N_CODEPOINTS, dtype=np.int64)
-        total = 0
-        prog, hash_prog = _Progress(on_progress, "count", total_bytes), _Progress(on_progress, "hash", total_bytes)
-        key = fingerprint = out = None
-        for p, st in zip(paths, stats):
-            for done, text in _normalised(p, chunk_size=chunk_size, errors=errors, lowercase=lowercase):
-                cps = _codepoints(text)
-                _count(counts, cps)
-                total += len(cps)
-                prog.update(done)
-                if key is None:
-                    hash_prog.update(hasher.done)
-                    if not hasher.is_alive():
-                        key, fingerprint, out = _key(hasher, options, out_dir, root)
-                        hash_prog.update(hasher.done)
-                        hit = _cache_hit(out, key)
-                        if hit is not None:
-                            _check_min(hit.train_chars, min_chars, paths)
-                            return hit
-            prog.next_file(st.st_size)
-        while key is None and hasher.is_alive():
-            hasher.join(0.05)
-            hash_prog.update(hasher.done)
-        if key is None:
-            key, fingerprint, out = _key(hasher, options, out_dir, root)
-            hit = _cache_hit(out, key)
-            if hit is not None:
-                _check_min(hit.train_chars, min_chars, paths)
-                return hit
-        if problem:
-            raise TextstreamError(problem)
-        if out != root:
-            more, problem = _make_dir(out)
-            created = more + created
-            if problem:
-                raise TextstreamError(problem)
-
-        n_val = math.floor(total * val_fraction)
-        n_train = total - n_val
-        _check_min(n_train, min_chars, paths)
-
-        kept, chars, cnts, oov_id = _build_vocab(counts, total, max_vocab)
-        del counts
-        meta = {"tokens_format": TOKENS_FORMAT, "cache_key": key, "fingerprint": fingerprint,
-                "train_chars": n_train, "val_chars": n_val, "source_bytes": total_bytes,
-                "sources": [str(p) for p in paths]}
-        vocab = Vocab(chars=chars, counts=cnts, oov_id=oov_id, options=options, meta=meta)
-
-        # pass 2: encode
-        _encode(paths, stats, out, vocab, kept, n_train, total, chunk_size=chunk_size, errors=errors,
-                lowercase=lowercase, on_progress=on_progress, total_bytes=total_bytes)
-    except BaseException:
-        _remove_dirs(created)
-        raise
-    finally:
-        hasher.halt()
-    return Prepared(out, vocab, n_train, n_val, cached=False)
-
-
-class _Hasher(threading.Thread):
-    """The sha256 of the sources (each file's size, then its bytes), computed in a thread.
-
-    hashlib releases the GIL on large buffers, so on a multi-core machine the
-    hash costs almost no wall time next to the count.
-    """
-
-    def __init__(self, paths: Sequence[Path], stats: list, bufsize: int):
-        super().__init__(name="textstream-hash", daemon=True)
-        self.paths, self.stats, self.bufsize = list(paths), stats, bufsize
-        self.done = 0
-        self.digest: str | None = None
-        self.error: TextstreamError | None = None
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        h = hashlib.sha256()
-        buf = bytearray(self.bufsize)
-        view = memoryview(buf)
-        for p, st in zip(self.paths, self.stats):
-            h.update(f"{st.st_size}\n".encode())
-            try:
-                with open(p, "rb", buffering=0) as f:
-                    while n := f.readinto(buf):
-                        if self._halt.is_set():
-                            return
-                        h.update(view[:n])
-                        self.done += n
-            except OSError as e:
-                self.error = TextstreamError(f"{p}: cannot read ({e.strerror or e})")
-                return
-        self.digest = h.hexdigest()
-
-    def halt(self) -> None:
-        self._halt.set()
-        self.join()
-
-
-def _key(hasher: _Hasher, options: dict, out_dir: Path | None, root: Path) -> tuple[str, str, Path]:
-    """``(cache key, fingerprint, output dir)`` once ``hasher`` has finished."""
-    hasher.join()
-    if hasher.error is not None:
-        raise hasher.error
-    assert hasher.digest is not None
-    key_src = json.dumps({"tokens_format": TOKENS_FORMAT, "fingerprint": hasher.digest, "options": options},
-                         sort_keys=True)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    return key, hasher.digest, (root if out_dir is not None else root / key)
+    return {"lowercase": bool(lowercase), "val_fraction": float(val_fraction), "max_vocab": max_vocab,
+            "errors": errors}
 
 
 def _sources(sources: Sequence, on_progress: ProgressFn | None) -> tuple[list[Path], list[os.stat_result]]:
+    """The source files (see ``corpus.resolve``) and their ``os.stat``; an empty or unreadable one raises."""
     paths = resolve(list(sources or []), on_progress)
     stats = []
     for p in paths:
@@ -530,68 +201,179 @@ def _check_min(n_train: int, min_chars: int, paths: Sequence[Path]) -> None:
                               f"{min_chars} (one window of seq_len + 1)")
 
 
-def _encode(paths: Sequence[Path], stats: list, out: Path, vocab: Vocab, kept: np.ndarray, n_train: int,
-            total: int, *, chunk_size: int, errors: str, lowercase: bool, on_progress: ProgressFn | None,
-            total_bytes: int) -> None:
-    dtype = vocab.dtype
-    lut = np.full(N_CODEPOINTS, vocab.oov_id or 0, dtype=dtype)
-    lut[kept] = np.arange(len(kept), dtype=dtype)
-    table8 = lut[:256].tobytes() if dtype.itemsize == 1 else None  # bytes.translate table: latin-1 chunks
-    luts = {1: lut[:256].copy(), 2: lut[:1 << 16].copy(), 4: lut}  # small tables for narrow code points
+# --- the output directory --------------------------------------------------------------------
+def _claim_output(root: Path, *, explicit: bool) -> tuple[list[Path], TextstreamError | None]:
+    """Make ``root`` ready for the output: the directories created, and a problem to raise on a cache miss only.
 
-    tmps: list[str | None] = [None, None]
-    files = []
+    An explicit output directory that cannot be written but holds a
+    vocab.json may hold this very preparation: its problem waits for the lookup.
+    """
     try:
-        for i, name in enumerate(("train.bin", "val.bin")):
-            fd, tmps[i] = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-            files.append(os.fdopen(fd, "wb"))
-        ftrain, fval = files
-        pos = written = kicked = 0
-        prog = _Progress(on_progress, "encode", total_bytes)
-        for p, st in zip(paths, stats):
-            for done, text in _normalised(p, chunk_size=chunk_size, errors=errors, lowercase=lowercase):
-                one = _latin1(text) if table8 is not None else None
-                if one is not None:
-                    buf = memoryview(one.translate(table8))
-                else:
-                    cps = _codepoints(text)
-                    buf = memoryview(_gather(luts[cps.dtype.itemsize], cps)).cast("B")
-                n = len(buf) // dtype.itemsize
-                k = min(max(n_train - pos, 0), n) * dtype.itemsize
-                if k:
-                    ftrain.write(buf[:k])
-                if k < len(buf):
-                    fval.write(buf[k:])
-                pos += n
-                written += len(buf)
-                if written - kicked >= _WRITEBACK_EVERY:
-                    _start_writeback(files)
-                    kicked = written
-                prog.update(done)
-            prog.next_file(st.st_size)
-            try:
-                now = p.stat()
-            except OSError:
-                now = None
-            if now is None or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-                raise TextstreamError(f"{p}: the file changed while it was being prepared; try again")
-        if pos != total:
-            raise TextstreamError(f"{describe(paths)}: the text changed while it was being prepared "
-                                  f"({total} characters counted, {pos} encoded); try again")
-        for f in files:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
+        return _make_dir(root), None
+    except TextstreamError as e:
+        if explicit and (root / "vocab.json").is_file():
+            return [], e
+        raise
+
+
+def _make_dir(d: Path) -> list[Path]:
+    """Create ``d`` (and parents) and probe that a file can be written there; the directories created, deepest first.
+
+    Raises ``TextstreamError`` (having removed what it created) when ``d`` cannot hold the output.
+    """
+    missing: list[Path] = []
+    p = d
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if d.exists() and not d.is_dir():
+        raise TextstreamError(f"{d}: cannot write the output there: it exists and is not a directory")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_dirs(missing)
+        raise TextstreamError(f"{d}: cannot create the output directory ({e.strerror or e})") from None
+    try:
+        PendingFile(d / "vocab.json").discard()  # a temporary, as the token files will be
+    except OSError as e:
+        _remove_dirs(missing)
+        raise TextstreamError(f"{d}: output directory is not writable ({e.strerror or e})") from None
+    return missing
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    for p in created:  # deepest first; stops at the first that is not empty (or not there)
+        try:
+            p.rmdir()
+        except OSError:
+            break
+
+
+# --- pass 1: count and cache lookup --------------------------------------------------------
+def _count_pass(texts: Iterable[tuple[int, str]], progress: Progress,
+                stop: Callable[[], bool]) -> tuple[np.ndarray, int] | None:
+    """``(code point histogram, number of characters)`` of ``texts``; None when ``stop()`` said so."""
+    counts = np.zeros(N_CODEPOINTS, dtype=np.int64)
+    total = 0
+    for done, text in texts:
+        cps = codepoints(text)
+        count(counts, cps)
+        total += len(cps)
+        progress.update(done)
+        if stop():
+            return None
+    return counts, total
+
+
+class _CacheLookup:
+    """The cache key once the fingerprint is known, and the output directory's preparation if it has that key.
+
+    ``poll()`` during the count (True on a hit: stop counting), ``wait()``
+    after it: either way the lookup happens once. With ``keyed``, the output
+    directory is ``root/<key>`` (the cache), else ``root`` itself.
+    """
+
+    def __init__(self, fingerprint: Fingerprint, options: dict, root: Path, *, keyed: bool):
+        self._fingerprint, self._options, self._root, self._keyed = fingerprint, options, root, keyed
+        self.out = root
+        self.digest: str | None = None
+        self.key: str | None = None
+        self.hit: Prepared | None = None
+
+    def poll(self) -> bool:
+        if self.key is None:
+            digest = self._fingerprint.poll()
+            if digest is None:
+                return False
+            self._look_up(digest)
+        return self.hit is not None
+
+    def wait(self) -> Prepared | None:
+        if self.key is None:
+            self._look_up(self._fingerprint.wait())
+        return self.hit
+
+    def _look_up(self, digest: str) -> None:
+        key_src = json.dumps({"tokens_format": TOKENS_FORMAT, "fingerprint": digest, "options": self._options},
+                             sort_keys=True)
+        self.digest, self.key = digest, hashlib.sha256(key_src.encode()).hexdigest()[:24]
+        if self._keyed:
+            self.out = self._root / self.key
+        self.hit = _cached(self.out, self.key)
+
+
+def _make_vocab(counts: np.ndarray, total: int, max_vocab: int | None, options: dict,
+                meta: dict) -> tuple[Vocab, np.ndarray]:
+    """The vocabulary (ids in code point order, OOV last) and the code points that keep an id of their own."""
+    present = np.flatnonzero(counts)
+    if max_vocab is not None and len(present) > max_vocab:
+        order = np.lexsort((present, -counts[present]))  # most frequent first, ties by code point
+        kept = np.sort(present[order[: max_vocab - 1]])
+        kept_counts = counts[kept]
+        oov_id: int | None = len(kept)
+        chars = [chr(c) for c in kept.tolist()] + [OOV_CHAR]
+        cnts = kept_counts.tolist() + [int(total - kept_counts.sum())]
+    else:
+        kept, oov_id = present, None
+        chars = [chr(c) for c in kept.tolist()]
+        cnts = counts[kept].tolist()
+    return Vocab(chars=chars, counts=cnts, oov_id=oov_id, options=options, meta=meta), kept
+
+
+# --- pass 2: encode --------------------------------------------------------------------------
+class _IdTable:
+    """Text -> the bytes of its ids (``vocab.dtype``), through a table from code point to id."""
+
+    def __init__(self, vocab: Vocab, kept: np.ndarray):
+        dtype = vocab.dtype
+        lut = np.full(N_CODEPOINTS, vocab.oov_id or 0, dtype=dtype)
+        lut[kept] = np.arange(len(kept), dtype=dtype)
+        self.itemsize = dtype.itemsize
+        self._table8 = lut[:256].tobytes() if dtype.itemsize == 1 else None  # bytes.translate table: latin-1 text
+        self._luts = {1: lut[:256].copy(), 2: lut[:1 << 16].copy(), 4: lut}  # small tables for narrow code points
+
+    def __call__(self, text: str) -> memoryview:
+        one = latin1(text) if self._table8 is not None else None
+        if one is not None:
+            return memoryview(one.translate(self._table8))
+        cps = codepoints(text)
+        return memoryview(gather(self._luts[cps.dtype.itemsize], cps)).cast("B")
+
+
+def _encode(texts: Iterable[tuple[int, str]], out: Path, vocab: Vocab, kept: np.ndarray, n_train: int,
+            total: int, progress: Progress, *, what: str) -> None:
+    """Write the ids of ``texts``: the first ``n_train`` to train.bin, the rest to val.bin; vocab.json last."""
+    with PendingFile(out / "train.bin") as train, PendingFile(out / "val.bin") as val:
+        n = _write_ids(texts, _IdTable(vocab, kept), n_train, train.file, val.file, progress)
+        if n != total:
+            raise TextstreamError(f"{what}: the text changed while it was being prepared "
+                                  f"({total} characters counted, {n} encoded); try again")
+        train.sync()
+        val.sync()
         # commit: drop the old marker, move the token files in, write the marker last
-        _unlink(out / "vocab.json")
-        os.replace(tmps[0], out / "train.bin")
-        tmps[0] = None
-        os.replace(tmps[1], out / "val.bin")
-        tmps[1] = None
+        (out / "vocab.json").unlink(missing_ok=True)
+        fsync_dir(out)
+        train.commit(sync_dir=False)
+        val.commit()
         vocab.save(out / "vocab.json")
-        _fsync_dir(out)
-    finally:
-        for f in files:
-            f.close()
-        for t in tmps:
-            _unlink(t)
+
+
+def _write_ids(texts: Iterable[tuple[int, str]], ids: _IdTable, n_train: int, train: IO[bytes], val: IO[bytes],
+               progress: Progress) -> int:
+    """Write the ids of ``texts`` to the files ``train`` (the first ``n_train``) and ``val``; how many in all."""
+    pos = written = kicked = 0
+    for done, text in texts:
+        buf = ids(text)
+        n = len(buf) // ids.itemsize
+        k = min(max(n_train - pos, 0), n) * ids.itemsize
+        if k:
+            train.write(buf[:k])
+        if k < len(buf):
+            val.write(buf[k:])
+        pos += n
+        written += len(buf)
+        if written - kicked >= _WRITEBACK_EVERY:
+            start_writeback((train, val))
+            kicked = written
+        progress.update(done)
+    return pos

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from textstream.errors import TextstreamError
+from textstream.fsutil import atomic_write_text
 
 FORMAT = "textstream-vocab/1"
 OOV_CHAR = "\ufffd"  # what an out-of-vocabulary id decodes to
@@ -104,8 +105,7 @@ class Vocab:
                 "dtype": self.dtype.str, "size": self.size, "options": self.options, **self.meta}
 
     def save(self, path: Path) -> None:
-        from textstream.fsutil import atomic_write_text
-
+        """Write ``path`` atomically (temporary, fsync, rename)."""
         atomic_write_text(Path(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
 
     @classmethod

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(TOOLS))
-    from realtext import build_corpus
+    from realtext import build_corpus  # here: tools/ is not a package, it must be on the path first
 
     cache = args.cache_dir or default_cache_dir()
     t0 = time.perf_counter()

@@ -8,8 +8,8 @@ standard library, then of its site-packages, concatenated in a stable order
 (sorted by path) and repeated if needed to reach the size. Files that are not
 valid UTF-8 or hold NUL bytes are skipped. The result is exactly
 ``int(size_mb * 1e6)`` bytes of valid UTF-8 (never a character cut in two),
-written to a temporary file and renamed, streaming: memory does not grow with
-the size. An existing file of the right size is reused.
+written atomically (``textstream.fsutil.atomic_file``), streaming: memory does
+not grow with the size. An existing file of the right size is reused.
 
     python tools/realtext.py OUT.txt 100
 """
@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's textstream, run from anywhere
+from textstream.fsutil import atomic_file  # noqa: E402
 
 SUFFIXES = (".py", ".txt", ".rst", ".md")
 MAX_FILE_BYTES = 8 << 20  # skip giant generated files
@@ -90,27 +92,17 @@ def build_corpus(path: Path, size_mb: float) -> Path:
     if path.is_file() and path.stat().st_size == target:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            written = 0
-            for data in _texts(source_files()):
-                room = target - written
-                if len(data) >= room:
-                    part = _utf8_prefix(data, room)
-                    out.write(part)
-                    out.write(b"\n" * (room - len(part)))  # pad a cut character with newlines
-                    written = target
-                    break
-                out.write(data)
-                written += len(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as out:
+        written = 0
+        for data in _texts(source_files()):
+            room = target - written
+            if len(data) >= room:
+                part = _utf8_prefix(data, room)
+                out.write(part)
+                out.write(b"\n" * (room - len(part)))  # pad a cut character with newlines
+                break
+            out.write(data)
+            written += len(data)
     return path
 
 

@@ -1,6 +1,7 @@
 """`textstream prepare` and `textstream corpora`: exit codes, one-line errors, no partial output, no TensorFlow."""
 import json
 import re
+import os
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from textstream.cli import main
-from textstream.prepare import load_prepared
+from textstream.preparation import load_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "corpora"
@@ -165,3 +166,14 @@ def test_real_corpora_round_trip(tmp_path, capsys, name):
     assert prep.vocab.decode(prep.ids("train")) + prep.vocab.decode(prep.ids("val")) == \
         text.replace("\r\n", "\n").lower()
     assert prep.vocab.size < 256 and prep.vocab.dtype.itemsize == 1
+
+
+def test_package_names_are_the_functions_whatever_was_imported_first():
+    """``textstream.train`` etc. are the functions even after their modules were imported (no name clash)."""
+    code = ("import textstream.training, textstream.evaluation, textstream.preparation, textstream\n"
+            "from textstream import train, evaluate, prepare\n"
+            "assert all(callable(f) and f.__module__.startswith('textstream.') for f in (train, evaluate, prepare))\n"
+            "assert textstream.train is train and textstream.prepare is prepare\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]

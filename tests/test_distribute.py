@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train import write_text
+from test_training import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from textstream.config import make_config
 from textstream.distribute import make_strategy
 from textstream.events import StepLogged
-from textstream.train import train
+from textstream.training import train
 strategy = make_strategy("mirrored")
 losses = []
 summary = train(make_config("tiny", steps=40, lr=0.01, samples=False), [sys.argv[1]], sys.argv[2],
@@ -74,7 +74,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from textstream.config import make_config
 from textstream.distribute import make_strategy
 from textstream.checkpoint import load_model
-from textstream.train import train
+from textstream.training import train
 cfg = dict(steps=12, layers=2, carry_state=True, lr=0.01, samples=False)
 train(make_config("tiny", **cfg), [sys.argv[1]], sys.argv[2] + "/one", strategy=make_strategy("one"))
 train(make_config("tiny", **cfg), [sys.argv[1]], sys.argv[2] + "/two", strategy=make_strategy("mirrored"))

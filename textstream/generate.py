@@ -24,7 +24,7 @@ import numpy as np
 
 from textstream.backend import StepBackend, StreamBatch, backend_from_model, load_backend
 from textstream.errors import TextstreamError
-from textstream.prepare import load_prepared
+from textstream.preparation import load_prepared
 from textstream.run import RunPaths
 from textstream.sampling import (check_length, check_request, check_unknown, find_stop, held_back, per_stream,
                                  seed_u32, stream_seeds)

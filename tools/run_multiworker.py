@@ -40,7 +40,7 @@ def worker_main(args: argparse.Namespace) -> int:
     from textstream.config import make_config
     from textstream.errors import TextstreamError
     from textstream.run import RunPaths
-    from textstream.train import train
+    from textstream.training import train
 
     try:
         if args.resume:

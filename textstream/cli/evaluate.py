@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream eval``; returns the exit status."""
-    from textstream.evaluate import evaluate
+    from textstream.evaluation import evaluate
 
     given = {k: getattr(args, k) for k in ("checkpoint", "batch_size") if getattr(args, k) is not None}
     result = evaluate(args.run_dir, args.sources, **given)

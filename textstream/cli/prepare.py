@@ -25,7 +25,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream prepare``; returns the exit status."""
-    from textstream.prepare import prepare
+    from textstream.preparation import prepare
 
     options = options_from_args(args)
     ui = ProgressUI()

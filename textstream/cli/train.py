@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     ui = ProgressUI()
     display = TrainDisplay(console, live=sys.stderr.isatty(), before_start=ui.close)
     try:
-        from textstream.train import train
+        from textstream.training import train
 
         train(cfg, args.sources, run_dir, resume=args.resume, on_event=display, should_stop=stop.is_set,
               on_progress=ui, strategy=args.strategy)

@@ -26,7 +26,7 @@ from textstream.checkpoint import load_model
 from textstream.corpus import resolve
 from textstream.errors import TextstreamError
 from textstream.pipeline import TokenFile
-from textstream.prepare import load_prepared
+from textstream.preparation import load_prepared
 from textstream.run import RunPaths
 
 

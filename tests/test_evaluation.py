@@ -7,10 +7,10 @@ import pytest
 
 from textstream.cli import main
 from textstream.config import make_config
-from textstream.evaluate import IdStream, evaluate, row_spans, score
-from textstream.train import train
+from textstream.evaluation import IdStream, evaluate, row_spans, score
+from textstream.training import train
 
-from test_train import write_text
+from test_training import write_text
 
 
 @pytest.fixture

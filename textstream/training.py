@@ -30,11 +30,11 @@ from textstream.checkpoint import Checkpoints, TrainState, save_directory, weigh
 from textstream.config import TrainConfig
 from textstream.distribute import is_chief, make_strategy
 from textstream.errors import Interrupted, TextstreamError
-from textstream.evaluate import IdStream, score, train_context
+from textstream.evaluation import IdStream, score, train_context
 from textstream.generate import Generator
 from textstream.model import build_model
 from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
-from textstream.prepare import Prepared, load_prepared, prepare
+from textstream.preparation import Prepared, load_prepared, prepare
 from textstream.run import RunLock, RunPaths
 from textstream.schedule import Every, Meter, Plan
 from textstream.vocab import Vocab

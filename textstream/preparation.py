@@ -1,6 +1,6 @@
 """``prepare()``: sources -> token files, in bounded memory. No TensorFlow here.
 
-    from textstream.prepare import prepare
+    from textstream.preparation import prepare
     prep = prepare(["corpus.txt"], "data/corpus")
     prep.vocab.decode(prep.ids("val")[:80])
 
@@ -33,6 +33,7 @@ from typing import IO, Callable, Iterable, Sequence
 
 import numpy as np
 
+from textstream.config import check_prepare_options
 from textstream.corpus import cache_dir, describe, resolve
 from textstream.errors import TextstreamError
 from textstream.fsutil import PendingFile, fsync_dir, start_writeback
@@ -42,7 +43,6 @@ from textstream.vocab import OOV_CHAR, Vocab
 
 TOKENS_FORMAT = 1  # bump when the token files or the normalisation change: it invalidates caches
 N_CODEPOINTS = 0x110000
-ERRORS = ("strict", "replace")
 _WRITEBACK_EVERY = 1 << 26  # bytes of token files between writeback kicks
 
 
@@ -168,12 +168,7 @@ def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool =
 
 def _options(lowercase: bool, val_fraction: float, max_vocab: int | None, errors: str, chunk_size: int) -> dict:
     """The options that shape the output (they are part of the cache key), checked."""
-    if errors not in ERRORS:
-        raise TextstreamError(f"errors must be one of {', '.join(ERRORS)} (got {errors!r})")
-    if not 0.0 <= val_fraction < 1.0:
-        raise TextstreamError(f"--val-fraction must be in [0, 1) (got {val_fraction})")
-    if max_vocab is not None and max_vocab < 1:
-        raise TextstreamError(f"--max-vocab must be >= 1 (got {max_vocab})")
+    check_prepare_options(lowercase=bool(lowercase), val_fraction=val_fraction, max_vocab=max_vocab, errors=errors)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
     return {"lowercase": bool(lowercase), "val_fraction": float(val_fraction), "max_vocab": max_vocab,

@@ -16,7 +16,7 @@ from textstream.errors import TextstreamError
 from textstream.checkpoint import load_model
 from textstream.events import Checkpointed, EpochEnd, Finished, Prepared, Samples, Started, StepLogged
 from textstream.run import RunLock, RunPaths
-from textstream.train import train
+from textstream.training import train
 
 WORDS = ("the cat sat on a mat while the dog ran after a red ball and the bird sang "
          "in the old tree by the river as the sun went down over the hill").split()
@@ -122,7 +122,7 @@ def test_carried_state_is_the_state_after_the_rows_text(corpus, tmp_path):
     import tensorflow as tf
 
     from textstream.pipeline import CarriedWindows, TokenFile
-    from textstream.prepare import load_prepared
+    from textstream.preparation import load_prepared
 
     run = tmp_path / "run"
     cfg = make_config("tiny", steps=5, layers=2, carry_state=True, optimizer="sgd", lr=1e-30, samples=False)

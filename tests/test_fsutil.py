@@ -115,3 +115,19 @@ def test_discard_removes_the_temporary_even_when_closing_fails(tmp_path):
     pending.file = FullDisk()
     pending.discard()
     assert names(tmp_path) == []
+
+
+def test_atomic_file_gets_the_mode_open_would_give_and_keeps_a_replaced_files_mode(tmp_path):
+    """A new file is 0666 less the umask (not mkstemp's 0600); a replaced file keeps its mode."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    new = tmp_path / "new.txt"
+    with atomic_file(new, "w") as f:
+        f.write("x")
+    assert new.stat().st_mode & 0o777 == 0o666 & ~mask
+    old = tmp_path / "old.txt"
+    old.write_text("a")
+    old.chmod(0o640)
+    with atomic_file(old, "w") as f:
+        f.write("b")
+    assert old.stat().st_mode & 0o777 == 0o640 and old.read_text() == "b"

@@ -29,6 +29,23 @@ from typing import IO, Iterable, Iterator
 TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it; set back at once (at import: one thread)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a replaced file keeps, or the one ``open()`` gives a new file (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 class PendingFile:
     """A file being written into a temporary next to ``path``; ``commit()`` renames it into place.
 
@@ -44,6 +61,7 @@ class PendingFile:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.{os.getpid()}.", suffix=".tmp")
         self.tmp = Path(tmp)
         try:
+            os.fchmod(fd, _mode_for(self.path))  # mkstemp makes 0600; the file gets what open() would give it
             self.file: IO = (os.fdopen(fd, "wb") if mode == "wb"
                              else os.fdopen(fd, "w", encoding="utf-8", newline=""))
         except BaseException:

@@ -102,3 +102,48 @@ def test_score_equals_scoring_each_character_alone_from_its_documented_context(t
             logits, _ = model(x)
             total -= float(torch.log_softmax(logits[0, -1].double(), -1)[stream[p]])
     assert nats == pytest.approx(total, rel=1e-5)
+
+
+class FakeTorch:
+    """Just the thread-count calls of torch."""
+
+    def __init__(self):
+        self.threads = 2
+
+    def get_num_threads(self):
+        return self.threads
+
+    def set_num_threads(self, n):
+        self.threads = n
+
+
+def drive(threads, step_time, steps, now=0.0):
+    """Run ``steps`` fake steps, each taking ``step_time(thread count)``; return the counts used and the clock."""
+    picked = []
+    for _ in range(steps):
+        n = threads.pick(now)
+        dt = step_time(n)
+        now += dt
+        threads.record(n, dt, now)
+        picked.append(n)
+    return picked, now
+
+
+def test_threads_auto_keeps_all_cores_when_they_are_faster_and_one_when_others_load_the_machine():
+    torch = FakeTorch()
+    idle = nb.Threads(torch, 2, auto=True, probe=4, every_s=10.0)
+    picked, _ = drive(idle, lambda n: 0.03 if n == 2 else 0.05, 200)
+    assert picked[:10] == [1] * 5 + [2] * 5  # probe: a settling step, then 4 timed steps of each
+    assert picked[10:30] == [2] * 20 and torch.threads == 2
+
+    busy = nb.Threads(torch, 2, auto=True, probe=4, every_s=10.0)
+    picked, now = drive(busy, lambda n: 2.0 if n == 2 else 0.05, 5 + 2 + 400)
+    assert picked[:7] == [1] * 5 + [2, 2]  # all cores dropped after its settling step and one slow step
+    assert picked[7:207] == [1] * 200 and busy.wait == 20.0  # next probe later: it was cut short
+    assert busy.used[2] < 10
+
+
+def test_threads_fixed_never_changes_the_count():
+    torch = FakeTorch()
+    picked, _ = drive(nb.Threads(torch, 2, auto=False), lambda n: 1.0, 50)
+    assert set(picked) == {2}

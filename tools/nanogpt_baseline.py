@@ -69,14 +69,18 @@ Scores:
 iteration) over the time spent in training steps, the first two steps left
 out as textstream leaves out its compiling steps.
 
-Threads: ``--threads`` defaults to every core the process may use, with
-torch's OpenMP left as it comes (threads spin while waiting). That is the
-fastest setting on an idle machine (2 cores here: ~21,000 chars/s against
-~13,500 for one thread or for ``OMP_WAIT_POLICY=PASSIVE``), but when other
-processes load the machine the spinning threads collapse it (seen here: 1,700
-to 3,400 chars/s at a load average of 3 to 5 on 2 cores). A figure from a
-busy machine says little; the JSON records the 1-minute load average at the
-start and the end (``loadavg``).
+Threads: by default (``--threads auto``) each training step runs on all the
+cores the process may use or on one, whichever ``Threads`` measured faster
+lately. torch's OpenMP threads spin while they wait: on an idle machine all
+cores are fastest (2 cores here: ~21,000 chars/s against ~13,500 for one
+thread), but when other processes load the machine spinning threads
+collapse (seen here: 241 to 3,400 chars/s on 2 cores at load averages of 3
+to 9, where one thread kept 8,000 to 13,000). ``--threads N`` fixes the count
+(all cores: nanoGPT as it runs; with ``--threads 2`` here, nanoGPT's own
+train.py and this loop printed the same estimates to the last digit over 60
+iterations, warm-up and cosine). A figure from a busy machine says
+little: the JSON records the 1-minute load average at the start and the end
+of training (``loadavg``) and the steps run at each thread count.
 """
 from __future__ import annotations
 
@@ -221,6 +225,58 @@ def estimate_loss(torch, model, batches: Batches, eval_iters: int) -> dict[str, 
     return out
 
 
+class Threads:
+    """The torch thread count per training step: fixed, or ``auto``: one or all cores, whichever is faster now.
+
+    torch's OpenMP threads spin while they wait; when other processes load
+    the machine, all-core steps can take 5 to 50 times longer than one-thread
+    steps (seen here on 2 cores), while on an idle machine all cores are
+    ~1.6x faster. ``auto`` times ``probe`` steps of each (real training steps,
+    after one step to settle each), stops probing an option as soon as one of
+    its steps takes over twice the other's median, keeps the faster by median
+    and probes again ``every_s`` later (doubled, up to 8x, after each probe cut
+    short). Only the parallelism changes, not what is computed (up to
+    floating-point summation order).
+    """
+
+    def __init__(self, torch, cores: int, auto: bool, probe: int = 8, every_s: float = 20.0):
+        self.torch, self.probe, self.every_s = torch, probe, every_s
+        self.options = [1, cores] if auto and cores > 1 else [cores]
+        self.current, self.wait, self.next_probe = cores, every_s, 0.0
+        self.queue: list[int] = []
+        self.times: dict[int, list[float]] = {}
+        self.used: dict[int, int] = {}
+
+    def pick(self, now: float) -> int:
+        """The thread count for the next step (set in torch)."""
+        if not self.queue and len(self.options) > 1 and now >= self.next_probe:
+            self.queue = [c for c in self.options for _ in range(self.probe + 1)]
+            self.times = {c: [] for c in self.options}
+        threads = self.queue[0] if self.queue else self.current
+        if threads != self.torch.get_num_threads():
+            self.torch.set_num_threads(threads)
+        return threads
+
+    def record(self, threads: int, dt: float, now: float) -> None:
+        """The step just run with ``threads`` took ``dt`` seconds."""
+        self.used[threads] = self.used.get(threads, 0) + 1
+        if not self.queue:
+            return
+        self.queue.pop(0)
+        if self.queue.count(threads) == self.probe:
+            return  # the settling step
+        self.times[threads].append(dt)
+        others = [float(np.median(v)) for c, v in self.times.items() if c != threads and v]
+        cut = bool(others) and dt > 2 * min(others)
+        if cut:
+            self.queue = [c for c in self.queue if c != threads]
+        if not self.queue:
+            self.current = min((c for c in self.options if self.times[c]),
+                               key=lambda c: float(np.median(self.times[c])))
+            self.wait = min(self.wait * 2, 8 * self.every_s) if cut else self.every_s
+            self.next_probe = now + self.wait
+
+
 @dataclass
 class TrainResult:
     iters: int
@@ -231,12 +287,14 @@ class TrainResult:
 
 
 def train(torch, model, optimizer, batches: Batches, cfg: NanoConfig, *, iters: int | None,
-          seconds: float | None, eval_interval: int = 0, log=print) -> TrainResult:
+          seconds: float | None, eval_interval: int = 0, threads: Threads | None = None,
+          log=print) -> TrainResult:
     """train.py's loop (one process, CPU, float32) for ``iters`` updates or ``seconds`` of wall clock.
 
     Kept as one function, like train.py's loop, so its order of operations
     (lr, evaluation, forward, next batch, backward, clip, step) reads as there.
     """
+    threads = threads or Threads(torch, torch.get_num_threads(), auto=False)
     x, y = batches.get("train")
     t_begin = time.monotonic()
     it, train_s, timed, estimate, last_log = 0, 0.0, 0, None, t_begin
@@ -253,6 +311,7 @@ def train(torch, model, optimizer, batches: Batches, cfg: NanoConfig, *, iters: 
         if iters is not None and it >= iters:
             break
         t0 = time.monotonic()
+        n_threads = threads.pick(t0)
         _, loss = model(x, y)
         x, y = batches.get("train")
         loss.backward()
@@ -261,13 +320,14 @@ def train(torch, model, optimizer, batches: Batches, cfg: NanoConfig, *, iters: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         now = time.monotonic()
+        threads.record(n_threads, now - t0, now)
         if it >= 2:  # as textstream, leave the first steps out of the rate
             train_s += now - t0
             timed += 1
         it += 1
         if now - last_log >= 10:
             last_log = now
-            log(f"iter {it}: loss {loss.item():.4f}, lr {lr:.2e}, {now - t_begin:.0f} s")
+            log(f"iter {it}: loss {loss.item():.4f}, lr {lr:.2e}, {now - t_begin:.0f} s, threads {n_threads}")
     if estimate is None or estimate["iter"] != it:
         estimate = {"iter": it, **estimate_loss(torch, model, batches, cfg.eval_iters)}
         log(f"step {it}: train loss {estimate['train']:.4f}, val loss {estimate['val']:.4f}")
@@ -316,7 +376,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("corpus", type=Path, help="a UTF-8 text file")
     g = p.add_mutually_exclusive_group(required=True)
@@ -329,30 +389,45 @@ def main(argv=None) -> int:
                    "(default 250 with --iters, as nanoGPT; 0 with --minutes: only at the end)")
     p.add_argument("--eval-iters", type=int, default=NanoConfig.eval_iters, help="batches per estimate (default 20)")
     p.add_argument("--seed", type=int, default=NanoConfig.seed)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)")
+    p.add_argument("--threads", default="auto", help="torch threads: a number, or auto (default): all cores "
+                   "or one, whichever is faster now (see Threads)")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="print N characters at temperature 0.5")
     args = p.parse_args(argv)
     if not 0.0 < args.val_fraction < 1.0:
         p.error("--val-fraction must be in (0, 1)")
+    if args.threads != "auto" and not (args.threads.isdigit() and int(args.threads) > 0):
+        p.error(f"--threads must be a positive number or auto (got {args.threads!r})")
+    return args
+
+
+def build(torch, nanogpt: ModuleType, cfg: NanoConfig, vocab_size: int):
+    """nanoGPT's ``GPT`` and its ``configure_optimizers`` AdamW, seeded as train.py."""
+    torch.manual_seed(cfg.seed)
+    with contextlib.redirect_stdout(sys.stderr):  # model.py prints its parameter counts
+        model = nanogpt.GPT(nanogpt.GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                                              block_size=cfg.block_size, bias=cfg.bias, vocab_size=vocab_size,
+                                              dropout=cfg.dropout))
+        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), "cpu")
+    return model, optimizer
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     cfg = NanoConfig(eval_iters=args.eval_iters, seed=args.seed)
     torch = import_torch()
     nanogpt = load_nanogpt(args.nanogpt_dir)
     train_ids, val_ids, chars = load_split(args.corpus, args.val_fraction)
     if len(train_ids) <= cfg.block_size + 1 or len(val_ids) <= cfg.block_size + 1:
         raise SystemExit(f"nanogpt_baseline: {args.corpus}: too short for block {cfg.block_size} on both splits")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(cfg.seed)
+    cores = len(os.sched_getaffinity(0)) if args.threads == "auto" else int(args.threads)
+    torch.set_num_threads(cores)
+    threads = Threads(torch, cores, auto=args.threads == "auto")
+    model, optimizer = build(torch, nanogpt, cfg, len(chars))
     load_start = os.getloadavg()[0]
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    with contextlib.redirect_stdout(sys.stderr):  # model.py prints its parameter counts
-        model = nanogpt.GPT(nanogpt.GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                                              block_size=cfg.block_size, bias=cfg.bias, vocab_size=len(chars),
-                                              dropout=cfg.dropout))
-        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), "cpu")
-    batches = Batches(torch, cfg, train_ids, val_ids)
     interval = args.eval_interval if args.eval_interval is not None else (250 if args.iters else 0)
-    result = train(torch, model, optimizer, batches, cfg, iters=args.iters,
-                   seconds=None if args.minutes is None else args.minutes * 60, eval_interval=interval, log=log)
+    result = train(torch, model, optimizer, Batches(torch, cfg, train_ids, val_ids), cfg, iters=args.iters,
+                   seconds=None if args.minutes is None else args.minutes * 60, eval_interval=interval,
+                   threads=threads, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     load_end = os.getloadavg()[0]
     t0 = time.monotonic()
     nats, count, ctx = score(torch, model, train_ids, val_ids, cfg.block_size, cfg.block_size // 2)
@@ -365,20 +440,26 @@ def main(argv=None) -> int:
               "nanogpt_estimate": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.estimate.items()}
               | {"eval_iters": cfg.eval_iters},
               "params": sum(q.numel() for q in model.parameters()), "vocab": len(chars), "threads": args.threads,
+              "steps_by_threads": {str(k): v for k, v in sorted(threads.used.items())},
               "loadavg": [round(load_start, 2), round(load_end, 2)],
               "torch": torch.__version__, "nanogpt_model_sha256": file_sha256(args.nanogpt_dir / "model.py")[:12],
               "config": asdict(cfg)}
-    length = f"{args.minutes:g} min" if args.minutes is not None else f"{args.iters} iterations"
-    print(f"nanoGPT CPU config: {report['val_nats_per_char']:.4f} nats/char ({report['val_bits_per_char']:.4f} "
-          f"bits/char) on {count:,} validation characters after {length}: {result.iters:,} iterations, "
-          f"{report['train_chars_seen']:,} training characters, {report['chars_per_s']:,} chars/s")
-    est = result.estimate
-    print(f"nanoGPT's own estimate (eval_iters {cfg.eval_iters}) at step {est['iter']}: "
-          f"train loss {est['train']:.4f}, val loss {est['val']:.4f}")
+    print_summary(args, report)
     if args.sample:
         print("--- nanoGPT sample at temperature 0.5 ---\n" + sample(torch, model, chars, args.sample))
     print(json.dumps(report))
     return 0
+
+
+def print_summary(args: argparse.Namespace, report: dict) -> None:
+    length = f"{args.minutes:g} min" if args.minutes is not None else f"{args.iters} iterations"
+    print(f"nanoGPT CPU config: {report['val_nats_per_char']:.4f} nats/char ({report['val_bits_per_char']:.4f} "
+          f"bits/char) on {report['val_chars']:,} validation characters after {length}: {report['iters']:,} "
+          f"iterations, {report['train_chars_seen']:,} training characters, {report['chars_per_s']:,} chars/s "
+          f"(steps by threads: {report['steps_by_threads']})")
+    est = report["nanogpt_estimate"]
+    print(f"nanoGPT's own estimate (eval_iters {est['eval_iters']}) at step {est['iter']}: "
+          f"train loss {est['train']:.4f}, val loss {est['val']:.4f}")
 
 
 if __name__ == "__main__":

@@ -95,14 +95,15 @@ def nanogpt_baseline(args, corpus: str, report: dict) -> None:
     out = run(cmd)
     base = last_json(out)
     keep = ("val_nats_per_char", "val_bits_per_char", "val_chars", "train_chars_seen", "iters", "chars_per_s",
-            "context_chars", "nanogpt_estimate", "params", "threads", "loadavg", "torch",
+            "context_chars", "nanogpt_estimate", "params", "threads", "steps_by_threads", "loadavg", "torch",
             "nanogpt_model_sha256")
     report["baseline"] = {"method": "nanogpt"} | {k: base[k] for k in keep}
     report["ratio"] = round(report["val_nats_per_char"] / base["val_nats_per_char"], 4)
     print(f"nanoGPT CPU config: {base['val_nats_per_char']:.4f} nats/char ({base['val_bits_per_char']:.4f} "
           f"bits/char) after {args.minutes:g} min, {base['train_chars_seen']:,} training characters, "
           f"{base['iters']:,} iterations")
-    print(f"training speed: textstream {report['chars_per_s']:,} chars/s, nanoGPT {base['chars_per_s']:,} chars/s")
+    print(f"training speed: textstream {report['chars_per_s']:,} chars/s, nanoGPT {base['chars_per_s']:,} chars/s "
+          f"(load average {report['loadavg'][0]:g} -> {base['loadavg'][1]:g})")
     print(f"ratio textstream/nanoGPT: {report['ratio']:.4f} (val nats/char; below 1: textstream is better)")
     if base["val_chars"] != report["val_chars"]:
         print(f"warning: the two scored different validation lengths ({report['val_chars']:,} vs "
@@ -126,7 +127,8 @@ def main(argv=None) -> int:
                    help="the Python with torch that runs the nanoGPT baseline (default: $NANOGPT_PYTHON, "
                         "else /work/venv-torch/bin/python)")
     p.add_argument("--nanogpt-dir", type=Path, help="nanoGPT checkout (default: $NANOGPT_DIR, else /work/nanogpt)")
-    p.add_argument("--nanogpt-threads", type=int, metavar="N", help="torch threads for nanoGPT (default: all cores)")
+    p.add_argument("--nanogpt-threads", metavar="N", help="torch threads for nanoGPT: a number, or auto (the "
+                   "default: one or all cores per step, whichever is faster now; see tools/nanogpt_baseline.py)")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="print N characters at temperature 0.5")
     p.add_argument("-o", "--output", type=Path, help="run directory to keep (default: a temporary one)")
     p.add_argument("extra", nargs="*", help="extra `textstream train` options (after --)")

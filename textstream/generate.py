@@ -59,15 +59,22 @@ class Generator:
         self._val: np.ndarray | None = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, checkpoint: str = "best", *, warm: bool | int = True) -> "Generator":
+    def load(cls, run_dir: str | Path, checkpoint: str = "best", *, warm: bool | int = True,
+             backend: str = "auto") -> "Generator":
         """The generator for a run directory's ``checkpoint`` ("best", falling back to "last"; or "last").
 
-        ``warm`` compiles the single-stream loop now (an int: the loop for that
-        many streams), so the first character comes without waiting for XLA.
+        ``backend``: "auto" (numpy; TensorFlow only to read a checkpoint whose
+        step weights file is missing or stale, which it writes again),
+        "numpy" (never imports TensorFlow; an error without a current step
+        weights file) or "tf" (the compiled TensorFlow step: faster for many
+        streams). See ``textstream.backend``.
+        ``warm`` runs the single-stream loop once now (an int: the loop for
+        that many streams), so the first character comes without waiting
+        for XLA to compile it (TensorFlow backend).
 
             gen = Generator.load("runs/default", checkpoint="last")
         """
-        cfg, vocab, backend = load_backend(run_dir, checkpoint)
+        cfg, vocab, backend = load_backend(run_dir, checkpoint, backend)
         gen = cls(backend, vocab, cfg, data_dir=RunPaths(Path(run_dir)).prepared_dir())
         if warm:
             gen.warm(int(warm))

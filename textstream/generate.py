@@ -8,8 +8,9 @@
 The state of a stream is ``(h, c)`` after consuming every character so far
 (prime, fed text and generated text), its seed and its position (characters
 generated). ``Generator`` and ``Session`` hold that state only through a
-``textstream.backend.StreamBatch``; the compiled TensorFlow step behind it
-(``textstream.step``) loads when ``Generator.load`` is called.
+``textstream.backend.StreamBatch``; ``Generator.load`` picks the backend
+behind it (numpy by default, without importing TensorFlow; see
+``textstream.backend``).
 
 The library never prints; the CLI (``textstream.cli.generate``) renders.
 """

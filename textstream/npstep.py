@@ -119,7 +119,8 @@ class _Buffers:
         self.logits, self.top_rec = self.z[:, :v], self.z[:, v:]
         self.scores = np.empty((b, v), f32)
         g = self.gates
-        self.sig, self.i, self.f, self.o, self.cand = g[:, :3 * u], g[:, :u], g[:, u:2 * u], g[:, 2 * u:3 * u], g[:, 3 * u:]
+        self.sig, self.cand = g[:, :3 * u], g[:, 3 * u:]  # the sigmoid gates (i, f, o), the cell candidate
+        self.i, self.f, self.o = g[:, :u], g[:, u:2 * u], g[:, 2 * u:3 * u]
 
     def cell(self, c: np.ndarray, h: np.ndarray) -> None:
         """``c = sigmoid(f) * c + sigmoid(i) * tanh(cand)``, ``h = sigmoid(o) * tanh(c)``, in place."""

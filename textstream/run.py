@@ -35,7 +35,7 @@ _STATE_PATH = re.compile(r'^model_checkpoint_path:\s*"([^"\\]*)"\s*$', re.MULTIL
 
 
 def checkpoint_series(which: str) -> list[str]:
-    """The series to look in, in order, for checkpoint ``which``: "best" falls back to "last" (a run that never validated)."""
+    """The series to look in, in order, for checkpoint ``which``: "best" falls back to "last" (never validated)."""
     if which not in CHECKPOINTS:
         raise TextstreamError(f"unknown checkpoint {which!r}; choose one of: {', '.join(CHECKPOINTS)}")
     return [which] + (["last"] if which == "best" else [])
@@ -87,7 +87,7 @@ class RunPaths:
         return self.checkpoint_root / which
 
     def newest_checkpoint(self, which: str) -> Path | None:
-        """Path prefix of the checkpoint ``which`` names ("best", falling back to "last"; or "last"), read without TensorFlow.
+        """Path prefix of checkpoint ``which`` ("best", falling back to "last"; or "last"), read without TensorFlow.
 
         What ``checkpoint.latest_checkpoint`` answers for directories that
         ``CheckpointManager`` wrote: per series, the ``model_checkpoint_path``

@@ -73,7 +73,8 @@ class StepWeights:
         return int(self.head_bias.shape[0])
 
     @classmethod
-    def from_layers(cls, lstm: Sequence[Mapping[str, np.ndarray]], head: tuple[np.ndarray, np.ndarray]) -> "StepWeights":
+    def from_layers(cls, lstm: Sequence[Mapping[str, np.ndarray]],
+                    head: tuple[np.ndarray, np.ndarray]) -> "StepWeights":
         """From ``model.lstm_weights(model)`` and ``model.head_weights(model)`` (what ``step.StepModel`` takes)."""
         f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
         return cls(embed=f32(np.asarray(lstm[0]["kernel"]) + np.asarray(lstm[0]["bias"])),
@@ -160,31 +161,32 @@ def write(weights: StepWeights, prefix: str | os.PathLike) -> Path:
 
 def read(prefix: str | os.PathLike) -> StepWeights | None:
     """The step weights beside the checkpoint ``prefix``, or None when missing, unreadable, stale or foreign."""
-    return _load(prefix, arrays=True)
+    try:
+        with np.load(path_for(prefix), allow_pickle=False) as npz:
+            meta = _current_meta(npz, prefix)
+            return None if meta is None else StepWeights.from_arrays(npz, int(meta["layers"]))
+    except Exception:  # noqa: BLE001 - see _current_meta
+        return None
 
 
 def is_current(prefix: str | os.PathLike) -> bool:
     """Whether the step file beside ``prefix`` is readable and matches the checkpoint (only its header is read)."""
-    return _load(prefix, arrays=False) is not None
-
-
-def _load(prefix: str | os.PathLike, *, arrays: bool):
-    """``read``'s body; with ``arrays=False`` checks the header only and returns True instead of the weights.
-
-    Any failure to read (a truncated or altered zip, a missing array, a bad
-    JSON header: numpy and zipfile raise many kinds) means "no usable file".
-    """
-    path = path_for(prefix)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(str(npz["meta"][()]))
-            if not (isinstance(meta, dict) and meta.get("format") == FORMAT
-                    and meta.get("checkpoint") == fingerprint(prefix)):
-                return None
-            if not arrays:
-                return True
-            return StepWeights.from_arrays(npz, int(meta["layers"]))
-    except FileNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 - a damaged file of any kind is a cache miss, never a traceback
-        return None
+        with np.load(path_for(prefix), allow_pickle=False) as npz:
+            return _current_meta(npz, prefix) is not None
+    except Exception:  # noqa: BLE001 - see _current_meta
+        return False
+
+
+def _current_meta(npz, prefix: str | os.PathLike) -> dict | None:
+    """The file's header when it is a step file of the checkpoint ``prefix`` as it is on disk now, else None.
+
+    Its callers treat any exception on the way (a missing or truncated file,
+    an altered zip, a missing array, a bad JSON header, a checkpoint gone:
+    numpy and zipfile raise many kinds) as "no usable file": a cache miss,
+    never a traceback.
+    """
+    meta = json.loads(str(npz["meta"][()]))
+    if isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("checkpoint") == fingerprint(prefix):
+        return meta
+    return None

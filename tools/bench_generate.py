@@ -178,7 +178,7 @@ def cold_start(run: Path, reps: int) -> dict:
 
 
 def import_time(run: Path, reps: int = 3) -> dict:
-    """``-X importtime`` of ``textstream generate RUN -n 1`` (numpy path): sum of the modules' own times, min of ``reps``."""
+    """``-X importtime`` of ``generate RUN -n 1`` on the numpy path: the modules' own times summed, min of ``reps``."""
     best = None
     for _ in range(reps):
         proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "textstream", "generate", str(run), "-n", "1",
@@ -230,6 +230,56 @@ def agreement(run: Path, chars: int, prime: str) -> dict:
     return res
 
 
+def bench_model(preset: str, text: str, tmp: Path, args) -> tuple[dict, Path, str]:
+    """Both backends (and for ``seed`` the original loop) on a random ``preset`` model: (figures, run, prime)."""
+    run, cfg, vocab, model = make_run(tmp, preset, text)
+    body = text.lower() if cfg.lowercase else text
+    prime = body[len(body) // 2:len(body) // 2 + PRIME_LEN]
+    r = {"layers": cfg.layers, "units": cfg.units, "vocab": vocab.size, "weights": "random"}
+    for backend in BACKENDS:
+        r[backend] = b = bench_backend(run, backend, prime, args.chars, args.batch_chars)
+        print(f"[{preset} {backend}] {cfg.layers}x{cfg.units} LSTM, V={vocab.size}: load {b['load_ms']:.0f} ms, "
+              f"first char {b['first_char_ms']:.1f} ms after; single stream {b['single_chars_per_s']:,.0f} chars/s "
+              f"(stream() {b['stream_chars_per_s']:,.0f}; per CPU-s {b['single_chars_per_cpu_s']:,.0f}); "
+              f"64 streams {b['batch64_chars_per_s']:,.0f} chars/s", flush=True)
+    r["single_numpy_over_tf"] = r["numpy"]["single_chars_per_s"] / r["tf"]["single_chars_per_s"]
+    if preset == "seed":
+        r.update(original_loop(model, vocab, prime, args.seed_chars))
+        r["speedup_vs_seed"] = r["numpy"]["single_chars_per_s"] / r["seed_loop_chars_per_s"]
+        print(f"[{preset}] original loop (model.predict per char, same weights): {r['seed_loop_chars_per_s']:.1f} "
+              f"chars/s; numpy single stream {r['speedup_vs_seed']:,.0f}x, "
+              f"tf {r['tf']['single_chars_per_s'] / r['seed_loop_chars_per_s']:,.0f}x", flush=True)
+    return r, run, prime
+
+
+def bench_target(name: str, run: Path, prime: str, args) -> dict:
+    """Cold start, import time, single-stream rates and agreement of both backends on one run directory."""
+    from textstream.generate import Generator
+
+    cold = cold_start(run, args.cold_reps)
+    print(f"[{name}] cold start to the first character ({args.cold_reps} each, `generate --follow`): numpy median "
+          f"{cold['numpy']['median_s']:.2f} s (min {cold['numpy']['min_s']:.2f}), TensorFlow median "
+          f"{cold['tf']['median_s']:.2f} s (min {cold['tf']['min_s']:.2f}): {cold['ratio_median']:.1f}x", flush=True)
+    imports = import_time(run)
+    print(f"[{name}] -X importtime, numpy path: {imports['total_ms']:.0f} ms over {imports['modules']} modules "
+          f"({imports['tensorflow_modules']} TensorFlow)", flush=True)
+    single = {}
+    for backend in BACKENDS:
+        s = Generator.load(run, backend=backend).session(prime, seed=2)
+        s.sample(2000)
+        single[backend] = best_rate(lambda: len(s.sample(args.chars)))
+    print(f"[{name}] single stream: numpy {single['numpy'][0]:,.0f} chars/s ({single['numpy'][1]:,.0f} per CPU-s), "
+          f"TensorFlow {single['tf'][0]:,.0f} ({single['tf'][1]:,.0f} per CPU-s)", flush=True)
+    agree = agreement(run, args.agree_chars, prime)
+    print(f"[{name}] agreement at T=1: {agree['per_step_agreement']:.5%} of {agree['per_step_chars']:,} steps "
+          f"({agree['per_step_differences']} differ); free-running {agree['free_streams']} x {agree['free_length']}: "
+          f"{agree['free_t1_identical_streams']} identical at T=1, {agree['free_t0_identical_streams']} at T=0",
+          flush=True)
+    return {"cold_start": cold, "imports": imports, "agreement": agree,
+            "single_chars_per_s": {b: rate[0] for b, rate in single.items()},
+            "single_chars_per_cpu_s": {b: rate[1] for b, rate in single.items()}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="seed,default", help="comma-separated presets (default: seed,default)")
@@ -238,7 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed-chars", type=int, default=60, help="characters for the original loop (~13 chars/s)")
     p.add_argument("--cold-reps", type=int, default=5, help="cold starts per backend")
     p.add_argument("--agree-chars", type=int, default=100_000, help="characters of the agreement measurement")
-    p.add_argument("--run", type=Path, help="a trained run: cold start and agreement on it as well")
+    p.add_argument("--run", type=Path, help="a trained run: cold start, speed and agreement on it as well")
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -250,53 +300,24 @@ def main(argv=None) -> int:
           f"noisy; ratios within this run mean more", flush=True)
     results: dict = {"corpus": source, "load_average_start": load[0]}
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
-        runs = {}
+        targets = {}
         for preset in args.models.split(","):
-            run, cfg, vocab, model = make_run(Path(tmp), preset, text)
-            body = text.lower() if cfg.lowercase else text
-            prime = body[len(body) // 2:len(body) // 2 + PRIME_LEN]
-            runs[preset] = (run, prime)
-            r = {"layers": cfg.layers, "units": cfg.units, "vocab": vocab.size, "weights": "random"}
-            for backend in BACKENDS:
-                r[backend] = b = bench_backend(run, backend, prime, args.chars, args.batch_chars)
-                print(f"[{preset} {backend}] {cfg.layers}x{cfg.units} LSTM, V={vocab.size}: load {b['load_ms']:.0f} ms, "
-                      f"first char {b['first_char_ms']:.1f} ms after; single stream {b['single_chars_per_s']:,.0f} "
-                      f"chars/s (stream() {b['stream_chars_per_s']:,.0f}; per CPU-s {b['single_chars_per_cpu_s']:,.0f}); "
-                      f"64 streams {b['batch64_chars_per_s']:,.0f} chars/s", flush=True)
-            r["single_numpy_over_tf"] = r["numpy"]["single_chars_per_s"] / r["tf"]["single_chars_per_s"]
-            if preset == "seed":
-                r.update(original_loop(model, vocab, prime, args.seed_chars))
-                r["speedup_vs_seed"] = r["numpy"]["single_chars_per_s"] / r["seed_loop_chars_per_s"]
-                print(f"[{preset}] original loop (model.predict per char, same weights): "
-                      f"{r['seed_loop_chars_per_s']:.1f} chars/s; numpy single stream {r['speedup_vs_seed']:,.0f}x, "
-                      f"tf {r['tf']['single_chars_per_s'] / r['seed_loop_chars_per_s']:,.0f}x", flush=True)
-            results[preset] = r
-        targets = {"default": runs.get("default", next(iter(runs.values())))}
+            results[preset], run, prime = bench_model(preset, text, Path(tmp), args)
+            targets.setdefault("default", (run, prime))
+            if preset == "default":
+                targets["default"] = (run, prime)
         if args.run is not None:
             targets["trained"] = (args.run, _prime_of(args.run))
         for name, (run, prime) in targets.items():
-            cold = cold_start(run, args.cold_reps)
-            print(f"[{name}] cold start to the first character ({args.cold_reps} each, `generate --follow`): numpy "
-                  f"median {cold['numpy']['median_s']:.2f} s (min {cold['numpy']['min_s']:.2f}), TensorFlow median "
-                  f"{cold['tf']['median_s']:.2f} s (min {cold['tf']['min_s']:.2f}): {cold['ratio_median']:.1f}x",
-                  flush=True)
-            imports = import_time(run)
-            print(f"[{name}] -X importtime, numpy path: {imports['total_ms']:.0f} ms over {imports['modules']} modules "
-                  f"({imports['tensorflow_modules']} TensorFlow)", flush=True)
-            agree = agreement(run, args.agree_chars, prime)
-            print(f"[{name}] agreement at T=1: {agree['per_step_agreement']:.5%} of {agree['per_step_chars']:,} "
-                  f"steps ({agree['per_step_differences']} differ); free-running {agree['free_streams']} x "
-                  f"{agree['free_length']}: {agree['free_t1_identical_streams']} identical at T=1, "
-                  f"{agree['free_t0_identical_streams']} at T=0", flush=True)
-            results[f"{name}_cold_start"], results[f"{name}_imports"], results[f"{name}_agreement"] = cold, imports, agree
-    head = results.get("default") or results[next(iter(runs))]
+            results[f"{name}_run"] = bench_target(name, run, prime, args)
     results["load_average_end"] = os.getloadavg()[0]
-    summary = {"cold_start_numpy_median_s": results["default_cold_start"]["numpy"]["median_s"],
-               "cold_start_tf_median_s": results["default_cold_start"]["tf"]["median_s"],
-               "single_numpy_chars_per_s": head["numpy"]["single_chars_per_s"],
-               "single_tf_chars_per_s": head["tf"]["single_chars_per_s"],
-               "importtime_numpy_ms": results["default_imports"]["total_ms"],
-               "agreement_per_step": results["default_agreement"]["per_step_agreement"], **results}
+    target = results["default_run"]
+    summary = {"cold_start_numpy_median_s": target["cold_start"]["numpy"]["median_s"],
+               "cold_start_tf_median_s": target["cold_start"]["tf"]["median_s"],
+               "single_numpy_chars_per_s": target["single_chars_per_s"]["numpy"],
+               "single_tf_chars_per_s": target["single_chars_per_s"]["tf"],
+               "importtime_numpy_ms": target["imports"]["total_ms"],
+               "agreement_per_step": target["agreement"]["per_step_agreement"], **results}
     print(json.dumps(summary))
     return 0
 

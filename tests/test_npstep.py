@@ -97,6 +97,30 @@ def test_feeds_of_different_lengths_leave_finished_streams_alone(pair):
     assert isinstance(batch, NumpyStreams) and batch.advance(0).shape == (4, 0)
 
 
+def test_caller_owned_rows_advance_as_streams_do(pair):
+    """``advance_rows`` (continuous batching): any rows, each with its own top-p, as if each were its own batch."""
+    from types import SimpleNamespace
+
+    backend = pair[0].backend
+    prime = pair[0].encode(PRIME)
+    singles = []
+    for seed, temperature, top_p in ((1, 0.8, 0.7), (2, 1.0, None), (3, 0.0, None)):
+        s = backend.streams([seed], [temperature], top_p=top_p)
+        s.advance(0, [prime])
+        singles.append((s, s.advance(300)[0]))
+    rows = SimpleNamespace(h=np.zeros((backend.layers, 3, backend.units), np.float32), c=None,
+                           seeds=np.concatenate([s.seeds for s, _ in singles]), positions=np.zeros(3, np.uint32),
+                           temperature=np.array([0.8, 1.0, 0.0], np.float32),
+                           top_p=np.array([0.7, 1.0, 1.0], np.float32))
+    rows.c = np.zeros_like(rows.h)
+    ids = np.concatenate([backend.advance_rows(rows, 0, [prime] * 3), backend.advance_rows(rows, 120),
+                          backend.advance_rows(rows, 180)], axis=1)
+    for i, (s, want) in enumerate(singles):
+        np.testing.assert_array_equal(ids[i], want)
+        np.testing.assert_array_equal(rows.h[:, i], s.h[:, 0])
+    assert list(rows.positions) == [300] * 3
+
+
 def test_noise_and_filters_equal_the_graph_ops():
     from textstream._tf import tf
     from textstream import sampling_np, sampling_tf

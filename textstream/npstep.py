@@ -71,6 +71,22 @@ class NumpyStep:
         """B = ``len(seeds)`` streams in the zero state, at position 0 (see ``NumpyStreams``)."""
         return NumpyStreams(self, seeds, temperatures, top_k, top_p)
 
+    def advance_rows(self, rows, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Feed row i ``feed[i]``, then generate ``k`` ids per row of caller-owned arrays, updated in place.
+
+        ``rows`` has ``h``, ``c`` float32 (layers, B, units), ``seeds`` (folded)
+        and ``positions`` uint32 (B,), ``temperature`` and ``top_p`` float32
+        (B,; a row with top-p >= 1 is not filtered): continuous batching, where
+        any subset of streams shares a call. Returns int32 (B, k).
+        """
+        streams = object.__new__(NumpyStreams)
+        streams.model, streams.batch = self, int(rows.seeds.shape[0])
+        streams.h, streams.c, streams.positions = rows.h, rows.c, rows.positions  # advanced in place
+        streams.seeds, streams.keys = rows.seeds, stream_keys(rows.seeds)
+        streams.temperature, streams.top_k = np.asarray(rows.temperature, f32), None
+        streams.top_p = rows.top_p if (rows.top_p < 1.0).any() else None
+        return streams.advance(k, feed)
+
     def logits(self, ids) -> np.ndarray:
         """Logits after each position of ``ids`` (B, T) fed one character at a time: float32 (B, T, V)."""
         ids = np.asarray(ids, np.int64)
@@ -152,7 +168,7 @@ class NumpyStreams:
         self.positions = np.zeros(b, np.uint32)
         self.temperature = np.array(temperatures, f32).reshape(b)
         self.top_k = None if top_k is None or top_k >= model.vocab_size else int(top_k)
-        self.top_p = None if top_p is None or top_p >= 1.0 else float(np.float32(top_p))
+        self.top_p = None if top_p is None or top_p >= 1.0 else np.full(b, top_p, f32)  # per row
 
     def copy(self) -> "NumpyStreams":
         """An independent copy: advancing one leaves the other as it was."""

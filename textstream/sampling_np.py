@@ -83,37 +83,42 @@ def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
     return np.where(logits >= kth, logits, np.float32(-np.inf))
 
 
-def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+def top_p_filter(logits: np.ndarray, p: float | np.ndarray) -> np.ndarray:
     """Each row's nucleus: the most likely characters whose probabilities first reach ``p``; the rest ``-inf``.
 
-    The most likely character is always kept, and those tied with the last one kept.
+    ``p``: one value or one per row. The most likely character is always
+    kept, and those tied with the last one kept.
     """
+    p = np.asarray(p, np.float32).reshape(-1, 1)
     ordered = -np.sort(-logits, axis=-1)
     probs = np.exp(ordered - ordered[:, :1])
     probs /= probs.sum(axis=-1, keepdims=True)
     before = np.zeros_like(probs)  # mass of the characters ranked above (an exclusive cumulative sum)
     np.cumsum(probs[:, :-1], axis=-1, out=before[:, 1:])
-    n_keep = np.maximum((before < np.float32(p)).sum(axis=-1), 1)
+    n_keep = np.maximum((before < p).sum(axis=-1), 1)
     last = ordered[np.arange(len(ordered)), n_keep - 1][:, None]
     return np.where(logits >= last, logits, np.float32(-np.inf))
 
 
 def choose_scaled(logits: np.ndarray, scaled_noise: np.ndarray, temperature: np.ndarray,
-                  top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
+                  top_k: int | None = None, top_p: float | np.ndarray | None = None) -> np.ndarray:
     """Next ids (B,): ``argmax(filtered logits + T * g)``, given ``scaled_noise = T * g`` (float32 (B, V)).
 
     ``sampling_tf.choose`` with the noise already multiplied by the temperature
-    (the step loop scales a block of positions at once).
+    (the step loop scales a block of positions at once). ``top_p``: one value
+    or one per row; a row with top-p >= 1 is not filtered at all (rounding in
+    the cumulative sum must not drop a rare character).
     """
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         keep = np.isfinite(top_p_filter(apply_temperature(logits, temperature), top_p))
+        keep |= np.asarray(top_p, np.float32).reshape(-1, 1) >= 1
         logits = np.where(keep, logits, np.float32(-np.inf))
     return (logits + scaled_noise).argmax(axis=-1)
 
 
 def choose(logits: np.ndarray, temperature: np.ndarray, noise: np.ndarray, top_k: int | None = None,
-           top_p: float | None = None) -> np.ndarray:
+           top_p: float | np.ndarray | None = None) -> np.ndarray:
     """Next ids (B,): Gumbel-max over the filtered logits with noise ``noise`` scaled by ``temperature`` (B,)."""
     return choose_scaled(logits, temperature[:, None] * noise, temperature, top_k, top_p)

@@ -7,7 +7,10 @@ A checkpoint holds a ``TrainState`` under fixed names: ``model``,
 ``optimizer``, ``step``, ``best_val_nats`` and, with ``carry_state``,
 ``carried_state``. ``CheckpointManager`` writes the data files first and
 the small ``checkpoint`` state file last, by rename, so a crash during a save
-leaves the previous checkpoint in force.
+leaves the previous checkpoint in force. Right after, the chief writes the
+model's step weights beside it (``ckpt-N.step.npz``, see
+``textstream.stepweights``), which generation reads without TensorFlow; a
+checkpoint without a current one gets it on its first load for generation.
 
     cfg, vocab, model = load_model("runs/tiny", "best")
 """
@@ -23,11 +26,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from textstream import stepweights
 from textstream._tf import tf
 from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
-from textstream.model import build_model
-from textstream.run import CHECKPOINTS, RunPaths, existing_run
+from textstream.model import build_model, head_weights, lstm_weights
+from textstream.run import CHECKPOINTS, RunPaths, checkpoint_series, existing_run
+from textstream.stepweights import StepWeights
 from textstream.vocab import Vocab
 
 
@@ -61,11 +66,14 @@ class Checkpoints:
     """The "last" and "best" series of one ``TrainState``, saved under ``directory``.
 
     ``directory`` has the layout of ``RUN_DIR/checkpoints`` (see ``save_directory``).
+    With ``step_weights`` (the chief), every save also writes the model's step
+    weights beside the checkpoint (``stepweights.write``).
     """
 
-    def __init__(self, state: TrainState, directory: Path):
+    def __init__(self, state: TrainState, directory: Path, *, step_weights: bool = False):
         self.state = state
         self.directory = Path(directory)
+        self.step_weights = step_weights
         self._checkpoint = tf.train.Checkpoint(**state.objects())
         self._managers = {which: tf.train.CheckpointManager(self._checkpoint, str(self.directory / which),
                                                             max_to_keep=1) for which in CHECKPOINTS}
@@ -87,7 +95,10 @@ class Checkpoints:
 
     def save(self, which: str) -> str:
         """Save the state to series ``which`` ("last" or "best"), numbered by its step; its path prefix."""
-        return self._managers[which].save(checkpoint_number=self.state.step_number)
+        prefix = self._managers[which].save(checkpoint_number=self.state.step_number)
+        if self.step_weights:
+            save_step_weights(step_weights_of(self.state.model), prefix)
+        return prefix
 
 
 @contextlib.contextmanager
@@ -110,9 +121,7 @@ def latest_checkpoint(run: RunPaths, which: str = "best") -> str:
 
     "best" falls back to "last" for runs that never evaluated (no validation split).
     """
-    if which not in CHECKPOINTS:
-        raise TextstreamError(f"unknown checkpoint {which!r}; choose one of: {', '.join(CHECKPOINTS)}")
-    for kind in [which] + (["last"] if which == "best" else []):
+    for kind in checkpoint_series(which):
         prefix = tf.train.latest_checkpoint(str(run.checkpoints(kind)))
         if prefix:
             return prefix
@@ -124,7 +133,25 @@ def load_model(run_dir: Path | str, checkpoint: str = "best") -> tuple[TrainConf
 
     The model is a ``textstream.model.CharLSTM``; optimizer state is not loaded.
     """
-    run = existing_run(run_dir)
+    cfg, vocab, model, _ = _load(existing_run(run_dir), checkpoint)
+    return cfg, vocab, model
+
+
+def load_for_generation(run_dir: Path | str, checkpoint: str = "best") -> tuple[TrainConfig, Vocab, Any, StepWeights]:
+    """``load_model`` plus the model's step weights, written beside the checkpoint when its file is missing or stale.
+
+    The file is a cache: when it cannot be written (a read-only run
+    directory, a full disk) generation goes on without it.
+    """
+    cfg, vocab, model, prefix = _load(existing_run(run_dir), checkpoint)
+    weights = step_weights_of(model)
+    if not stepweights.is_current(prefix):
+        save_step_weights(weights, prefix)
+    return cfg, vocab, model, weights
+
+
+def _load(run: RunPaths, checkpoint: str) -> tuple[TrainConfig, Vocab, Any, str]:
+    """``(config, vocab, model, checkpoint prefix)`` of the run's ``checkpoint``."""
     cfg = run.read_config()
     vocab = run.read_vocab()
     model = build_model(cfg, vocab.size)
@@ -133,7 +160,25 @@ def load_model(run_dir: Path | str, checkpoint: str = "best") -> tuple[TrainConf
         tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
     except (tf.errors.OpError, AssertionError, ValueError) as e:
         raise TextstreamError(f"{prefix}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
-    return cfg, vocab, model
+    return cfg, vocab, model, prefix
+
+
+def step_weights_of(model) -> StepWeights:
+    """A ``CharLSTM``'s weights as a step backend uses them (a snapshot of them now)."""
+    return StepWeights.from_layers(lstm_weights(model), head_weights(model))
+
+
+def save_step_weights(weights: StepWeights, prefix: str | Path) -> bool:
+    """Write ``weights`` beside the checkpoint ``prefix``; False when the file cannot be written.
+
+    The file only saves generation the TensorFlow import: a failure here must
+    not stop training, and the first load for generation writes it again.
+    """
+    try:
+        stepweights.write(weights, prefix)
+    except OSError:
+        return False
+    return True
 
 
 def weights_sha256(model) -> str:

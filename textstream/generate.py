@@ -8,8 +8,9 @@
 The state of a stream is ``(h, c)`` after consuming every character so far
 (prime, fed text and generated text), its seed and its position (characters
 generated). ``Generator`` and ``Session`` hold that state only through a
-``textstream.backend.StreamBatch``; the compiled TensorFlow step behind it
-(``textstream.step``) loads when ``Generator.load`` is called.
+``textstream.backend.StreamBatch``; ``Generator.load`` picks the backend
+behind it (numpy by default, without importing TensorFlow; see
+``textstream.backend``).
 
 The library never prints; the CLI (``textstream.cli.generate``) renders.
 """
@@ -59,15 +60,22 @@ class Generator:
         self._val: np.ndarray | None = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, checkpoint: str = "best", *, warm: bool | int = True) -> "Generator":
+    def load(cls, run_dir: str | Path, checkpoint: str = "best", *, warm: bool | int = True,
+             backend: str = "auto") -> "Generator":
         """The generator for a run directory's ``checkpoint`` ("best", falling back to "last"; or "last").
 
-        ``warm`` compiles the single-stream loop now (an int: the loop for that
-        many streams), so the first character comes without waiting for XLA.
+        ``backend``: "auto" (numpy; TensorFlow only to read a checkpoint whose
+        step weights file is missing or stale, which it writes again),
+        "numpy" (never imports TensorFlow; an error without a current step
+        weights file) or "tf" (the compiled TensorFlow step: faster for many
+        streams). See ``textstream.backend``.
+        ``warm`` runs the single-stream loop once now (an int: the loop for
+        that many streams), so the first character comes without waiting
+        for XLA to compile it (TensorFlow backend).
 
             gen = Generator.load("runs/default", checkpoint="last")
         """
-        cfg, vocab, backend = load_backend(run_dir, checkpoint)
+        cfg, vocab, backend = load_backend(run_dir, checkpoint, backend)
         gen = cls(backend, vocab, cfg, data_dir=RunPaths(Path(run_dir)).prepared_dir())
         if warm:
             gen.warm(int(warm))

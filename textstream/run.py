@@ -5,7 +5,8 @@
       vocab.json           the Vocab the model was trained with
       data.json            where the prepared token files are (path, sources)
       checkpoints/last/    tf.train.CheckpointManager, newest checkpoint (weights, optimizer, step, ...)
-      checkpoints/best/    the checkpoint with the lowest validation loss so far
+                           and ckpt-N.step.npz beside it: the step weights without TensorFlow (stepweights.py)
+      checkpoints/best/    the checkpoint with the lowest validation loss so far (and its ckpt-N.step.npz)
       metrics.jsonl        one JSON object per log line (kind train | val | end; see events.py)
       tb/                  TensorBoard scalars
       .lock                held (flock) while a `train` process uses the directory
@@ -19,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +31,14 @@ from textstream.fsutil import atomic_write_text
 from textstream.vocab import Vocab
 
 CHECKPOINTS = ("best", "last")
+_STATE_PATH = re.compile(r'^model_checkpoint_path:\s*"([^"\\]*)"\s*$', re.MULTILINE)
+
+
+def checkpoint_series(which: str) -> list[str]:
+    """The series to look in, in order, for checkpoint ``which``: "best" falls back to "last" (never validated)."""
+    if which not in CHECKPOINTS:
+        raise TextstreamError(f"unknown checkpoint {which!r}; choose one of: {', '.join(CHECKPOINTS)}")
+    return [which] + (["last"] if which == "best" else [])
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,31 @@ class RunPaths:
 
     def checkpoints(self, which: str) -> Path:
         return self.checkpoint_root / which
+
+    def newest_checkpoint(self, which: str) -> Path | None:
+        """Path prefix of checkpoint ``which`` ("best", falling back to "last"; or "last"), read without TensorFlow.
+
+        What ``checkpoint.latest_checkpoint`` answers for directories that
+        ``CheckpointManager`` wrote: per series, the ``model_checkpoint_path``
+        of its ``checkpoint`` state file when its ``.index`` file exists. None
+        when there is none, or when a state file is not one this reader
+        understands (TensorFlow then decides).
+        """
+        for kind in checkpoint_series(which):
+            directory = self.checkpoints(kind)
+            try:
+                text = (directory / "checkpoint").read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError):
+                return None
+            match = _STATE_PATH.search(text)
+            if match is None or not match.group(1):
+                return None
+            prefix = directory / match.group(1)  # a relative record is relative to the directory
+            if prefix.with_name(prefix.name + ".index").is_file():
+                return prefix
+        return None
 
     # --- config.json, vocab.json ------------------------------------------------------------
     def read_config(self) -> TrainConfig:

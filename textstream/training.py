@@ -116,7 +116,7 @@ class Trainer:
         self.val = TokenFile(corpus.val_path, self.vocab.dtype)
         tf_keras.utils.set_random_seed(cfg.seed)
         self.state = build_state(cfg, self.vocab.size, strategy)
-        self.checkpoints = Checkpoints(self.state, save_dir)
+        self.checkpoints = Checkpoints(self.state, save_dir, step_weights=chief)  # the chief writes ckpt-N.step.npz
         self.resumed = self.checkpoints.restore(paths)
         self.start = self.saved_step = self.state.step_number
         self.plan = Plan.make(cfg, self.start, self.windows.steps_for_epochs(cfg.epochs or 1, cfg.batch_size))

@@ -2,7 +2,9 @@
 
 A thin skin over ``textstream.generate``: blocks (one per temperature and
 stream) from ``Generator.generate``, or with ``--follow`` the chunks of
-``Generator.stream`` written and flushed as they come. Headers of several
+``Generator.stream`` written and flushed as they come. It runs on the numpy
+step backend and does not import TensorFlow when the checkpoint has its step
+weights file (``--backend``; see ``textstream.backend``). Headers of several
 blocks go to stderr; the chars/s status only when stderr is a terminal.
 Ctrl-C ends quietly (exit 130); a reader that goes away (``| head``) ends it
 quietly too (``cli.main`` handles ``BrokenPipeError``).
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from textstream.backend import BACKENDS
 from textstream.cli.console import console as rich_console
 from textstream.cli.options import positive_int
 from textstream.errors import TextstreamError
@@ -47,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--unknown", choices=("error", "skip"), default="error",
                    help="prime characters outside the vocabulary: fail (default) or skip them")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (default): numpy, TensorFlow only to read a checkpoint that lacks its step weights "
+                        "file; numpy: never TensorFlow; tf: the compiled TensorFlow step (faster for many streams)")
 
 
 def parse_temperatures(text: str) -> list[float]:
@@ -145,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     req = _Request(temps, stops, prime, args.seed if args.seed is not None else random_seed())
     console = rich_console() if sys.stderr.isatty() else None
     batch = 1 if args.follow else len(req.temperatures) * args.streams
-    gen = Generator.load(paths.root, args.checkpoint, warm=batch)  # compiled before the clock starts
+    gen = Generator.load(paths.root, args.checkpoint, warm=batch, backend=args.backend)  # compiled before the clock
     if not req.prime or not len(gen.encode(req.prime, unknown=args.unknown)):
         req.prime = gen.default_prime(req.seed)
         if console:

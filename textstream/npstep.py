@@ -1,0 +1,309 @@
+"""The numpy step backend: a trained ``CharLSTM``'s single step in numpy, without TensorFlow.
+
+``NumpyStep`` holds a checkpoint's ``StepWeights`` laid out for the step
+loop; ``NumpyStreams`` holds B streams' state (``h``, ``c`` per layer, seeds,
+positions, sampling settings) and advances them. Together they implement
+``textstream.backend.StepBackend`` / ``StreamBatch``, with the sampling of
+``textstream.sampling_np`` (the same noise hash as the compiled TensorFlow
+step), so a seed gives the TensorFlow backend's text except where the two
+backends' logits differ in their last bits.
+
+    from textstream.npstep import NumpyStep
+    from textstream import stepweights
+    step = NumpyStep(stepweights.read("runs/default/checkpoints/best/ckpt-1200"))
+    ids = step.streams([7], [0.8]).advance(100)        # numpy (1, 100)
+
+How it stays fast (a step of the default 1x384 model is ~0.6 M multiply-adds):
+every buffer is allocated once per call and written with ``out=``; the top
+layer's recurrent kernel sits beside the head (``top = [head | recurrent]``:
+one product gives the logits and the next step's recurrent term, as
+``step.py`` does); the gate columns are reordered to (input, forget, output,
+cell) and the sigmoid gates' columns halved, so one ``tanh`` over all four
+gates gives them all (``sigmoid(x) = 0.5 + 0.5 * tanh(x / 2)``; halving is
+exact in float32); the noise of a whole block of positions is hashed at once
+(it does not depend on the model's state). OpenBLAS runs the step's small
+products on one thread: spreading a (1 x 384) @ (384 x 1600) product over
+the cores costs far more than it saves, and on a loaded 2-core machine
+it made each product 30 times slower.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from textstream.sampling import seed_u32
+from textstream.sampling_np import choose_scaled, gumbel_noise, stream_keys
+from textstream.stepweights import StepWeights
+
+NOISE_BLOCK = 1 << 16  # noise values (positions x streams x vocabulary) hashed at once, at most
+f32 = np.float32
+
+__all__ = ["NumpyStep", "NumpyStreams", "one_blas_thread"]
+
+
+class NumpyStep:
+    """A single-step copy of a trained ``CharLSTM`` in numpy (a ``textstream.backend.StepBackend``).
+
+        step = NumpyStep(weights)                        # textstream.stepweights.StepWeights
+        per_position = step.logits([[1, 2, 3]])          # numpy (1, 3, V)
+    """
+
+    def __init__(self, weights: StepWeights):
+        weights.check()
+        self.weights = weights
+        self.layers, self.units, self.vocab_size = weights.layers, weights.units, weights.vocab_size
+        u = self.units
+        order = np.r_[0:2 * u, 3 * u:4 * u, 2 * u:3 * u]  # Keras (i, f, c, o) -> (i, f, o, c)
+        scale = np.r_[np.full(3 * u, 0.5, f32), np.ones(u, f32)]  # sigmoid gates halved (exact)
+        gates = lambda w: np.ascontiguousarray(w[..., order] * scale, f32)  # noqa: E731
+        self.embed = gates(weights.embed)
+        self.recurrent = [gates(w) for w in weights.recurrent]
+        self.kernel = [None] + [gates(w) for w in weights.kernel]  # indexed by layer; layer 0 uses embed
+        self.bias = [None] + [gates(b) for b in weights.bias]
+        self.head_kernel = np.ascontiguousarray(weights.head_kernel, f32)
+        self.head_bias = np.ascontiguousarray(weights.head_bias, f32)
+        self.top = np.ascontiguousarray(np.concatenate([self.head_kernel, self.recurrent[-1]], axis=1))
+
+    def streams(self, seeds: Sequence[int], temperatures: Sequence[float], top_k: int | None = None,
+                top_p: float | None = None) -> "NumpyStreams":
+        """B = ``len(seeds)`` streams in the zero state, at position 0 (see ``NumpyStreams``)."""
+        return NumpyStreams(self, seeds, temperatures, top_k, top_p)
+
+    def advance_rows(self, rows, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Feed row i ``feed[i]``, then generate ``k`` ids per row of caller-owned arrays, updated in place.
+
+        ``rows`` has ``h``, ``c`` float32 (layers, B, units), ``seeds`` (folded)
+        and ``positions`` uint32 (B,), ``temperature`` and ``top_p`` float32
+        (B,; a row with top-p >= 1 is not filtered): continuous batching, where
+        any subset of streams shares a call. Returns int32 (B, k).
+        """
+        streams = object.__new__(NumpyStreams)
+        streams.model, streams.batch = self, int(rows.seeds.shape[0])
+        streams.h, streams.c, streams.positions = rows.h, rows.c, rows.positions  # advanced in place
+        streams.seeds, streams.keys = rows.seeds, stream_keys(rows.seeds)
+        streams.temperature, streams.top_k = np.asarray(rows.temperature, f32), None
+        streams.top_p = rows.top_p if (rows.top_p < 1.0).any() else None
+        return streams.advance(k, feed)
+
+    def logits(self, ids) -> np.ndarray:
+        """Logits after each position of ``ids`` (B, T) fed one character at a time: float32 (B, T, V)."""
+        ids = np.asarray(ids, np.int64)
+        batch, steps = ids.shape
+        streams = self.streams([0] * batch, [1.0] * batch)
+        out = np.empty((batch, steps, self.vocab_size), f32)
+        buffers = _Buffers(self, batch)
+        with one_blas_thread():
+            for t in range(steps):
+                streams.consume(ids[:, t], buffers)
+                np.dot(streams.h[-1], self.head_kernel, out=buffers.scores)
+                np.add(buffers.scores, self.head_bias, out=out[:, t])
+        return out
+
+    # --- one step of every layer (the arithmetic; state lives in the caller's arrays) ---------------
+    def consume(self, x: np.ndarray, h: np.ndarray, c: np.ndarray, buffers: "_Buffers",
+                top_rec: np.ndarray | None = None) -> None:
+        """Every layer takes one step on ids ``x`` (b,): ``h``, ``c`` (layers, b, units) updated in place.
+
+        ``top_rec``: the top layer's recurrent term ``h[-1] @ recurrent[-1]``
+        when already computed (the sampling loop gets it with the logits).
+        """
+        g = buffers.gates
+        top = self.layers - 1
+        np.take(self.embed, x, axis=0, out=g)
+        for layer in range(self.layers):
+            if layer:
+                np.dot(h[layer - 1], self.kernel[layer], out=g)
+                g += self.bias[layer]
+            if layer == top and top_rec is not None:
+                g += top_rec
+            else:
+                np.dot(h[layer], self.recurrent[layer], out=buffers.rec)
+                g += buffers.rec
+            buffers.cell(c[layer], h[layer])
+
+
+class _Buffers:
+    """Scratch arrays of one call for ``b`` streams, and the LSTM cell on them (views made once)."""
+
+    def __init__(self, model: NumpyStep, b: int):
+        u, v = model.units, model.vocab_size
+        self.gates = np.empty((b, 4 * u), f32)
+        self.rec = np.empty((b, 4 * u), f32)
+        self.z = np.empty((b, v + 4 * u), f32)  # [logits | top layer's recurrent term]
+        self.logits, self.top_rec = self.z[:, :v], self.z[:, v:]
+        self.scores = np.empty((b, v), f32)
+        g = self.gates
+        self.sig, self.cand = g[:, :3 * u], g[:, 3 * u:]  # the sigmoid gates (i, f, o), the cell candidate
+        self.i, self.f, self.o = g[:, :u], g[:, u:2 * u], g[:, 2 * u:3 * u]
+
+    def cell(self, c: np.ndarray, h: np.ndarray) -> None:
+        """``c = sigmoid(f) * c + sigmoid(i) * tanh(cand)``, ``h = sigmoid(o) * tanh(c)``, in place."""
+        np.tanh(self.gates, out=self.gates)  # sigmoid gates were halved: sigmoid(x) = 0.5 + 0.5 * tanh(x / 2)
+        self.sig *= f32(0.5)
+        self.sig += f32(0.5)
+        c *= self.f
+        self.cand *= self.i
+        c += self.cand
+        np.tanh(c, out=h)
+        h *= self.o
+
+
+class NumpyStreams:
+    """The state of B streams in numpy arrays, and the steps on it (a ``textstream.backend.StreamBatch``).
+
+    ``h``, ``c``: float32 (layers, B, units); ``seeds`` (folded by
+    ``sampling.seed_u32``) and ``positions``: uint32 (B,).
+    """
+
+    def __init__(self, model: NumpyStep, seeds: Sequence[int], temperatures: Sequence[float],
+                 top_k: int | None = None, top_p: float | None = None):
+        self.model = model
+        self.batch = b = len(seeds)
+        self.h = np.zeros((model.layers, b, model.units), f32)
+        self.c = np.zeros_like(self.h)
+        self.seeds = np.array([seed_u32(s) for s in seeds], np.uint32)
+        self.keys = stream_keys(self.seeds)
+        self.positions = np.zeros(b, np.uint32)
+        self.temperature = np.array(temperatures, f32).reshape(b)
+        self.top_k = None if top_k is None or top_k >= model.vocab_size else int(top_k)
+        self.top_p = None if top_p is None or top_p >= 1.0 else np.full(b, top_p, f32)  # per row
+
+    def copy(self) -> "NumpyStreams":
+        """An independent copy: advancing one leaves the other as it was."""
+        new = object.__new__(NumpyStreams)
+        new.__dict__.update(self.__dict__)
+        for name in ("h", "c", "seeds", "keys", "positions"):
+            setattr(new, name, getattr(self, name).copy())
+        return new
+
+    def advance(self, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Feed stream i the ids ``feed[i]`` (any length), then generate ``k`` ids per stream: int32 (B, k)."""
+        with one_blas_thread():
+            if feed is not None:
+                self._feed(feed)
+            return self._generate(k)
+
+    def consume(self, x: np.ndarray, buffers: _Buffers | None = None) -> None:
+        """Every stream takes one step on its id ``x[b]`` without sampling (positions stay)."""
+        self.model.consume(np.asarray(x), self.h, self.c, buffers or _Buffers(self.model, self.batch))
+
+    def _feed(self, feed: Sequence[np.ndarray]) -> None:
+        """Consume each stream's ids; streams whose feed has ended keep their state.
+
+        The streams still fed change at most B times, so the loop runs in
+        segments over a fixed set of rows (all of them when the feeds are as long).
+        """
+        lens = np.array([len(f) for f in feed] + [0] * (self.batch - len(feed)), np.int64)
+        longest = int(lens.max(initial=0))
+        if longest == 0:
+            return
+        ids = np.zeros((self.batch, longest), np.int64)
+        for b, f in enumerate(feed):
+            ids[b, :len(f)] = f
+        start = 0
+        for end in sorted(set(int(n) for n in lens if n > 0)):
+            rows = np.flatnonzero(lens >= end)
+            every = len(rows) == self.batch
+            h, c = (self.h, self.c) if every else (self.h[:, rows], self.c[:, rows])
+            buffers = _Buffers(self.model, len(rows))
+            for t in range(start, end):
+                self.model.consume(ids[rows, t], h, c, buffers)
+            if not every:
+                self.h[:, rows], self.c[:, rows] = h, c
+            start = end
+
+    def _generate(self, k: int) -> np.ndarray:
+        """Generate ``k`` ids per stream (the sampling loop); positions move by ``k``."""
+        model, b, v = self.model, self.batch, self.model.vocab_size
+        out = np.empty((b, k), np.int32)
+        buf = _Buffers(model, b)
+        plain = self.top_k is None and self.top_p is None
+        h_top, temperature = self.h[-1], self.temperature[None, :, None]
+        block = max(1, NOISE_BLOCK // max(1, b * v))
+        for lo in range(0, k, block):
+            n = min(block, k - lo)
+            noise = gumbel_noise(self.seeds, self.positions + np.uint32(lo), n, v, keys=self.keys)
+            noise *= temperature  # T * g, as the graph computes it; T = 0 rows become greedy
+            for t in range(n):
+                np.dot(h_top, model.top, out=buf.z)
+                buf.logits += model.head_bias
+                if plain:
+                    np.add(buf.logits, noise[t], out=buf.scores)
+                    x = buf.scores.argmax(axis=1)
+                else:
+                    x = choose_scaled(buf.logits, noise[t], self.temperature, self.top_k, self.top_p)
+                out[:, lo + t] = x
+                model.consume(x, self.h, self.c, buf, top_rec=buf.top_rec)
+        self.positions += np.uint32(k)
+        return out
+
+    def row_state(self, row: int) -> dict[str, np.ndarray]:
+        """Stream ``row``'s state: ``h``/``c`` float32 (layers, units), ``seed``/``position`` uint32."""
+        return {"h": self.h[:, row].copy(), "c": self.c[:, row].copy(),
+                "seed": np.array(self.seeds[row], np.uint32), "position": np.array(self.positions[row], np.uint32)}
+
+    def set_row_state(self, row: int, state: Mapping[str, np.ndarray]) -> None:
+        """Put stream ``row`` in ``state`` (as ``row_state`` returns it; shapes already checked)."""
+        self.h[:, row], self.c[:, row] = state["h"], state["c"]
+        self.seeds[row] = np.uint32(state["seed"])
+        self.keys[row] = stream_keys(self.seeds[row:row + 1])[0]
+        self.positions[row] = np.uint32(state["position"])
+
+
+# --- OpenBLAS on one thread while the step runs ------------------------------------------------------
+class _BlasThreads:
+    """Get/set OpenBLAS's thread count through its C API, if numpy's BLAS is a loaded OpenBLAS (else nothing).
+
+    Found the way threadpoolctl finds it: the shared objects mapped into this
+    process (Linux), the ``[scipy_]openblas_{get,set}_num_threads[64_]`` symbols.
+    """
+
+    def __init__(self):
+        self.get = self.set = None
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+        except OSError:
+            return
+        if not paths:
+            return
+        import ctypes  # only where there is an OpenBLAS to talk to
+
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix in ("scipy_openblas", "openblas"):
+                for suffix in ("64_", ""):
+                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                    set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                    if get is not None and set_ is not None:
+                        set_.argtypes, set_.restype, get.restype = [ctypes.c_int], None, ctypes.c_int
+                        self.get, self.set = get, set_
+                        return
+
+
+_blas: _BlasThreads | None = None
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """OpenBLAS on one thread inside the block (the whole process's setting; restored after)."""
+    global _blas
+    if _blas is None:
+        _blas = _BlasThreads()
+    if _blas.set is None:
+        yield
+        return
+    before = _blas.get()
+    if before == 1:
+        yield
+        return
+    _blas.set(1)
+    try:
+        yield
+    finally:
+        _blas.set(before)

@@ -1,0 +1,124 @@
+"""Choosing the next character in numpy: noise, temperature, top-k, top-p, greedy. No TensorFlow here.
+
+The numpy twin of ``textstream.sampling_tf`` (the rules are in
+``textstream.sampling``'s docstring): the same counter-based noise hash, bit
+for bit, and the same filters, so the numpy backend chooses what the
+compiled TensorFlow step chooses except where the two backends' logits (or
+their ``log``) differ in the last bits.
+
+    import numpy as np
+    from textstream.sampling_np import choose, gumbel_noise
+    logits = np.log(np.array([[0.1, 0.7, 0.2]], np.float32))
+    noise = gumbel_noise(np.array([7], np.uint32), np.array([0], np.uint32), 1, 3)[0]   # (B, V) at position 0
+    ids = choose(logits, np.array([1.0], np.float32), noise)
+
+Unlike the graph ops, ``gumbel_noise`` makes the noise of ``k`` positions at
+once (it does not depend on the model's state), which is how the step loop
+amortises the hash.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from textstream.sampling import GOLDEN, MIX_M1, MIX_M2, SEED_SALT
+
+_M1, _M2, _SALT, _GOLDEN = (np.uint32(c) for c in (MIX_M1, MIX_M2, SEED_SALT, GOLDEN))
+_UNIT = np.float32(1.0 / (1 << 23))
+_HALF = np.float32(0.5)
+_TINY = np.float32(1e-30)
+
+__all__ = ["mix32", "stream_keys", "gumbel_noise", "apply_temperature", "top_k_filter", "top_p_filter",
+           "choose", "choose_scaled"]
+
+
+def mix32(x: np.ndarray) -> np.ndarray:
+    """lowbias32 on a uint32 array, in place (uint32 arithmetic wraps); returns ``x``."""
+    x ^= x >> np.uint32(16)
+    x *= _M1
+    x ^= x >> np.uint32(15)
+    x *= _M2
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def stream_keys(seeds: np.ndarray) -> np.ndarray:
+    """``mix32(seed ^ SEED_SALT)`` per stream: the part of the noise key that never changes (uint32 (B,))."""
+    return mix32(np.asarray(seeds, np.uint32) ^ _SALT)
+
+
+def gumbel_noise(seeds: np.ndarray, positions: np.ndarray, k: int, vocab_size: int,
+                 keys: np.ndarray | None = None) -> np.ndarray:
+    """Gumbel noise of positions ``positions .. positions + k - 1`` of each stream: float32 (k, B, V).
+
+    ``seeds``/``positions``: uint32 (B,); ``keys``: ``stream_keys(seeds)`` if
+    already known. Entry ``[t, b, i]`` equals ``sampling_tf.gumbel_noise``'s
+    ``[b, i]`` at position ``positions[b] + t`` (up to the last bits of ``log``).
+    """
+    keys = stream_keys(seeds) if keys is None else keys
+    pos = np.asarray(positions, np.uint32)[None, :] + np.arange(k, dtype=np.uint32)[:, None]  # (k, B), wraps
+    key = mix32(pos ^ keys[None, :])
+    x = key[:, :, None] + np.arange(vocab_size, dtype=np.uint32) * _GOLDEN  # (k, B, V)
+    u = (mix32(x) >> np.uint32(9)).astype(np.float32)
+    u += _HALF
+    u *= _UNIT
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    np.maximum(u, _TINY, out=u)
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    return u
+
+
+def apply_temperature(logits: np.ndarray, temperature: np.ndarray) -> np.ndarray:
+    """``(logits - max) / T`` per row (``temperature`` (B,)); rows with T == 0 shifted but not scaled."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    t = temperature[:, None]
+    return np.where(t > 0, shifted / np.where(t > 0, t, np.float32(1)), shifted)
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """``-inf`` everywhere but each row's ``k`` largest logits (ties with the k-th kept); a new array."""
+    k = min(max(int(k), 1), logits.shape[-1])
+    kth = -np.partition(-logits, k - 1, axis=-1)[:, k - 1:k]
+    return np.where(logits >= kth, logits, np.float32(-np.inf))
+
+
+def top_p_filter(logits: np.ndarray, p: float | np.ndarray) -> np.ndarray:
+    """Each row's nucleus: the most likely characters whose probabilities first reach ``p``; the rest ``-inf``.
+
+    ``p``: one value or one per row. The most likely character is always
+    kept, and those tied with the last one kept.
+    """
+    p = np.asarray(p, np.float32).reshape(-1, 1)
+    ordered = -np.sort(-logits, axis=-1)
+    probs = np.exp(ordered - ordered[:, :1])
+    probs /= probs.sum(axis=-1, keepdims=True)
+    before = np.zeros_like(probs)  # mass of the characters ranked above (an exclusive cumulative sum)
+    np.cumsum(probs[:, :-1], axis=-1, out=before[:, 1:])
+    n_keep = np.maximum((before < p).sum(axis=-1), 1)
+    last = ordered[np.arange(len(ordered)), n_keep - 1][:, None]
+    return np.where(logits >= last, logits, np.float32(-np.inf))
+
+
+def choose_scaled(logits: np.ndarray, scaled_noise: np.ndarray, temperature: np.ndarray,
+                  top_k: int | None = None, top_p: float | np.ndarray | None = None) -> np.ndarray:
+    """Next ids (B,): ``argmax(filtered logits + T * g)``, given ``scaled_noise = T * g`` (float32 (B, V)).
+
+    ``sampling_tf.choose`` with the noise already multiplied by the temperature
+    (the step loop scales a block of positions at once). ``top_p``: one value
+    or one per row; a row with top-p >= 1 is not filtered at all (rounding in
+    the cumulative sum must not drop a rare character).
+    """
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        keep = np.isfinite(top_p_filter(apply_temperature(logits, temperature), top_p))
+        keep |= np.asarray(top_p, np.float32).reshape(-1, 1) >= 1
+        logits = np.where(keep, logits, np.float32(-np.inf))
+    return (logits + scaled_noise).argmax(axis=-1)
+
+
+def choose(logits: np.ndarray, temperature: np.ndarray, noise: np.ndarray, top_k: int | None = None,
+           top_p: float | np.ndarray | None = None) -> np.ndarray:
+    """Next ids (B,): Gumbel-max over the filtered logits with noise ``noise`` scaled by ``temperature`` (B,)."""
+    return choose_scaled(logits, temperature[:, None] * noise, temperature, top_k, top_p)

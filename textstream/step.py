@@ -34,23 +34,28 @@ __all__ = ["StepModel", "Streams", "load", "KMAX", "PMAX"]
 
 
 # --- the graph: weights are arguments, so models of one shape share an XLA executable per batch size ----
-def _cell(g, c):
+def lstm_cell(g, c):
+    """One LSTM cell update from the gate pre-activations ``g`` (B, 4U), Keras gate order i, f, c, o."""
     i, f, cc, o = tf.split(g, 4, axis=-1)
     c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(cc)
     return tf.sigmoid(o) * tf.tanh(c), c
 
 
-def _consume(w, hs, cs, x, top_rec=None):
-    """Every layer takes one step on ids ``x`` (B,); ``top_rec`` = h_top @ rec_top if already computed."""
+def consume(w, hs, cs, x, top_rec=None):
+    """Every layer takes one step on ids ``x`` (B,); ``top_rec`` = h_top @ rec_top if already computed.
+
+    ``w`` holds ``embed`` (V, 4U: layer 0's kernel rows plus its bias), ``rec`` (one (U, 4U) per
+    layer), ``kernel`` and ``bias`` (the upper layers'); tensors or variables.
+    """
     n = len(hs)
     g = tf.gather(w["embed"], x)  # one-hot @ kernel + bias == row x of (kernel + bias)
     g += top_rec if (n == 1 and top_rec is not None) else tf.matmul(hs[0], w["rec"][0])
-    h, c = _cell(g, cs[0])
+    h, c = lstm_cell(g, cs[0])
     new_h, new_c = [h], [c]
     for layer in range(1, n):
         g = tf.matmul(h, w["kernel"][layer - 1]) + w["bias"][layer - 1]
         g += top_rec if (layer == n - 1 and top_rec is not None) else tf.matmul(hs[layer], w["rec"][layer])
-        h, c = _cell(g, cs[layer])
+        h, c = lstm_cell(g, cs[layer])
         new_h.append(h)
         new_c.append(c)
     return new_h, new_c
@@ -59,7 +64,7 @@ def _consume(w, hs, cs, x, top_rec=None):
 def _feed_loop(w, hs, cs, feed, feed_len, n_feed):
     """Consume ``feed[:n_feed]`` (P, B); stream b takes only its first ``feed_len[b]`` ids."""
     def body(t, hs, cs):
-        nh, nc = _consume(w, hs, cs, feed[t])
+        nh, nc = consume(w, hs, cs, feed[t])
         on = (t < feed_len)[:, None]
         return (t + 1, [tf.where(on, a, b) for a, b in zip(nh, hs)],
                 [tf.where(on, a, b) for a, b in zip(nc, cs)])
@@ -79,7 +84,7 @@ def _sample_loop(w, hs, cs, seeds, positions, temperature, k, top_k, top_p):
         z = tf.matmul(hs[-1], w["top"])  # [head kernel | top recurrent kernel]: one matmul
         logits = z[:, :vocab] + w["head_bias"]
         x = choose(logits, temperature, gumbel_noise(seeds, pos, vocab), top_k, top_p)
-        hs, cs = _consume(w, hs, cs, x, z[:, vocab:])
+        hs, cs = consume(w, hs, cs, x, z[:, vocab:])
         return i + 1, hs, cs, pos + tf.constant(1, tf.uint32), out.write(i, x)
 
     _, hs, cs, positions, out = tf.while_loop(lambda i, *_: i < k, body, (tf.constant(0), hs, cs, positions, out))
@@ -104,7 +109,7 @@ def _teacher_forced(w, h, c, ids):
     out = tf.TensorArray(tf.float32, size=steps)
 
     def body(t, hs, cs, out):
-        hs, cs = _consume(w, hs, cs, ids[t])
+        hs, cs = consume(w, hs, cs, ids[t])
         return t + 1, hs, cs, out.write(t, tf.matmul(hs[-1], w["head_kernel"]) + w["head_bias"])
 
     _, hs, cs, out = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), hs, cs, out))

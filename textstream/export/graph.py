@@ -33,6 +33,7 @@ import numpy as np
 from textstream._tf import tf
 from textstream.model import head_weights, lstm_weights
 from textstream.sampling_tf import choose, gumbel_noise
+from textstream.step import consume
 
 # the constants of ``textstream.sampling.seed_u32`` (splitmix64's finaliser), applied in the graph
 _FOLD_M1 = 0xFF51AFD7ED558CCD
@@ -47,12 +48,6 @@ def fold_seed(seed):
         x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift)) * tf.constant(m, tf.uint64)
     x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift))
     return tf.cast(tf.bitwise.bitwise_and(x, tf.constant(0xFFFFFFFF, tf.uint64)), tf.uint32)
-
-
-def _cell(g, c):
-    i, f, cc, o = tf.split(g, 4, axis=-1)
-    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(cc)
-    return tf.sigmoid(o) * tf.tanh(c), c
 
 
 class StepGraph(tf.Module):
@@ -135,21 +130,10 @@ class StepGraph(tf.Module):
         ids = tf.transpose(out.stack()[:n])
         return {"ids": ids, "h": tf.stack(hs), "c": tf.stack(cs), "position": tf.cast(pos, tf.int64)}
 
-    # --- the LSTM, one character at a time (the same arithmetic as textstream.step) ----------
+    # --- the LSTM, one character at a time (textstream.step's arithmetic, on this module's variables) ----
     def _consume(self, hs, cs, x, top_rec=None):
-        """Every layer takes one step on ids ``x`` (B,); ``top_rec`` = h_top @ rec_top if already computed."""
-        n = self.layers
-        g = tf.gather(self.embed, x)
-        g += top_rec if (n == 1 and top_rec is not None) else tf.matmul(hs[0], self.rec[0])
-        h, c = _cell(g, cs[0])
-        new_h, new_c = [h], [c]
-        for layer in range(1, n):
-            g = tf.matmul(h, self.kernel[layer - 1]) + self.bias[layer - 1]
-            g += top_rec if (layer == n - 1 and top_rec is not None) else tf.matmul(hs[layer], self.rec[layer])
-            h, c = _cell(g, cs[layer])
-            new_h.append(h)
-            new_c.append(c)
-        return new_h, new_c
+        w = {"embed": self.embed, "rec": self.rec, "kernel": self.kernel, "bias": self.bias}
+        return consume(w, hs, cs, x, top_rec)
 
     def _feed(self, hs, cs, ids):
         """Consume ``ids`` (B, P) column by column; a stream skips its ids < 0 (padding)."""

@@ -21,10 +21,10 @@ import numpy as np
 
 from textstream._tf import tf
 from textstream.config import TrainConfig
-from textstream.model import head_weights, lstm_weights
-from textstream.checkpoint import load_model
+from textstream.checkpoint import load_model, step_weights_of
 from textstream.sampling import seed_u32
 from textstream.sampling_tf import choose, gumbel_noise
+from textstream.stepweights import StepWeights
 from textstream.vocab import Vocab
 
 KMAX = 1024  # characters generated per compiled call, at most (the output buffer's length)
@@ -136,21 +136,17 @@ class StepModel:
         ids = step_model.streams([7], [0.8]).advance(100)  # numpy (1, 100)
     """
 
-    def __init__(self, lstm: Sequence[Mapping[str, np.ndarray]], head: tuple[np.ndarray, np.ndarray]):
-        f32 = lambda a: tf.constant(np.asarray(a, np.float32))  # noqa: E731
-        head_kernel, head_bias = head
-        self.layers = len(lstm)
-        self.units = int(np.asarray(lstm[0]["recurrent"]).shape[0])
-        self.vocab_size = int(np.asarray(head_bias).shape[0])
-        top = np.concatenate([np.asarray(head_kernel), np.asarray(lstm[-1]["recurrent"])], axis=1)
+    def __init__(self, weights: StepWeights):
+        f32 = tf.constant
+        self.layers, self.units, self.vocab_size = weights.layers, weights.units, weights.vocab_size
         self.weights = {
-            "embed": f32(np.asarray(lstm[0]["kernel"]) + np.asarray(lstm[0]["bias"])),
-            "rec": [f32(w["recurrent"]) for w in lstm],
-            "kernel": [f32(w["kernel"]) for w in lstm[1:]],
-            "bias": [f32(w["bias"]) for w in lstm[1:]],
-            "head_kernel": f32(head_kernel),
-            "head_bias": f32(head_bias),
-            "top": f32(top),
+            "embed": f32(weights.embed),
+            "rec": [f32(w) for w in weights.recurrent],
+            "kernel": [f32(w) for w in weights.kernel],
+            "bias": [f32(w) for w in weights.bias],
+            "head_kernel": f32(weights.head_kernel),
+            "head_bias": f32(weights.head_bias),
+            "top": f32(np.concatenate([weights.head_kernel, weights.recurrent[-1]], axis=1)),
         }
         self._zero_feed: dict[int, tuple] = {}
         self._concrete: dict[tuple, object] = {}
@@ -158,7 +154,7 @@ class StepModel:
     @classmethod
     def from_model(cls, model) -> "StepModel":
         """The step copy of a ``textstream.model.CharLSTM`` (its weights as they are now)."""
-        return cls(lstm_weights(model), head_weights(model))
+        return cls(step_weights_of(model))
 
     def zero_state(self, batch: int):
         """``(h, c)``: float32 tensors of shape (layers, batch, units), all zero."""

@@ -26,14 +26,14 @@ the SavedModel loads wherever TensorFlow does, without textstream.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 
 from textstream._tf import tf
-from textstream.model import head_weights, lstm_weights
+from textstream.checkpoint import step_weights_of
 from textstream.sampling_tf import choose, gumbel_noise
 from textstream.step import consume
+from textstream.stepweights import StepWeights
 
 # the constants of ``textstream.sampling.seed_u32`` (splitmix64's finaliser), applied in the graph
 _FOLD_M1 = 0xFF51AFD7ED558CCD
@@ -57,19 +57,16 @@ class StepGraph(tf.Module):
         tf.saved_model.save(graph, path, signatures=graph.signatures())
     """
 
-    def __init__(self, lstm: Sequence[Mapping[str, np.ndarray]], head: tuple[np.ndarray, np.ndarray],
-                 vocab_info: Mapping[str, object]):
+    def __init__(self, weights: StepWeights, vocab_info: Mapping[str, object]):
         super().__init__(name="textstream_step")
-        var = lambda a, name: tf.Variable(np.asarray(a, np.float32), trainable=False, name=name)  # noqa: E731
-        self.layers = len(lstm)
-        self.units = int(np.asarray(lstm[0]["recurrent"]).shape[0])
-        self.vocab_size = int(np.asarray(head[1]).shape[0])
-        self.embed = var(np.asarray(lstm[0]["kernel"]) + np.asarray(lstm[0]["bias"]), "embed")
-        self.rec = [var(w["recurrent"], f"recurrent_{i}") for i, w in enumerate(lstm)]
-        self.kernel = [var(w["kernel"], f"kernel_{i}") for i, w in enumerate(lstm[1:], 1)]
-        self.bias = [var(w["bias"], f"bias_{i}") for i, w in enumerate(lstm[1:], 1)]
-        self.head_kernel = var(head[0], "head_kernel")
-        self.head_bias = var(head[1], "head_bias")
+        var = lambda a, name: tf.Variable(a, trainable=False, name=name)  # noqa: E731
+        self.layers, self.units, self.vocab_size = weights.layers, weights.units, weights.vocab_size
+        self.embed = var(weights.embed, "embed")
+        self.rec = [var(w, f"recurrent_{i}") for i, w in enumerate(weights.recurrent)]
+        self.kernel = [var(w, f"kernel_{i}") for i, w in enumerate(weights.kernel, 1)]
+        self.bias = [var(w, f"bias_{i}") for i, w in enumerate(weights.bias, 1)]
+        self.head_kernel = var(weights.head_kernel, "head_kernel")
+        self.head_bias = var(weights.head_bias, "head_bias")
         self.chars = tf.constant([str(ch) for ch in vocab_info["chars"]], tf.string)
         self.tokens = tf.constant(str(vocab_info["tokens"]), tf.string)
         self.oov_id = tf.constant(int(vocab_info["oov_id"]), tf.int32)
@@ -79,7 +76,7 @@ class StepGraph(tf.Module):
     @classmethod
     def from_model(cls, model, vocab_info: Mapping[str, object]) -> "StepGraph":
         """The step graph of a ``textstream.model.CharLSTM`` (its weights now)."""
-        return cls(lstm_weights(model), head_weights(model), vocab_info)
+        return cls(step_weights_of(model), vocab_info)
 
     def _specs(self) -> None:
         """Trace the signatures' functions for this model's shapes (any batch size)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-
 from textstream._tf import tf
 from textstream.checkpoint import step_weights_of
 from textstream.sampling_tf import choose, gumbel_noise

@@ -74,19 +74,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return COMMANDS[args.command].run(args)
     except Interrupted as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        _say(f"{PROG}: {e}")
         return 130
     except TextstreamError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        _say(f"{PROG}: {e}")
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _say(f"{PROG}: interrupted")
         return 130
     except BrokenPipeError:
         # the reader went away (`... | head`): stop quietly, and keep Python from complaining at exit
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _to_devnull(sys.stdout)
         return 0
+
+
+def _say(line: str) -> None:
+    """The one line of an error on stderr; a stderr that is gone does not change the exit status."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        _to_devnull(sys.stderr)
+
+
+def _to_devnull(stream) -> None:
+    """Point a stream whose reader is gone at /dev/null, so Python's flush at exit finds nothing to complain of."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

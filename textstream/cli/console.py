@@ -5,7 +5,10 @@ render them with what is here.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from typing import IO, Iterator
 
 
 def console():
@@ -44,3 +47,60 @@ class ProgressUI:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class Unbroken:
+    """A text stream for a display that must never stop the work behind it: a failed write stops the display.
+
+    When the reader goes away (``| head``: EPIPE), the terminal is gone (EIO)
+    or the file cannot grow (ENOSPC), the first failed write or flush points
+    the stream's descriptor at ``/dev/null`` (so nothing written later, by
+    Python, rich or TensorFlow, fails either, at exit included) and every
+    later write goes nowhere. Everything else is the wrapped stream's.
+    """
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self._detach()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._detach()
+
+    def _detach(self) -> None:
+        self.broken = True
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()  # what is still buffered goes to /dev/null now
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def unbroken_output(*names: str) -> Iterator[None]:
+    """The ``sys`` streams ``names`` ("stdout", "stderr"; default both) as ``Unbroken`` streams for the block."""
+    names = names or ("stdout", "stderr")
+    saved = {name: getattr(sys, name) for name in names}
+    for name, stream in saved.items():
+        setattr(sys, name, Unbroken(stream))
+    try:
+        yield
+    finally:
+        for name, stream in saved.items():
+            getattr(sys, name).flush()
+            setattr(sys, name, stream)

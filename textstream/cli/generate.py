@@ -1,13 +1,18 @@
 """``textstream generate``: the text on stdout, everything else on stderr.
 
 A thin skin over ``textstream.generate``: blocks (one per temperature and
-stream) from ``Generator.generate``, or with ``--follow`` the chunks of
-``Generator.stream`` written and flushed as they come. It runs on the numpy
+stream), or with ``--follow`` the chunks of ``Generator.stream`` written and
+flushed as they come. Short blocks come from one ``Generator.generate``
+batch; one block, or blocks of more than ``STREAM_OVER`` characters in all,
+are streamed one after another as they are produced (the same text: a batch
+of B is B single streams), so a long request shows text at once and holds
+no more than a chunk in memory. It runs on the numpy
 step backend and does not import TensorFlow when the checkpoint has its step
 weights file (``--backend``; see ``textstream.backend``). Headers of several
 blocks go to stderr; the chars/s status only when stderr is a terminal.
-Ctrl-C ends quietly (exit 130); a reader that goes away (``| head``) ends it
-quietly too (``cli.main`` handles ``BrokenPipeError``).
+Ctrl-C ends quietly (exit 130); a reader of stdout that goes away (``| head``)
+ends it quietly too (``cli.main`` handles ``BrokenPipeError``), while one of
+stderr only silences the headers and the status (``console.Unbroken``).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textstream.backend import BACKENDS
-from textstream.cli.console import console as rich_console
+from textstream.cli.console import console as rich_console, unbroken_output
 from textstream.cli.options import positive_int
 from textstream.errors import TextstreamError
 from textstream.generate import Generator
@@ -30,6 +35,7 @@ from textstream.vocab import Vocab
 HELP = "generate text from a trained run"
 DESCRIPTION = "Generate text with a stateful single-step copy of the trained model."
 DEFAULT_LENGTH = 400
+STREAM_OVER = 100_000  # characters in all blocks together: above this, blocks are streamed one after another
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -145,6 +151,11 @@ def _prime_text(args: argparse.Namespace, vocab: Vocab) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream generate``; returns the exit status."""
+    with unbroken_output("stderr"):  # headers and status: their reader going away does not stop the text
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     temps, stops = _checked_options(args)  # everything a user can get wrong is checked before TensorFlow loads
     paths = existing_run(args.run_dir)
     prime = _prime_text(args, paths.read_vocab())
@@ -184,16 +195,30 @@ def _follow(gen: Generator, req: _Request, args: argparse.Namespace, out: _Out) 
 
 
 def _blocks(gen: Generator, req: _Request, args: argparse.Namespace, out: _Out) -> int:
-    """One block per temperature and stream, all in one batch; returns the characters written."""
+    """One block per temperature and stream (see the module docstring); returns the characters written."""
     n = DEFAULT_LENGTH if args.length is None else args.length
     blocks = [(t, j) for t in req.temperatures for j in range(args.streams)]
-    texts = gen.generate([req.prime] * len(blocks), n, temperature=[t for t, _ in blocks], top_k=args.top_k,
-                         top_p=args.top_p, seed=[req.seed + j for _, j in blocks], stop=req.stops,
-                         unknown=args.unknown)
+    options = dict(top_k=args.top_k, top_p=args.top_p, stop=req.stops, unknown=args.unknown)
+    if len(blocks) == 1 or n * len(blocks) > STREAM_OVER:
+        count = 0
+        for t, j in blocks:
+            _label(blocks, t, j, args.streams)
+            for chunk in gen.stream(req.prime, temperature=t, seed=req.seed + j, n=n, **options):
+                out.write(chunk)
+                count += len(chunk)
+            out.write("\n")
+        return count
+    texts = gen.generate([req.prime] * len(blocks), n, temperature=[t for t, _ in blocks],
+                         seed=[req.seed + j for _, j in blocks], **options)
     for (t, j), text in zip(blocks, texts):
-        if len(blocks) > 1:
-            label = f"--- temperature {t:g}" + (f", stream {j + 1}/{args.streams}" if args.streams > 1 else "")
-            sys.stdout.flush()
-            print(label, file=sys.stderr, flush=True)
+        _label(blocks, t, j, args.streams)
         out.write(text + "\n")
     return sum(map(len, texts))
+
+
+def _label(blocks: list, t: float, j: int, streams: int) -> None:
+    """The header of a block on stderr, when there are several."""
+    if len(blocks) > 1:
+        label = f"--- temperature {t:g}" + (f", stream {j + 1}/{streams}" if streams > 1 else "")
+        sys.stdout.flush()
+        print(label, file=sys.stderr, flush=True)

@@ -171,10 +171,11 @@ def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpo
 
 def run_validation(paths: RunPaths, dtype: np.dtype, seq_len: int) -> IdStream:
     """The run's validation split, with the end of its training split as context."""
-    prepared = paths.prepared_dir()
-    if prepared is None:
-        raise TextstreamError(f"{paths.root}: no data.json: cannot find the run's prepared corpus")
-    prep = load_prepared(prepared)
+    record = paths.read_data()  # a damaged data.json is one line naming it
+    if record is None:
+        raise TextstreamError(f"{paths.data}: missing: cannot find the run's prepared corpus "
+                              f"(pass a SOURCE to evaluate on)")
+    prep = load_prepared(record.dir)
     val = TokenFile(prep.val_path, dtype)
     if len(val) == 0:
         raise TextstreamError(f"{paths.root}: the run has no validation split (trained with --val-fraction 0); "

@@ -82,7 +82,7 @@ def load_prepared(dir: Path) -> Prepared:
     """The prepared corpus in ``dir`` (as written by ``prepare``), checked against its vocab.json."""
     d = Path(dir)
     if not (d / "vocab.json").is_file():
-        raise TextstreamError(f"{d}: not a prepared corpus (no vocab.json)")
+        raise TextstreamError(f"{d / 'vocab.json'}: missing (not a prepared corpus)")
     vocab = Vocab.load(d / "vocab.json")
     train_chars, val_chars = (_split_size(d / name, vocab, key)
                               for name, key in (("train.bin", "train_chars"), ("val.bin", "val_chars")))

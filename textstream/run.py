@@ -11,27 +11,36 @@
       tb/                  TensorBoard scalars
       .lock                held (flock) while a `train` process uses the directory
 
+Every file read back is checked here, and damage is one line naming the file
+(``TextstreamError``): ``config.json`` (``TrainConfig.load``), ``vocab.json``
+(``Vocab.load``), ``data.json``, a checkpoint series' state file and the
+presence of its index and data files (``RunPaths.series``; ``checkpoint.py``
+reads their content). A directory is a run once it holds a checkpoint: one
+without any (a start that failed, or a process killed before its first save)
+may be started again; ``NewRun`` removes what a failed start created.
+
 No TensorFlow here (the CLI reads run directories before TensorFlow loads);
 the checkpoints themselves are ``checkpoint.py``'s.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
-import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
 from textstream.fsutil import atomic_write_text
+from textstream.series import Series, inspect_series
 from textstream.vocab import Vocab
 
 CHECKPOINTS = ("best", "last")
-_STATE_PATH = re.compile(r'^model_checkpoint_path:\s*"([^"\\]*)"\s*$', re.MULTILINE)
 
 
 def checkpoint_series(which: str) -> list[str]:
@@ -86,30 +95,34 @@ class RunPaths:
     def checkpoints(self, which: str) -> Path:
         return self.checkpoint_root / which
 
+    def series(self, which: str) -> Series:
+        """What checkpoint series ``which`` ("last" or "best") holds: its state file and files checked (TF-free)."""
+        if which not in CHECKPOINTS:
+            raise TextstreamError(f"unknown checkpoint {which!r}; choose one of: {', '.join(CHECKPOINTS)}")
+        return inspect_series(which, self.checkpoints(which))
+
+    def chosen_series(self, which: str) -> Series:
+        """The series that checkpoint ``which`` reads: "best" falls back to "last" only when it was never saved.
+
+        (A run without a validation split has no "best"; a damaged "best" is
+        reported, never silently replaced by "last".)
+        """
+        for kind in checkpoint_series(which):
+            found = self.series(kind)
+            if found.saved:
+                return found
+        return found
+
     def newest_checkpoint(self, which: str) -> Path | None:
         """Path prefix of checkpoint ``which`` ("best", falling back to "last"; or "last"), read without TensorFlow.
 
-        What ``checkpoint.latest_checkpoint`` answers for directories that
-        ``CheckpointManager`` wrote: per series, the ``model_checkpoint_path``
-        of its ``checkpoint`` state file when its ``.index`` file exists. None
-        when there is none, or when a state file is not one this reader
-        understands (TensorFlow then decides).
+        What ``checkpoint.latest_checkpoint`` answers: the checkpoint named by
+        the chosen series' state file (``chosen_series``). None when there is
+        none or its files are damaged (``checkpoint.latest_checkpoint`` then
+        says which file).
         """
-        for kind in checkpoint_series(which):
-            directory = self.checkpoints(kind)
-            try:
-                text = (directory / "checkpoint").read_text(encoding="utf-8")
-            except FileNotFoundError:
-                continue
-            except (OSError, UnicodeDecodeError):
-                return None
-            match = _STATE_PATH.search(text)
-            if match is None or not match.group(1):
-                return None
-            prefix = directory / match.group(1)  # a relative record is relative to the directory
-            if prefix.with_name(prefix.name + ".index").is_file():
-                return prefix
-        return None
+        found = self.chosen_series(which)
+        return found.prefix if found.usable else None
 
     # --- config.json, vocab.json ------------------------------------------------------------
     def read_config(self) -> TrainConfig:
@@ -126,21 +139,32 @@ class RunPaths:
 
     # --- data.json --------------------------------------------------------------------------
     def read_data(self) -> DataRecord | None:
-        """``data.json``, or None when the run has none; a ``TextstreamError`` when it is unreadable."""
+        """``data.json``, or None when the run has none; a ``TextstreamError`` naming the file when it is damaged."""
         try:
-            d = json.loads(self.data.read_text(encoding="utf-8"))
-            return DataRecord(Path(d["dir"]), tuple(str(s) for s in d.get("sources", [])))
+            text = self.data.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        except (OSError, KeyError, TypeError, AttributeError, ValueError) as e:
-            raise TextstreamError(f"{self.data}: not a textstream data.json ({type(e).__name__}: {e})") from None
+        except UnicodeDecodeError as e:
+            raise TextstreamError(f"{self.data}: damaged (not UTF-8: invalid byte at offset {e.start})") from None
+        except OSError as e:
+            raise TextstreamError(f"{self.data}: cannot read ({e.strerror or e})") from None
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise TextstreamError(f"{self.data}: damaged (not valid JSON: {e})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("dir"), str) or not d["dir"]:
+            raise TextstreamError(f"{self.data}: not a textstream data.json (expected an object with a \"dir\" path)")
+        sources = d.get("sources", [])
+        if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+            raise TextstreamError(f"{self.data}: not a textstream data.json (\"sources\" is not a list of paths)")
+        return DataRecord(Path(d["dir"]), tuple(sources))
 
     def write_data(self, prepared_dir: Path | str, sources: Sequence[str | Path]) -> None:
         record = {"dir": str(prepared_dir), "sources": [str(s) for s in sources]}
         atomic_write_text(self.data, json.dumps(record, indent=1) + "\n")
 
     def prepared_dir(self) -> Path | None:
-        """The prepared corpus directory recorded in ``data.json``, or None when there is none (or it is unreadable)."""
+        """The prepared corpus directory recorded in ``data.json``, or None when there is none (or it is damaged)."""
         try:
             record = self.read_data()
         except TextstreamError:
@@ -153,25 +177,42 @@ class RunPaths:
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """The records of ``metrics.jsonl`` (those of ``kind`` only, if given); [] when there is none."""
+    def end_metrics_line(self) -> None:
+        """End a last line cut short (a crash, a hand edit) so the next record starts a line of its own."""
         try:
-            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+            with open(self.metrics, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                whole = f.read(1) == b"\n"
+        except OSError:  # no file, or an empty one: nothing to end
+            return
+        if not whole:
+            with open(self.metrics, "ab") as f:
+                f.write(b"\n")
+
+    def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (those of ``kind`` only, if given); [] when there is none.
+
+        A line that is not a JSON object (cut short by a crash, edited by
+        hand) is skipped: the log is a record, never a reason to stop.
+        """
+        try:
+            lines = self.metrics.read_bytes().decode("utf-8", errors="replace").splitlines()
         except FileNotFoundError:
             return []
         records = []
-        for n, line in enumerate(lines, 1):
+        for line in lines:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                if n < len(lines):  # only the last line may be cut short by a crash
-                    raise TextstreamError(f"{self.metrics}:{n}: not a JSON line") from None
-        return [r for r in records if kind is None or r.get("kind") == kind]
+                continue
+            if isinstance(record, dict) and (kind is None or record.get("kind") == kind):
+                records.append(record)
+        return records
 
     # --- checks -----------------------------------------------------------------------------
     def has_checkpoint(self) -> bool:
-        last = self.checkpoints("last")
-        return last.is_dir() and any(last.iterdir())
+        """Whether a checkpoint series holds a checkpoint, intact or damaged: the directory is then a run."""
+        return any(self.series(which).saved for which in CHECKPOINTS)
 
     def check_directory(self) -> None:
         """The run directory may be missing (training creates it), not a file."""
@@ -179,16 +220,90 @@ class RunPaths:
             raise TextstreamError(f"{self.root}: exists and is not a directory")
 
     def check_for_training(self, resume: bool) -> None:
-        """A new run needs an empty directory; ``resume`` needs a config and a checkpoint."""
+        """A new run needs a directory without a checkpoint; ``resume`` needs a checkpoint and the run's config.
+
+        A directory without any checkpoint (a start that failed, a process
+        killed before its first save) is not a run: a new start may use it.
+        """
         if resume:
-            if not self.config.exists():
-                raise TextstreamError(f"{self.root}: nothing to resume (no config.json); drop --resume to start a run")
             if not self.has_checkpoint():
-                raise TextstreamError(f"{self.root}: nothing to resume (no checkpoint yet); "
-                                      f"drop --resume to start over")
-        elif self.has_checkpoint() or self.config.exists():
+                what = "no checkpoint yet: the run stopped before its first" if self.root.is_dir() else \
+                    "no such run directory"
+                raise TextstreamError(f"{self.root}: nothing to resume ({what}); run the same command without "
+                                      f"--resume to start it")
+            if not self.config.is_file():
+                raise TextstreamError(f"{self.config}: missing; the run's settings are needed to resume it "
+                                      f"(restore the file, or start a new run with another -o)")
+        elif self.has_checkpoint():
             raise TextstreamError(f"{self.root}: already holds a run; pass --resume to continue it, "
                                   f"or choose another -o")
+
+    def clear_attempt(self) -> None:
+        """Remove the log of an earlier start that saved no checkpoint (metrics.jsonl, tb/), before starting again.
+
+        Only in a directory that start made its own (it wrote config.json):
+        other directories' files are never removed.
+        """
+        if not self.config.is_file():
+            return
+        _remove(self.metrics)
+        _remove(self.tensorboard)
+        for which in CHECKPOINTS:  # series directories left empty
+            with contextlib.suppress(OSError):
+                self.checkpoints(which).rmdir()
+        with contextlib.suppress(OSError):
+            self.checkpoint_root.rmdir()
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a directory tree if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+class NewRun:
+    """What starting a new run creates, removed again when the start fails before the run's first checkpoint.
+
+    Take it before anything is created (the lock makes the directory):
+
+        start = NewRun(paths)
+        with RunLock(paths), start.undone_on_failure():
+            ...  # an exception before a checkpoint exists removes what was created, and the directory if it was
+
+    Only names that did not exist before are removed (never a file that was
+    there), and the directories made for the run (RUN_DIR and missing parents)
+    only when they are empty again.
+    """
+
+    NAMES = ("config.json", "vocab.json", "data.json", "metrics.jsonl", "tb", "checkpoints", ".lock")
+
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+        self.made_dirs = [d for d in (paths.root, *paths.root.parents) if not os.path.lexists(d)]
+        self.existing = {n for n in self.NAMES if os.path.lexists(paths.root / n)}
+
+    @contextlib.contextmanager
+    def undone_on_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            if not self.paths.has_checkpoint():
+                self.undo()
+            raise
+
+    def undo(self) -> None:
+        """Remove what this start created (see the class docstring)."""
+        for name in self.NAMES:
+            if name not in self.existing:
+                _remove(self.paths.root / name)
+        for d in self.made_dirs:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
 def existing_run(run_dir: Path | str) -> RunPaths:
@@ -198,8 +313,11 @@ def existing_run(run_dir: Path | str) -> RunPaths:
         raise TextstreamError(f"{paths.root}: no such run directory")
     if not paths.root.is_dir():
         raise TextstreamError(f"{paths.root}: not a directory")
-    if not paths.config.exists() or not paths.vocab.exists():
+    missing = [p for p in (paths.config, paths.vocab) if not p.exists()]
+    if len(missing) == 2:
         raise TextstreamError(f"{paths.root}: not a textstream run directory (no config.json / vocab.json)")
+    if missing:
+        raise TextstreamError(f"{missing[0]}: missing (the run directory is damaged)")
     return paths
 
 

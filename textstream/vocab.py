@@ -110,6 +110,7 @@ class Vocab:
 
     @classmethod
     def load(cls, path: Path) -> "Vocab":
+        """The vocabulary saved in ``path``, every field checked; damage is one line naming the file."""
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -117,8 +118,45 @@ class Vocab:
             raise TextstreamError(f"{path}: no such file") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise TextstreamError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("chars"), list):
+        except OSError as e:
+            raise TextstreamError(f"{path}: cannot read ({e.strerror or e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise TextstreamError(f"{path}: not a textstream vocab.json (expected format {FORMAT!r})")
+        problem = vocab_json_problem(d)
+        if problem:
+            raise TextstreamError(f"{path}: damaged vocab.json ({problem})")
         known = {"format", "chars", "counts", "oov_id", "dtype", "size", "options"}
         return cls(chars=list(d["chars"]), counts=list(d.get("counts", [])), oov_id=d.get("oov_id"),
                    options=dict(d.get("options", {})), meta={k: v for k, v in d.items() if k not in known})
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def vocab_json_problem(d: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a ``vocab.json`` object (types, sizes, ranges), or None."""
+    chars = d.get("chars")
+    if d.get("tokens", "chars") != "chars":
+        return f"unknown tokens {d.get('tokens')!r}"
+    if not isinstance(chars, list) or not chars or not all(isinstance(c, str) and c for c in chars):
+        return "\"chars\" is not a list of characters"
+    counts = d.get("counts", [])
+    if not isinstance(counts, list) or not all(_is_int(c) and c >= 0 for c in counts) or \
+            len(counts) not in (0, len(chars)):
+        return f"\"counts\" is not a list of {len(chars)} counts"
+    oov = d.get("oov_id")
+    if oov is not None and not (_is_int(oov) and 0 <= oov < len(chars)):
+        return f"\"oov_id\" {oov!r} is not an id below {len(chars)}"
+    if len({c for i, c in enumerate(chars) if i != oov}) != len(chars) - (oov is not None):
+        return "\"chars\" lists a character twice"
+    if "size" in d and d["size"] != len(chars):
+        return f"\"size\" {d['size']!r} is not the {len(chars)} characters listed"
+    if "dtype" in d and d["dtype"] != dtype_for(len(chars)).str:
+        return f"\"dtype\" {d['dtype']!r} is not {dtype_for(len(chars)).str!r} for {len(chars)} symbols"
+    if not isinstance(d.get("options", {}), dict):
+        return "\"options\" is not an object"
+    for key in ("train_chars", "val_chars"):
+        if key in d and not (_is_int(d[key]) and d[key] >= 0):
+            return f"\"{key}\" is not a count"
+    return None

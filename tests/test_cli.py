@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_run
 from textstream.cli import COMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,8 +94,7 @@ print(json.dumps({{"results": results, "heavy": heavy}}))
 
 
 def test_resume_refuses_a_damaged_config_json(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
+    run = make_run(tmp_path)  # a run (it has a checkpoint) whose config.json is then damaged
     (run / "config.json").write_text("[1, 2, 3]", encoding="utf-8")
     assert main(["train", "-o", str(run), "--resume"]) == 2
     err = capsys.readouterr().err

@@ -12,13 +12,22 @@ model's step weights beside it (``ckpt-N.step.npz``, see
 ``textstream.stepweights``), which generation reads without TensorFlow; a
 checkpoint without a current one gets it on its first load for generation.
 
+Every checkpoint is checked before it is used (``verify``: the state file,
+the files present, every tensor read and its CRC32C checked), and damage is
+one line naming the file. Readers (``generate``, ``eval``, ``export``) go
+through ``checked_checkpoint``; a resume through ``resume_point``, which
+never starts over: when "last" is damaged and "best" is intact it says how to
+continue from "best" (``start="best"``, ``train --resume --from best``).
+
     cfg, vocab, model = load_model("runs/tiny", "best")
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +40,8 @@ from textstream._tf import tf
 from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
 from textstream.model import build_model, head_weights, lstm_weights
-from textstream.run import CHECKPOINTS, RunPaths, checkpoint_series, existing_run
+from textstream.run import CHECKPOINTS, RunPaths, existing_run
+from textstream.series import Series
 from textstream.stepweights import StepWeights
 from textstream.vocab import Vocab
 
@@ -78,20 +88,23 @@ class Checkpoints:
         self._managers = {which: tf.train.CheckpointManager(self._checkpoint, str(self.directory / which),
                                                             max_to_keep=1) for which in CHECKPOINTS}
 
-    def restore(self, run: RunPaths) -> bool:
-        """Load the newest "last" checkpoint of ``run`` into the state; False when there is none.
+    def resume(self, point: "ResumePoint") -> None:
+        """Load the checkpoint a resume starts from (``resume_point``) into the state.
 
-        Every worker restores from the run directory (the chief's checkpoints;
-        on several machines RUN_DIR must be on a shared file system for resume).
+        The best loss so far becomes the lower of the restored one and the
+        one the "best" checkpoint on disk was saved with, so a resume never
+        replaces "best" with a worse model. Every worker restores from the
+        run directory (the chief's checkpoints; on several machines RUN_DIR
+        must be on a shared file system for resume).
         """
-        prefix = tf.train.latest_checkpoint(str(run.checkpoints("last")))
-        if not prefix:
-            return False
         try:
-            self._checkpoint.restore(prefix).assert_existing_objects_matched()
+            self._checkpoint.restore(str(point.start.prefix)).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
-            raise TextstreamError(f"{prefix}: cannot resume from checkpoint ({str(e).splitlines()[0]})") from None
-        return True
+            raise TextstreamError(f"{point.start.prefix}: cannot resume from checkpoint ({_first_line(e)}); "
+                                  f"does config.json or vocab.json still describe this run?") from None
+        held = recorded_best(point.best)
+        if held is not None and held < float(self.state.best_val_nats.numpy()):
+            self.state.best_val_nats.assign(held)
 
     def save(self, which: str) -> str:
         """Save the state to series ``which`` ("last" or "best"), numbered by its step; its path prefix."""
@@ -116,16 +129,135 @@ def save_directory(run: RunPaths, chief: bool) -> Iterator[Path]:
         yield Path(scratch)
 
 
+def verify(found: Series) -> Series:
+    """``found`` with ``problem`` set when its checkpoint's files cannot all be read back (None stays None).
+
+    Reads every tensor of the checkpoint: TensorFlow checks each one's
+    CRC32C, so a truncated, emptied, overwritten or bit-flipped index or
+    data file is found here, before anything is restored or replaced.
+    """
+    if not found.usable:
+        return found
+    problem = _read_problem(found.prefix)
+    return dataclasses.replace(found, problem=problem) if problem else found
+
+
+def _read_problem(prefix: Path) -> str | None:
+    """One line naming the damaged file of the checkpoint ``prefix``, or None when every tensor reads back.
+
+    TensorFlow reports damage as many exception types (``OpError``s,
+    ``IndexError`` for a short read, ...) and this code only reads the
+    files, so every ``Exception`` here is about their content.
+    """
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return f"{prefix}.index: damaged ({_first_line(e)})"
+    try:
+        for name in reader.get_variable_to_dtype_map():
+            reader.get_tensor(name)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        data = sorted(prefix.parent.glob(prefix.name + ".data-*"))
+        where = str(data[0]) if len(data) == 1 else f"{prefix}.data-*"
+        return f"{where}: damaged ({_first_line(e)})"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (TensorFlow's run to many), at most 200 characters."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def recorded_best(found: Series) -> float | None:
+    """The validation loss the "best" checkpoint ``found`` was saved with; None when it has none or is unreadable."""
+    if not found.usable:
+        return None
+    try:
+        value = float(tf.train.load_checkpoint(str(found.prefix)).get_tensor(
+            "best_val_nats/.ATTRIBUTES/VARIABLE_VALUE"))
+    except Exception:  # noqa: BLE001 - a checkpoint without the value (not saved by training), or damaged
+        return None
+    return value if math.isfinite(value) else None
+
+
+def checked_checkpoint(run: RunPaths, which: str = "best") -> Series:
+    """The intact checkpoint ``which`` ("best", falling back to "last" when never saved; or "last") of a run.
+
+    A ``TextstreamError`` naming the damaged file (and the intact other
+    checkpoint, if there is one), or saying there is no checkpoint yet.
+    """
+    found = verify(run.chosen_series(which))
+    if found.problem:
+        other = verify(run.series("last" if found.which == "best" else "best"))
+        hint = (f"; the {other.which} checkpoint (step {other.step}) is intact: --checkpoint {other.which} reads it"
+                if other.usable else "")
+        raise TextstreamError(found.problem + hint)
+    if found.prefix is None:
+        raise TextstreamError(f"{run.root}: no checkpoint yet (train first)")
+    return found
+
+
 def latest_checkpoint(run: RunPaths, which: str = "best") -> str:
-    """Path prefix of the newest checkpoint of kind ``which`` ("best" or "last").
+    """Path prefix of the newest intact checkpoint of kind ``which`` ("best" or "last"); see ``checked_checkpoint``.
 
     "best" falls back to "last" for runs that never evaluated (no validation split).
     """
-    for kind in checkpoint_series(which):
-        prefix = tf.train.latest_checkpoint(str(run.checkpoints(kind)))
-        if prefix:
-            return prefix
-    raise TextstreamError(f"{run.root}: no checkpoint yet (train first)")
+    return str(checked_checkpoint(run, which).prefix)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resume starts (``start``: an intact series), the "best" series as verified, and what was put aside."""
+
+    start: Series
+    best: Series
+    notices: tuple[str, ...] = ()
+
+
+def resume_point(run: RunPaths, start: str = "last", *, chief: bool = True) -> ResumePoint:
+    """The checkpoint a resume of ``run`` starts from: series ``start`` ("last", or "best"), verified.
+
+    Never starts over: a damaged or missing ``start`` is one line naming the
+    file, and says how to go on when the other series is intact. A damaged
+    series that the resume would replace is renamed ``<series>.damaged``
+    (by the ``chief`` only; never deleted), saying so in ``notices``: "best"
+    when resuming from an intact "last", "last" when resuming from "best".
+    """
+    last, best = verify(run.series("last")), verify(run.series("best"))
+    begin, other = (last, best) if start == "last" else (best, last)
+    if not begin.usable:
+        raise TextstreamError(_cannot_resume(run, begin, other))
+    if start == "best" and last.usable and last.step != best.step:
+        raise TextstreamError(f"{last.directory}: the last checkpoint (step {last.step}) is intact; resume from it "
+                              f"(drop --from best), or move that directory away first to go back to step {best.step}")
+    notices = []
+    for damaged in (s for s in (last, best) if s.problem and s is not begin):
+        moved = _put_aside(damaged.directory) if chief else damaged.directory
+        notices.append(f"{damaged.problem}; moved {damaged.directory.name} aside to {moved}")
+    return ResumePoint(begin, best if best.usable else Series("best", best.directory), tuple(notices))
+
+
+def _cannot_resume(run: RunPaths, begin: Series, other: Series) -> str:
+    """Why a resume cannot start from ``begin``, and how to go on."""
+    what = begin.problem or f"{begin.directory}: no checkpoint"
+    if other.usable and other.which == "best":
+        return (f"{what}; cannot resume from it. The best checkpoint (step {other.step}) is intact: continue from it "
+                f"with: textstream train --resume --from best -o {run.root}")
+    if other.usable:
+        return f"{what}; the last checkpoint (step {other.step}) is intact: resume from it without --from best"
+    why = f" ({other.problem})" if other.problem else ""
+    return f"{what}; no intact checkpoint to resume from{why}: start a new run with another -o"
+
+
+def _put_aside(directory: Path) -> Path:
+    """Rename a damaged series directory to ``<name>.damaged`` (``.damaged-2``, ... when taken); the new path."""
+    for n in range(1, 1000):
+        target = directory.with_name(directory.name + ".damaged" + (f"-{n}" if n > 1 else ""))
+        if not os.path.lexists(target):
+            os.rename(directory, target)
+            return target
+    raise TextstreamError(f"{directory}: damaged, and too many earlier .damaged copies beside it")
 
 
 def load_model(run_dir: Path | str, checkpoint: str = "best") -> tuple[TrainConfig, Vocab, Any]:
@@ -159,7 +291,8 @@ def _load(run: RunPaths, checkpoint: str) -> tuple[TrainConfig, Vocab, Any, str]
     try:
         tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
     except (tf.errors.OpError, AssertionError, ValueError) as e:
-        raise TextstreamError(f"{prefix}: cannot load checkpoint ({str(e).splitlines()[0]})") from None
+        raise TextstreamError(f"{prefix}: cannot load checkpoint ({_first_line(e)}); does config.json or "
+                              f"vocab.json still describe this run?") from None
     return cfg, vocab, model, prefix
 
 

@@ -4,16 +4,18 @@ The library never prints; the caller renders these (``cli/train.py``'s
 ``TrainDisplay``) or collects them. A run emits, in this order:
 
     Prepared                        the corpus is tokenised (or found in the cache)
+    Notice ...                      something the user should know that does not stop the run
+                                    (a damaged checkpoint series put aside, a corpus prepared again)
     Started                         the model is built and, with resume, restored
     StepLogged ...                  every LOG_EVERY_S seconds of training, and at the last step
     at each epoch's end:
+        Checkpointed(why="best")    only when the validation loss improved (saved before "last")
         Checkpointed(why="epoch")   "last" saved
-        Checkpointed(why="best")    only when the validation loss improved
         EpochEnd(number=N)          the validation loss
         Samples                     when samples are on and N is a multiple of sample_every
     Checkpointed(why="periodic")    inside long epochs, every CHECKPOINT_EVERY_S seconds
     at the end of a run that stopped between epochs:
-        Checkpointed(why="end"), [Checkpointed(why="best")], EpochEnd(number=None)
+        [Checkpointed(why="best")], Checkpointed(why="end"), EpochEnd(number=None)
     Finished                        the summary ``train`` also returns
 
 A stop request ends the run with ``Checkpointed(why="interrupted")`` and an
@@ -137,6 +139,13 @@ class Checkpointed:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the user should know that does not stop the run (one line, naming the file concerned)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class Finished:
     """The run's summary: emitted last and returned by ``train``."""
 
@@ -156,5 +165,5 @@ class Finished:
         return {"kind": "end", **dataclasses.asdict(self)}
 
 
-Event = Union[Prepared, Started, StepLogged, EpochEnd, Samples, Checkpointed, Finished]
+Event = Union[Prepared, Notice, Started, StepLogged, EpochEnd, Samples, Checkpointed, Finished]
 OnEvent = Callable[[Event], None]

@@ -26,7 +26,8 @@ import numpy as np
 
 from textstream import events
 from textstream._tf import tf, tf_keras
-from textstream.checkpoint import Checkpoints, TrainState, save_directory, weights_sha256
+from textstream.checkpoint import (Checkpoints, ResumePoint, TrainState, resume_point, save_directory,
+                                   weights_sha256)
 from textstream.config import TrainConfig
 from textstream.distribute import is_chief, make_strategy
 from textstream.errors import Interrupted, TextstreamError
@@ -35,7 +36,7 @@ from textstream.generate import Generator
 from textstream.model import build_model
 from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
 from textstream.preparation import Prepared, load_prepared, prepare
-from textstream.run import RunLock, RunPaths
+from textstream.run import NewRun, RunLock, RunPaths
 from textstream.schedule import Every, Meter, Plan
 from textstream.vocab import Vocab
 
@@ -45,14 +46,18 @@ LOG_EVERY_S = 0.25
 
 
 def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | Path = "runs/default", *,
-          resume: bool = False, on_event: events.OnEvent | None = None,
+          resume: bool = False, resume_from: str = "last", on_event: events.OnEvent | None = None,
           should_stop: Callable[[], bool] | None = None, on_progress=None, strategy=None) -> events.Finished:
     """Train (or with ``resume=True`` continue) the run in ``run_dir``; returns the ``Finished`` summary.
 
     With ``resume``, ``cfg`` must be the run's saved config (its length fields
     may be raised to train longer); see ``config.TrainConfig.load``.
+    ``resume_from``: the checkpoint series a resume starts from, "last" or
+    "best" (when "last" is damaged; see ``checkpoint.resume_point``).
     ``strategy``: a ``tf.distribute.Strategy`` or a name from ``distribute.STRATEGIES``.
     ``on_progress(label, done, total)`` follows the preparation of the token files.
+    A new run that fails before its first checkpoint leaves nothing behind
+    (``run.NewRun``); a directory without a checkpoint may be started again.
     """
     if strategy is None or isinstance(strategy, str):
         strategy = make_strategy(strategy or "auto")  # before any other TensorFlow work
@@ -60,10 +65,17 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
     emit = on_event if chief and on_event is not None else _ignore
     paths = RunPaths(Path(run_dir))
     paths.check_directory()
-    with RunLock(paths) if chief else contextlib.nullcontext(), save_directory(paths, chief) as save_dir:
+    start = NewRun(paths) if chief and not resume else None  # before the lock creates the directory
+    with RunLock(paths) if chief else contextlib.nullcontext(), save_directory(paths, chief) as save_dir, \
+            start.undone_on_failure() if start else contextlib.nullcontext():
         if chief:
             paths.check_for_training(resume)
-        corpus, sources = _prepare(cfg, sources, paths, resume, on_progress)
+            if not resume:
+                paths.clear_attempt()  # the log of an earlier start that saved no checkpoint
+        point = resume_point(paths, resume_from, chief=chief) if resume else None  # checked before any work
+        for notice in point.notices if point else ():
+            emit(events.Notice(notice))
+        corpus, sources = _prepare(cfg, sources, paths, resume, on_progress, emit)
         emit(events.Prepared(dir=str(corpus.dir), vocab_size=corpus.vocab.size, train_chars=corpus.train_chars,
                              val_chars=corpus.val_chars, cached=corpus.cached))
         if resume:
@@ -74,7 +86,7 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
         if chief:
             paths.write_data(corpus.dir, sources)
         trainer = Trainer(cfg, corpus, paths, save_dir, strategy, chief=chief, emit=emit,
-                          should_stop=should_stop or (lambda: False))
+                          should_stop=should_stop or (lambda: False), resume=point)
         return trainer.run()
 
 
@@ -82,15 +94,23 @@ def _ignore(event: events.Event) -> None:
     pass
 
 
-def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool,
-             on_progress) -> tuple[Prepared, list[str]]:
-    """The token files and the sources they came from; a resume without sources reuses the run's."""
+def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool, on_progress,
+             emit: events.OnEvent) -> tuple[Prepared, list[str]]:
+    """The token files and the sources they came from; a resume without sources reuses the run's.
+
+    A resume whose prepared directory is gone (a cleaned cache) or damaged
+    prepares the run's sources again.
+    """
     if resume and not sources:
         record = paths.read_data()
-        if record is not None:
-            if record.dir.exists():
+        if record is None:
+            raise TextstreamError(f"{paths.data}: missing; pass the run's SOURCE(s) to resume it")
+        sources = record.sources
+        if record.dir.exists():
+            try:
                 return load_prepared(record.dir), list(record.sources)
-            sources = record.sources  # the prepared directory is gone (a cleaned cache): prepare again
+            except TextstreamError as e:
+                emit(events.Notice(f"{e}; preparing the run's sources again"))
     corpus = prepare(list(sources), None, lowercase=cfg.lowercase, val_fraction=cfg.val_fraction,
                      max_vocab=cfg.max_vocab, errors=cfg.errors, min_chars=cfg.window, on_progress=on_progress)
     return corpus, [str(s) for s in sources]
@@ -108,7 +128,7 @@ class Trainer:
     """One run's loop over a prepared corpus; ``run`` trains and returns the summary."""
 
     def __init__(self, cfg: TrainConfig, corpus: Prepared, paths: RunPaths, save_dir: Path, strategy, *, chief: bool,
-                 emit: events.OnEvent, should_stop: Callable[[], bool]):
+                 emit: events.OnEvent, should_stop: Callable[[], bool], resume: ResumePoint | None = None):
         self.cfg, self.paths, self.strategy, self.chief = cfg, paths, strategy, chief
         self.emit, self.should_stop = emit, should_stop
         self.vocab = corpus.vocab
@@ -117,7 +137,11 @@ class Trainer:
         tf_keras.utils.set_random_seed(cfg.seed)
         self.state = build_state(cfg, self.vocab.size, strategy)
         self.checkpoints = Checkpoints(self.state, save_dir, step_weights=chief)  # the chief writes ckpt-N.step.npz
-        self.resumed = self.checkpoints.restore(paths)
+        self.resumed = resume is not None
+        self.last_good: str | None = None  # the newest intact checkpoint of this run: restored or saved
+        if resume is not None:
+            self.checkpoints.resume(resume)
+            self.last_good = str(resume.start.prefix)
         self.start = self.saved_step = self.state.step_number
         self.plan = Plan.make(cfg, self.start, self.windows.steps_for_epochs(cfg.epochs or 1, cfg.batch_size))
         if self.plan.total is not None and self.start >= self.plan.total:
@@ -173,23 +197,27 @@ class Trainer:
         loss = float(loss)
         seconds = time.monotonic() - t0
         if not math.isfinite(loss):
-            raise TextstreamError(f"loss became {loss} at step {step + 1}; training stopped. The last good "
-                                  f"checkpoint is kept in {self.paths.checkpoints('last')} "
-                                  f"(try a lower --lr or a --clipnorm)")
+            kept = (f"the last good checkpoint, {self.last_good}, is kept" if self.last_good else
+                    "no checkpoint was saved before it")
+            raise TextstreamError(f"loss became {loss} at step {step + 1}; training stopped, nothing saved after it: "
+                                  f"{kept} (a new run with a lower --lr or a --clipnorm may train)")
         self.state.step.assign(step + 1)
         self.meter.add(loss, seconds)
         return bool(float(agreed))
 
     def end_of_epoch(self, number: int | None, step: int) -> None:
-        """Validate, save "last" (and "best" when the validation loss improved), then the samples."""
+        """Validate, save "best" when the validation loss improved, then "last", then the samples.
+
+        "best" goes first: a crash between the two saves resumes from the
+        previous "last" and finds this epoch's model already in "best".
+        """
         cfg = self.cfg
         val = self.validation()
         best = val is not None and val.nats_per_char < float(self.state.best_val_nats.numpy())
         if best:
             self.state.best_val_nats.assign(val.nats_per_char)
-        self.save("last", "epoch" if number is not None else "end")
-        if best:
             self.save("best", "best")
+        self.save("last", "epoch" if number is not None else "end")
         event = events.EpochEnd(number=number, step=step, epoch=self.windows.epoch_of(step, cfg.batch_size),
                                 val=val, best=best)
         if val is not None:
@@ -234,6 +262,7 @@ class Trainer:
         path = self.checkpoints.save(which)
         if which == "last":
             self.saved_step = self.state.step_number
+            self.last_good = path
             self.checkpoint_every.reset()
         self.emit(events.Checkpointed(path=path, why=why, step=self.state.step_number))
 
@@ -350,6 +379,7 @@ class MetricsLog:
 
     def __init__(self, paths: RunPaths):
         self.paths = paths
+        paths.end_metrics_line()  # a line cut short by a crash or an edit stays apart from the next record
         self.writer = tf.summary.create_file_writer(str(paths.tensorboard))
 
     def write(self, record: dict) -> None:

@@ -2,7 +2,9 @@
 
 Progress is a rich display on stderr when stderr is a terminal, otherwise one
 plain line per epoch; samples go to stdout. SIGINT/SIGTERM ask the loop to
-save a checkpoint and stop.
+save a checkpoint and stop. The display never stops the run: when stdout or
+stderr goes away (``| head``), that stream goes quiet and training goes on to
+its end (``console.Unbroken``).
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from textstream.cli.options import add_setting_arguments
 from textstream.config import GROUPS, RUN, TrainConfig, make_config, options
 from textstream.distribute import STRATEGIES
 from textstream.errors import TextstreamError
-from textstream.events import EpochEnd, Event, Finished, Prepared, Samples, Started, StepLogged
-from textstream.run import RunPaths
+from textstream.events import EpochEnd, Event, Finished, Notice, Prepared, Samples, Started, StepLogged
+from textstream.run import CHECKPOINTS, RunPaths
 
 HELP = "train a model (streams windows from disk; samples after each epoch)"
 DESCRIPTION = "Train a character-level LSTM. Prepares the sources first (cached)."
@@ -30,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run directory (default: runs/<preset>)")
     add_setting_arguments(p, groups=(None,))  # --preset
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
+    p.add_argument("--from", dest="resume_from", choices=CHECKPOINTS, metavar="{last,best}",
+                   help="with --resume: the checkpoint to continue from (default last; best when last is damaged)")
     groups = add_setting_arguments(p, groups=GROUPS)  # a flag per TrainConfig field, in groups
     groups[RUN].add_argument("--strategy", choices=STRATEGIES,
                              help="tf.distribute strategy (default auto: mirrored when several GPUs are visible)")
@@ -38,11 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config the flags ask for: a preset with overrides, or with --resume the run's own, resumed."""
     given = {name: getattr(args, name, None) for name in options()}
+    if getattr(args, "resume_from", None) and not args.resume:
+        raise TextstreamError(f"--from {args.resume_from} chooses where a resume starts: give it with --resume")
     if not args.resume:
         return make_config(given.pop("preset") or TrainConfig.preset, **given)
     paths = RunPaths(_run_dir(args))
-    if not paths.config.exists():
-        raise TextstreamError(f"{paths.root}: nothing to resume (no config.json); drop --resume to start a run")
+    paths.check_for_training(resume=True)  # nothing to resume, or no config.json: say so before anything else
     return paths.read_config().resumed(given)
 
 
@@ -71,6 +76,10 @@ class TrainDisplay:
         how = "cached" if event.cached else "prepared"
         self.console.print(f"[dim]corpus {how}: {event.train_chars:,} train + {event.val_chars:,} val "
                            f"characters, {event.vocab_size} symbols ({event.dir})[/dim]")
+
+    @__call__.register
+    def _notice(self, event: Notice) -> None:
+        self.console.print(event.message, style="yellow", markup=False, highlight=False)
 
     @__call__.register
     def _started(self, event: Started) -> None:
@@ -144,9 +153,16 @@ def _fmt_s(s: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textstream.cli.console import ProgressUI, console as _console
+    from textstream.cli.console import unbroken_output
 
     cfg = config_from_args(args)
+    with unbroken_output():  # a reader that goes away stops the display, never the run
+        return _train(args, cfg)
+
+
+def _train(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    from textstream.cli.console import ProgressUI, console as _console
+
     run_dir = _run_dir(args)
     console = _console()
     stop = threading.Event()
@@ -163,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         from textstream.training import train
 
-        train(cfg, args.sources, run_dir, resume=args.resume, on_event=display, should_stop=stop.is_set,
-              on_progress=ui, strategy=args.strategy)
+        train(cfg, args.sources, run_dir, resume=args.resume, resume_from=args.resume_from or "last",
+              on_event=display, should_stop=stop.is_set, on_progress=ui, strategy=args.strategy)
     finally:
         ui.close()
         display.close()

@@ -178,16 +178,16 @@ class RunPaths:
             f.write(json.dumps(record) + "\n")
 
     def end_metrics_line(self) -> None:
-        """End a last line cut short (a crash, a hand edit) so the next record starts a line of its own."""
+        """Check ``metrics.jsonl`` can be appended to, and end a last line cut short (a crash, a hand edit)."""
         try:
-            with open(self.metrics, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                whole = f.read(1) == b"\n"
-        except OSError:  # no file, or an empty one: nothing to end
-            return
-        if not whole:
-            with open(self.metrics, "ab") as f:
-                f.write(b"\n")
+            with open(self.metrics, "ab+") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")  # the next record starts a line of its own (writes go to the end)
+        except OSError as e:
+            raise TextstreamError(f"{self.metrics}: cannot append to the run's log ({e.strerror or e})") from None
 
     def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl`` (those of ``kind`` only, if given); [] when there is none.
@@ -330,7 +330,10 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise TextstreamError(f"{self.paths.lock}: cannot open the run's lock ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

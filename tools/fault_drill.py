@@ -26,14 +26,17 @@ that returns ``Row``s, and may use ``Drill.cli``, ``Drill.base_run``):
   worse than it was.
 
 Commands run in worker processes that import textstream once (``--jobs``), or
-each in its own process (``--isolated``: slower, closest to a user). Prints a
+each in its own process (``--isolated``: slower, closest to a user).
+``--textstream DIR`` runs the commands from another source tree (an older
+checkout, to compare; implies ``--isolated``) while the drill's own checks use this one. Prints a
 table, then a JSON line: ``cases`` (rows), ``clean``, ``failed``, ``kills``,
 ``regressions`` (silent restarts, steps gone back, "best" worsened or lost,
 final weights that differ), and per family.
 
     python tools/fault_drill.py                                   # both families: a few minutes on 2 cores
     python tools/fault_drill.py --kills 25 --jobs 4 --isolated    # more, and closer to a user
-    python tools/fault_drill.py --families damage --files 'checkpoints/last/*' --damages truncated,garbage
+    python tools/fault_drill.py --families damage --files 'run/checkpoints/last/*' --damages truncated,garbage
+    python tools/fault_drill.py --textstream /tmp/old-checkout                # the same cases on older code
 """
 from __future__ import annotations
 
@@ -103,7 +106,7 @@ class Drill:
     args: argparse.Namespace
     work: Path
     corpus: Path
-    env: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)  # the environment of the textstream commands
     kills: int = 0
 
     def cli(self, argv: list[str], timeout: float = 600) -> Call:
@@ -187,9 +190,9 @@ def kill_family(drill: Drill) -> list[Row]:
         if drill.kills < drill.args.kills:
             left = (want["step"] - (before or 0)) / steps_per_s
             kill_after = rng.uniform(0, 0.9 * epoch_s) if drill.kills == 0 else rng.uniform(0, left)
-        got, finished = one_launch(drill, run, launches, before, kill_after, epochs)
+        got, status = one_launch(drill, run, launches, before, kill_after, epochs)
         rows += got
-        if finished:
+        if status != "killed":  # finished, or failed: the same command would fail the same way
             break
     got = end_record(run) or {}
     same = got.get("weights_sha256") == want["weights_sha256"] and got.get("step") == want["step"]
@@ -201,12 +204,12 @@ def kill_family(drill: Drill) -> list[Row]:
 
 
 def one_launch(drill: Drill, run: Path, n: int, before: int | None, kill_after: float | None,
-               extra: list[str]) -> tuple[list[Row], bool]:
+               extra: list[str]) -> tuple[list[Row], str]:
     """Start ``train`` (``--resume`` once there is a checkpoint); SIGKILL it ``kill_after`` s into training.
 
     Training starts when the process says "from step N" (after TensorFlow's
     import, the corpus, the model and the restore). Returns the rows and
-    whether the run finished.
+    what became of the launch: "killed", "finished" or "failed".
     """
     argv = drill.train_argv(run, resume=before is not None, extra=extra)
     with tempfile.NamedTemporaryFile("w+") as err:
@@ -244,7 +247,7 @@ def one_launch(drill: Drill, run: Path, n: int, before: int | None, kill_after: 
         problems.append(call.loud())
     outcome = f"started at {start if start is not None else '-'}, checkpoint {before} -> {after}"
     return [Row("kill", what, "resumes at the last checkpoint", not problems, "; ".join(problems) or outcome,
-                regression)], not killed and call.rc == 0
+                regression)], "killed" if killed else "finished" if call.rc == 0 else "failed"
 
 
 def nothing_to_resume(drill: Drill, run: Path, n: int) -> Row:
@@ -368,9 +371,9 @@ def run_case(case: Case) -> list[Row]:
     shutil.rmtree(here, ignore_errors=True)
     shutil.copytree(case.base, here, symlinks=True)
     run = here / "run"
-    RunPaths(run).write_data(here / "prepared", RunPaths(run).read_data().sources)
     paths = RunPaths(run)
     sources = list(paths.read_data().sources)
+    paths.write_data(here / "prepared", sources)  # the case's own copy of the prepared corpus
     before = State(paths.series("last").step, paths.series("best").step, recorded_best(paths.series("best")))
     target = sorted(here.glob(case.file))[0]
     name = str(target)
@@ -513,12 +516,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--damages", default=",".join(DAMAGES), help=f"damage family: of {', '.join(DAMAGES)}")
     p.add_argument("--jobs", type=int, default=2, help="worker processes for the damage family (default 2)")
     p.add_argument("--isolated", action="store_true", help="each command in its own process (slower)")
+    p.add_argument("--textstream", type=Path, metavar="DIR",
+                   help="run the textstream commands from this source tree (implies --isolated)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     p.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
     args = p.parse_args(argv)
     args.families = [f for f in args.families.split(",") if f]
     args.files = [f for f in args.files.split(",") if f]
     args.damages = [d for d in args.damages.split(",") if d]
+    args.isolated = args.isolated or args.textstream is not None
     unknown = set(args.families) - set(FAMILIES) or set(args.damages) - set(DAMAGES)
     if unknown:
         p.error(f"unknown: {', '.join(sorted(unknown))}")
@@ -533,7 +539,8 @@ def main(argv=None) -> int:
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     os.environ.update({k: env[k] for k in ("TEXTSTREAM_CACHE", "TF_CPP_MIN_LOG_LEVEL", "PYTHONPATH")})
     sys.path.insert(0, str(ROOT))
-    drill = Drill(args, work, write_corpus(work / "corpus.txt", args.corpus_chars), env)
+    commands = str(args.textstream.resolve()) if args.textstream else env["PYTHONPATH"]
+    drill = Drill(args, work, write_corpus(work / "corpus.txt", args.corpus_chars), {**env, "PYTHONPATH": commands})
     t0, rows = time.monotonic(), []
     try:
         for name in args.families:

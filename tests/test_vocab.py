@@ -216,3 +216,24 @@ def test_bad_token_options_are_one_line_and_write_nothing(tmp_path, capsys, argv
     assert not out.exists() and not (tmp_path / "cache").exists()
     with pytest.raises(TextstreamError):
         prepare([src], out, tokens="words")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nietzsche.txt", "kinyarwanda-bible.txt", "tinyshakespeare.txt", None],
+                         ids=["nietzsche", "kinyarwanda", "tinyshakespeare", "embedded-default"])
+def test_small_corpora_keep_todays_representation(tmp_path, name):
+    """auto on the corpora the project measures: every character, ids in code point order, no OOV: as before."""
+    if name is not None and not (KINYARWANDA.parent / name).is_file():
+        pytest.skip("../shared/corpora not present (fresh clone)")
+    sources = [KINYARWANDA.parent / name] if name else []
+    prep = prepare(sources, tmp_path / "auto")
+    text = "".join(prep.vocab.decode(prep.ids(s)) for s in ("train", "val"))
+    chars = sorted(set(text))
+    assert prep.vocab.tokens == "chars" and prep.vocab.oov_id is None and prep.vocab.chars == chars
+    assert prep.vocab.dtype == np.dtype("u1") and prep.train_tokens == prep.train_chars
+    code_points = np.frombuffer(text.encode("utf-32-le"), "<u4")
+    ids = np.searchsorted(np.array([ord(c) for c in chars]), code_points).astype(np.uint8)
+    assert prep.train_path.read_bytes() + prep.val_path.read_bytes() == ids.tobytes()
+    as_chars = prepare(sources, tmp_path / "chars", tokens="chars")
+    assert as_chars.train_path.read_bytes() == prep.train_path.read_bytes()
+    assert as_chars.vocab.counts == prep.vocab.counts

@@ -156,7 +156,9 @@ def test_auto_chooses_bytes_when_rare_characters_are_too_much_of_the_text(tmp_pa
     err = capsys.readouterr().err.splitlines()
     prep = load_prepared(tmp_path / "out")
     assert prep.vocab.is_bytes and decoded(prep) == text
-    assert err[1].startswith(f"tokens: bytes (auto): 256 byte ids for {len(set(text)):,} distinct characters")
+    assert err[1].startswith(f"tokens: bytes (auto): 256 byte ids for {len(set(text)):,} distinct characters "
+                             f"(the 255 most frequent cover 9")
+    assert err[1].endswith(f"% of the text, under 99.99%), {len(text.encode()) / len(text):.3f} bytes per character")
     assert len(err) == 2
 
 

@@ -235,6 +235,7 @@ class TokenChoice:
     mapped: int
     mapped_share: float
     bytes_per_char: float
+    top_coverage: float | None = None  # auto, many characters: the share the 255 most frequent cover
 
     @classmethod
     def of(cls, vocab: Vocab) -> "TokenChoice":
@@ -247,13 +248,18 @@ class TokenChoice:
         mapped = max(0, distinct - (vocab.size - 1)) if oov is not None else 0
         share = counts[oov] / chars if oov is not None and chars and oov < len(counts) else 0.0
         return cls(tokens=vocab.tokens, requested=str(vocab.options.get("tokens", "chars")), symbols=vocab.size,
-                   distinct=distinct, mapped=mapped, mapped_share=share, bytes_per_char=ids / chars if chars else 1.0)
+                   distinct=distinct, mapped=mapped, mapped_share=share, bytes_per_char=ids / chars if chars else 1.0,
+                   top_coverage=meta.get("top_coverage"))
 
     def line(self) -> str:
         """One line for people: what was chosen and, with an out-of-vocabulary id, what it replaces."""
         how = "auto" if self.requested == "auto" else f"--tokens {self.requested}"
         if self.tokens == "bytes":
-            return (f"tokens: bytes ({how}): 256 byte ids for {self.distinct:,} distinct characters, "
+            why = ""
+            if self.top_coverage is not None:
+                why = (f" (the {AUTO_MAX_SYMBOLS - 1} most frequent cover {100 * self.top_coverage:.3f}% of the "
+                       f"text, under {100 * AUTO_COVERAGE:g}%)")
+            return (f"tokens: bytes ({how}): 256 byte ids for {self.distinct:,} distinct characters{why}, "
                     f"{self.bytes_per_char:.3f} bytes per character")
         if self.mapped:
             return (f"tokens: characters ({how}): the {self.symbols - 1:,} most frequent of {self.distinct:,} "
@@ -278,10 +284,16 @@ def choose_tokens(counts: np.ndarray, tokens: str, max_vocab: int | None) -> tup
         return "chars", max_vocab
     if len(counts) <= AUTO_MAX_SYMBOLS:
         return "chars", None
-    top = np.sort(np.asarray(counts, np.int64))[::-1][:AUTO_MAX_SYMBOLS - 1]
-    if int(top.sum()) >= AUTO_COVERAGE * int(np.sum(counts)):
+    if top_coverage(counts) >= AUTO_COVERAGE:
         return "chars", AUTO_MAX_SYMBOLS
     return "bytes", None
+
+
+def top_coverage(counts: np.ndarray) -> float:
+    """The share of the text that its ``AUTO_MAX_SYMBOLS - 1`` most frequent characters make up."""
+    counts = np.asarray(counts, np.int64)
+    top = np.sort(counts)[::-1][:AUTO_MAX_SYMBOLS - 1]
+    return int(top.sum()) / max(1, int(counts.sum()))
 
 
 def byte_counts(counts: np.ndarray, present: np.ndarray) -> list[int]:
@@ -306,6 +318,8 @@ def vocab_for(counts: np.ndarray, total: int, *, tokens: str, max_vocab: int | N
     present = np.flatnonzero(counts)
     meta = {**meta, "distinct_chars": len(present)}
     kind, limit = choose_tokens(counts[present], tokens, max_vocab)
+    if tokens == "auto" and max_vocab is None and len(present) > AUTO_MAX_SYMBOLS:
+        meta["top_coverage"] = top_coverage(counts[present])  # what the rule looked at
     if kind == "bytes":
         return Vocab.of_bytes(byte_counts(counts, present), options, meta), None
     if limit is not None and len(present) > limit:

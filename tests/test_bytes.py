@@ -149,7 +149,7 @@ def test_a_byte_run_trains_validates_generates_and_evaluates(corpus, tmp_path, c
     assert saved["tokens"] == "bytes" and saved["val_tokens"] > saved["val_chars"]
     (val,) = RunPaths(run).read_metrics("val")
     assert val["val_tokens"] > val["val_chars"] == saved["val_chars"]  # every character scored, in bytes
-    assert val["val_bits_per_char"] > val["val_bits_per_token"]
+    assert val["val_bits_per_char"] > val["val_bits_per_token"] and val["val_seconds"] > 0
     result = evaluate(run)
     assert result["tokens"] == "bytes" and result["chars"] == saved["val_chars"]
     assert result["token_count"] == saved["val_tokens"]

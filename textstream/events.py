@@ -95,6 +95,7 @@ class Validation:
     chars: int
     tokens: int | None = None  # None: one per character
     nats_per_token: float | None = None
+    seconds: float | None = None  # how long the validation took
 
     @property
     def bits_per_char(self) -> float:
@@ -122,7 +123,7 @@ class EpochEnd:
             val = self.val
             record.update(val_nats_per_char=val.nats_per_char, val_bits_per_char=val.bits_per_char,
                           val_chars=val.chars, val_bits_per_token=val.bits_per_token,
-                          val_tokens=val.chars if val.tokens is None else val.tokens)
+                          val_tokens=val.chars if val.tokens is None else val.tokens, val_seconds=val.seconds)
         return record
 
 

@@ -248,13 +248,14 @@ class Trainer:
         if len(self.val) == 0:
             return None
         cfg = self.cfg
+        t0 = time.monotonic()
         context = train_context(self.windows.tokens, cfg.seq_len)
         s = score(self.state.model, cfg.objective, cfg.seq_len, IdStream(self.val, context),
                   batch_size=max(8, min(cfg.batch_size, 256)), max_targets=EVAL_MAX_CHARS, vocab=self.vocab)
         if not s.chars:
             return None
         return events.Validation(nats_per_char=s.nats_per_char, chars=s.chars, tokens=s.tokens,
-                                 nats_per_token=s.nats_per_token)
+                                 nats_per_token=s.nats_per_token, seconds=time.monotonic() - t0)
 
     def samples(self, epoch: int, step: int) -> events.Samples:
         """Text after a prime drawn from the training text (chosen by seed and epoch), at each temperature."""

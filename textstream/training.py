@@ -243,8 +243,10 @@ class Trainer:
         self.emit(events.Checkpointed(path=path, why=why, step=self.state.step_number))
 
     def validation(self) -> events.Validation | None:
-        """The loss per character and per token on (up to ``EVAL_MAX_CHARS`` tokens of) the validation split,
-        after the end of the training text."""
+        """The validation loss per character and per token (up to ``EVAL_MAX_CHARS`` tokens of the split).
+
+        The split is read after the end of the training text, as its context.
+        """
         if len(self.val) == 0:
             return None
         cfg = self.cfg

@@ -26,12 +26,16 @@
    inside a cgroup-v1 memory group limited to ``--limit-gb`` (3) GB: the tool
    makes ``/sys/fs/cgroup/memory/textstream-bench-PID``, writes the limit to
    ``memory.limit_in_bytes``, and the child writes its own PID to
-   ``cgroup.procs`` before it execs the command. It reports the group's
-   ``memory.max_usage_in_bytes`` (page cache included, which the kernel
-   reclaims at the limit) for the preparation and the training separately
-   (reset when the prepared ``vocab.json`` appears), the peak of the group's
-   anonymous memory (``memory.stat`` rss, polled) and the child's own peak RSS.
-   Without a writable cgroup it says so and runs nothing.
+   ``cgroup.procs`` before it execs the command. The corpus is dropped from
+   the page cache first (``posix_fadvise(DONTNEED)``), so that the group reads
+   it from disk and its page cache counts against the limit, and the run uses
+   a cache directory of its own, emptied first, so that it prepares. It
+   reports the group's ``memory.max_usage_in_bytes`` (page cache included,
+   which the kernel reclaims at the limit) for the preparation and the
+   training separately (reset when the prepared ``vocab.json`` appears), the
+   peaks of the group's anonymous memory and page cache (``memory.stat`` rss
+   and cache, polled) and the child's own peak RSS. Without a writable cgroup
+   it says so and runs nothing.
 
 The machine's load average is printed before each measurement: ratios of
 runs measured one after the other under the same load still mean something.
@@ -261,15 +265,27 @@ class MemoryGroup:
 
 
 def watch(group: MemoryGroup, prepared_marker, stop: threading.Event, seen: dict) -> None:
-    """Poll the group: its peak anonymous memory, and the end of the preparation (max usage read and reset)."""
+    """Poll the group: its peak anonymous memory and page cache, and the end of the preparation.
+
+    When the preparation ends, its peaks are kept (``prepare_*``) and the group's max usage is reset.
+    """
     while not stop.wait(0.25):
-        seen["rss_max"] = max(seen.get("rss_max", 0), group.stat("rss"))
+        for key in ("rss", "cache"):
+            seen[key] = max(seen.get(key, 0), group.stat(key))
         if "prepare_max_usage" not in seen and prepared_marker():
-            seen["prepare_max_usage"] = group.read("memory.max_usage_in_bytes")
-            seen["prepare_rss_max"] = seen["rss_max"]
-            seen["prepared_at"] = time.monotonic()
+            seen.update(prepare_max_usage=group.read("memory.max_usage_in_bytes"), prepare_rss=seen["rss"],
+                        prepare_cache=seen["cache"], prepared_at=time.monotonic(), rss=0, cache=0)
             group.reset_max()
-            seen["rss_max"] = 0
+
+
+def drop_from_page_cache(path: Path) -> None:
+    """Ask the kernel to forget the cached pages of ``path`` (written back first), so that it is read from disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def bench_beyond_ram(args, cache: Path, work: Path, log_dir: Path, result: dict) -> None:
@@ -282,18 +298,20 @@ def bench_beyond_ram(args, cache: Path, work: Path, log_dir: Path, result: dict)
     corpus = real_corpus(cache, args.huge_mb)
     print(f"beyond RAM: {args.huge_mb:g} MB corpus ({time.monotonic() - t0:.0f} s to build or find), "
           f"limit {args.limit_gb:g} GB; {load()}", flush=True)
+    own_cache = cache / "beyond-ram"  # emptied: the run prepares the corpus itself
+    shutil.rmtree(own_cache, ignore_errors=True)
+    own_cache.mkdir(parents=True)
+    drop_from_page_cache(corpus)
     group = MemoryGroup(int(args.limit_gb * 1e9))
-    prepared = cache / "prepared"
-    before = set(prepared.glob("*/vocab.json")) if prepared.exists() else set()
     seen: dict = {}
     stop = threading.Event()
     watcher = threading.Thread(target=watch, daemon=True, args=(
-        group, lambda: bool(set(prepared.glob("*/vocab.json")) - before), stop, seen))
+        group, lambda: any(own_cache.glob("prepared/*/vocab.json")), stop, seen))
     run = work / "run-huge"
     t0 = time.monotonic()
     watcher.start()
     try:
-        child = run_child(train_cmd(corpus, run, args.ram_steps), log_dir, "train-huge", env=child_env(cache),
+        child = run_child(train_cmd(corpus, run, args.ram_steps), log_dir, "train-huge", env=child_env(own_cache),
                           preexec_fn=group.enter)
         ok, error = True, None
     except ChildFailed as e:
@@ -304,11 +322,15 @@ def bench_beyond_ram(args, cache: Path, work: Path, log_dir: Path, result: dict)
     out = {"corpus_mb": args.huge_mb, "limit_bytes": group.limit, "steps": args.ram_steps, "ok": ok,
            "wall_s": child["wall_s"], "child_peak_rss_mb": child["peak_rss_mb"],
            "prepare_max_usage_mb": seen.get("prepare_max_usage", 0) / 2**20,
-           "prepare_rss_max_mb": seen.get("prepare_rss_max", 0) / 2**20,
+           "prepare_rss_max_mb": seen.get("prepare_rss", 0) / 2**20,
+           "prepare_cache_max_mb": seen.get("prepare_cache", 0) / 2**20,
            "prepare_s": seen["prepared_at"] - t0 if "prepared_at" in seen else None,
            "train_max_usage_mb": group.read("memory.max_usage_in_bytes") / 2**20,
-           "train_rss_max_mb": seen.get("rss_max", 0) / 2**20, "failcnt": group.read("memory.failcnt")}
+           "train_rss_max_mb": seen.get("rss", 0) / 2**20, "train_cache_max_mb": seen.get("cache", 0) / 2**20,
+           "failcnt": group.read("memory.failcnt")}
     group.remove()
+    if not args.keep:
+        shutil.rmtree(own_cache, ignore_errors=True)
     if ok:
         end = records(run, "end")[-1]
         out.update(final_step=end["step"], chars_per_s=end["char_steps_per_s"])
@@ -316,9 +338,10 @@ def bench_beyond_ram(args, cache: Path, work: Path, log_dir: Path, result: dict)
         out["error"] = error.splitlines()[0]
     print(f"  {'succeeded' if ok else 'FAILED'} in {out['wall_s']:.0f} s (preparation {out['prepare_s'] or 0:.0f} s): "
           f"group max usage {out['prepare_max_usage_mb']:,.0f} MiB preparing, {out['train_max_usage_mb']:,.0f} MiB "
-          f"training (page cache included; limit {group.limit / 2**20:,.0f} MiB); anonymous memory peak "
-          f"{out['prepare_rss_max_mb']:,.0f} / {out['train_rss_max_mb']:,.0f} MiB; child peak RSS "
-          f"{out['child_peak_rss_mb'] or 0:,.0f} MiB", flush=True)
+          f"training (page cache included; limit {group.limit / 2**20:,.0f} MiB); peaks preparing / training: "
+          f"anonymous {out['prepare_rss_max_mb']:,.0f} / {out['train_rss_max_mb']:,.0f} MiB, page cache "
+          f"{out['prepare_cache_max_mb']:,.0f} / {out['train_cache_max_mb']:,.0f} MiB; child peak RSS "
+          f"{out['child_peak_rss_mb'] or 0:,.0f} MiB; limit hit {out['failcnt']:,} times", flush=True)
     if error:
         print(f"  {error}", flush=True)
     result["beyond_ram"] = out

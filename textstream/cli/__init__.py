@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import NoReturn, Sequence
 
-from textstream.cli import corpora, evaluate, generate, prepare, train
+from textstream.cli import corpora, evaluate, generate, prepare, serve, train
 from textstream.errors import Interrupted, TextstreamError
 
 PROG = "textstream"
@@ -26,6 +26,7 @@ COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "generate": generate,
     "eval": evaluate,
+    "serve": serve,
 }
 
 

@@ -28,9 +28,12 @@ Invariants:
   slot is free for the next request; ``admit`` refuses when no slot is free.
 
 ``k`` adapts so that a call takes about ``call_s`` (text reaches readers
-steadily, and a new request waits at most one call to join); a call that
-carries a new stream generates at most ``FIRST_K`` so its first characters
-come quickly.
+steadily, and a new request waits at most one call to join), longer for
+large batches so that the streams get at most ``EVENTS_PER_S`` updates per
+second together (each update costs Python work on the server and the client:
+with 256 streams and short calls that work, not the model, would set the
+pace); a call that carries a new stream generates at most ``FIRST_K`` so its
+first characters come quickly.
 
     engine = Engine(generator.backend, generator.vocab, max_streams=64, notify=print)
     engine.start()
@@ -53,6 +56,7 @@ from textstream.vocab import Vocab
 FIRST_K = 4  # characters generated in a call that carries a new stream (its first text comes quickly)
 K_CAP = 256  # characters per call at most
 CALL_S = 0.025  # a call's target duration: k grows or shrinks to it
+EVENTS_PER_S = 2000  # stream updates per second at most (each costs Python work: decode, an HTTP event, a client)
 FEED_CHUNK = 256  # prompt characters fed per stream per call
 BUFFER_CHARS = 16384  # unread characters a stream may hold before it sits out (its reader is slow)
 IDLE_WAIT_S = 0.5  # how long the loop sleeps with nothing to do before checking again
@@ -405,7 +409,8 @@ class Engine:
     def _choose_k(self, ready: list[Stream], n_feed: int) -> int:
         """Characters for this call: about ``call_s`` of work, ``FIRST_K`` when a stream starts, no more than needed."""
         per_step = self._step_s.get(_size_class(len(ready)))
-        k = FIRST_K if per_step is None else int(self.call_s / per_step) - n_feed
+        target = max(self.call_s, len(ready) / EVENTS_PER_S)
+        k = FIRST_K if per_step is None else int(target / per_step) - n_feed
         if not all(s.started for s in ready):
             k = min(k, FIRST_K)
         need = max(s.spec.max_chars - s.taken for s in ready)

@@ -20,7 +20,8 @@ openai = pytest.importorskip("openai", reason="the openai client is not installe
 
 from textstream.cli import main  # noqa: E402
 from textstream.serve.app import ServeConfig, Server  # noqa: E402
-from textstream.serve.engine import FEED_CHUNK, Engine, EngineFull, StreamSpec  # noqa: E402
+from textstream.serve.engine import FEED_CHUNK, Engine, EngineFull  # noqa: E402
+from textstream.serve.stream import StreamSpec  # noqa: E402
 from textstream.serve.protocol import Limits  # noqa: E402
 
 PRIME = "it was the "

@@ -1,5 +1,6 @@
 """``textstream serve``: an OpenAI-compatible streaming text server with continuous batching.
 
+* ``stream.py``: one stream: its spec, stop strings, the bounded buffer its reader takes from;
 * ``engine.py``: the continuous-batching loop (a thread over a step backend's
   ``advance_rows``); no TensorFlow, no HTTP;
 * ``protocol.py``: OpenAI completions requests checked, responses shaped; no HTTP;

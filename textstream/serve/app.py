@@ -32,7 +32,8 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 
 from textstream.sampling import stream_seeds
-from textstream.serve.engine import BUFFER_CHARS, CALL_S, Engine, EngineClosed, EngineFull, Stream, StreamSpec
+from textstream.serve.engine import CALL_S, Engine, EngineClosed, EngineFull
+from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
 from textstream.serve.protocol import (ApiError, CompletionRequest, Limits, check_model, choice, completion,
                                        completion_id, encode_prompts, error_body, model_card, model_list, now,
                                        parse_completion, usage)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -56,9 +57,10 @@ from textstream.vocab import Vocab
 
 FIRST_K = 4  # characters generated in a call that carries a new stream (its first text comes quickly)
 K_CAP = 256  # characters per call at most
-CALL_S = 0.025  # a call's target duration: k grows or shrinks to it
-EVENTS_PER_S = 2000  # stream updates per second at most (each costs Python work: decode, an HTTP event, a client)
+CALL_S = 0.05  # a call's target duration: k grows or shrinks to it
+EVENTS_PER_S = 1000  # stream updates per second at most (each costs Python work: decode, an HTTP event, a client)
 FEED_CHUNK = 256  # prompt characters fed per stream per call
+RECENT_CALLS = 16  # calls per batch size class that the step-time estimate looks at
 IDLE_WAIT_S = 0.5  # how long the loop sleeps with nothing to do before checking again
 
 __all__ = ["Engine", "EngineStats", "EngineFull", "EngineClosed"]
@@ -118,7 +120,7 @@ class Engine:
         self._accepting = True
         self._next_id = 0
         self._active: list[Stream] = []  # engine thread only
-        self._step_s: dict[int, float] = {}  # seconds per character step, by batch size bucket
+        self._step_s: dict[int, deque[float]] = {}  # recent seconds per character step, by batch size class
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -138,10 +140,12 @@ class Engine:
         """
         layers, units = self.backend.layers, self.backend.units
         for b in range(1, (max_batch or self.max_streams) + 1):
-            zeros = np.zeros((layers, b, units), np.float32)
-            rows = RowBatch(h=zeros, c=zeros.copy(), seeds=np.zeros(b, np.uint32), positions=np.zeros(b, np.uint32),
-                            temperature=np.ones(b, np.float32), top_p=np.ones(b, np.float32))
-            self.backend.advance_rows(rows, 1)
+            for top_p in (1.0, 0.5):  # without top-p, and with it (a backend may compile the two apart)
+                zeros = np.zeros((layers, b, units), np.float32)
+                rows = RowBatch(h=zeros, c=zeros.copy(), seeds=np.zeros(b, np.uint32),
+                                positions=np.zeros(b, np.uint32), temperature=np.ones(b, np.float32),
+                                top_p=np.full(b, top_p, np.float32))
+                self.backend.advance_rows(rows, 1)
 
     def admit(self, specs: Sequence[StreamSpec]) -> list[Stream]:
         """New streams for ``specs``, all or none: ``EngineFull`` when too few slots are free."""
@@ -282,7 +286,8 @@ class Engine:
 
     def _choose_k(self, ready: list[Stream], n_feed: int) -> int:
         """Characters for this call: about ``call_s`` of work, ``FIRST_K`` when a stream starts, no more than needed."""
-        per_step = self._step_s.get(_size_class(len(ready)))
+        recent = self._step_s.get(_size_class(len(ready)))
+        per_step = min(recent) if recent else None  # the least: a call the OS put aside says nothing of the model
         target = max(self.call_s, len(ready) / EVENTS_PER_S)
         k = FIRST_K if per_step is None else int(target / per_step) - n_feed
         if not all(s.started for s in ready):
@@ -291,11 +296,9 @@ class Engine:
         return max(1, min(k, K_CAP, need))
 
     def _learn(self, batch: int, seconds: float, steps: int) -> None:
-        """Update the seconds-per-step estimate for this batch size (a moving average)."""
+        """Remember this call's seconds per step for its batch size class (the last ``RECENT_CALLS``)."""
         self.stats.call_seconds = seconds
-        key, x = _size_class(batch), seconds / max(1, steps)
-        old = self._step_s.get(key)
-        self._step_s[key] = x if old is None else 0.7 * old + 0.3 * x
+        self._step_s.setdefault(_size_class(batch), deque(maxlen=RECENT_CALLS)).append(seconds / max(1, steps))
 
 
 def _size_class(b: int) -> int:

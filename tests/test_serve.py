@@ -284,6 +284,38 @@ def test_drain_lets_running_streams_finish_and_refuses_new_ones(tiny_gen):
     s.close()
 
 
+class BrokenBackend(SlowBackend):
+    """A backend whose calls fail after the first ``good`` ones."""
+
+    def __init__(self, backend, good: int):
+        super().__init__(backend, 0.0)
+        self.good = good
+
+    def advance_rows(self, rows, k, feed=None):
+        self.good -= 1
+        if self.good < 0:
+            raise RuntimeError("the device fell over")
+        return self.backend.advance_rows(rows, k, feed)
+
+
+def test_an_engine_failure_is_a_503_error_never_a_traceback(tiny_gen, caplog):
+    from textstream.generate import Generator
+
+    broken = Generator(BrokenBackend(tiny_gen.backend, good=2), tiny_gen.vocab, data_dir=tiny_gen.data_dir)
+    s = ServerThread(broken, max_streams=4, api_key=KEY)
+    try:
+        stream = s.client().completions.create(model=MODEL, prompt=PRIME, max_tokens=10 ** 4, seed=1, stream=True)
+        with pytest.raises(openai.APIError, match="engine failed"):
+            for _ in stream:
+                pass
+        status, _, body = post(s.url + "/v1/completions", GOOD)
+        assert status == 503 and body["error"]["code"] == "engine_error" and _is_openai_error(body)
+        assert s.health()["status"] == "failed"
+    finally:
+        s.close()
+    assert "the device fell over" in caplog.text  # the traceback goes to the log, not to the client
+
+
 # --- bad requests: an OpenAI error with the right status, never a 500 ------------------------------------
 GOOD = {"model": MODEL, "prompt": PRIME, "max_tokens": 5}
 BAD = [  # (body changes, status, param, code)

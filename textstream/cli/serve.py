@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
                          api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
                          limits=Limits(model=name, max_tokens=args.max_tokens, max_n=args.max_n),
                          grace_s=args.grace)
+    logging.basicConfig(format="textstream serve: %(levelname)s: %(message)s")  # faults, with their traceback
     _status(f"loading {paths.root} and compiling for up to {args.max_streams} streams")
     server = Server(Generator.load(paths.root, args.checkpoint, warm=False), config)
     server.warm()

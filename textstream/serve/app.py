@@ -35,7 +35,7 @@ from textstream.sampling import stream_seeds
 from textstream.serve.engine import CALL_S, Engine, EngineClosed, EngineFull
 from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
 from textstream.serve.protocol import (ApiError, CompletionRequest, Limits, check_model, choice, completion,
-                                       completion_id, encode_prompts, error_body, model_card, model_list, now,
+                                       completion_id, encode_prompts, model_card, model_list, now,
                                        parse_completion, usage)
 
 log = logging.getLogger("textstream.serve")
@@ -43,6 +43,8 @@ log = logging.getLogger("textstream.serve")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
 SHUTTING_DOWN = ApiError(503, "the server is shutting down", type="server_error", code="server_shutting_down")
+ENGINE_FAILED = ApiError(503, "the generation engine failed (see the server's log)", type="server_error",
+                         code="engine_error")
 
 
 @dataclass
@@ -77,8 +79,12 @@ class Server:
         self._site: web.TCPSite | None = None
 
     def warm(self) -> None:
-        """Run the backend once for every batch size up to ``max_streams`` (compiles now, not mid-service)."""
+        """Run the backend once for every batch size up to ``max_streams`` (compiles now, not mid-service).
+
+        Also reads the validation text that empty prompts draw their prime from.
+        """
         self.engine.warm()
+        self.generator.default_prime(0)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def application(self) -> web.Application:
@@ -186,12 +192,15 @@ class Server:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/completions``: checks, admits the streams, answers with SSE or one JSON."""
+        if self.engine.error is not None:
+            raise ENGINE_FAILED
         if self.draining:
             raise SHUTTING_DOWN
         req = parse_completion(await _json_body(request), self.config.limits)
         if req.choices > self.engine.max_streams:
             raise ApiError(400, f"{req.choices} completions asked at once; this server runs at most "
-                                f"{self.engine.max_streams}", param="n", code="invalid_value")
+                                f"{self.engine.max_streams}", param="n" if req.n > 1 else "prompt",
+                           code="invalid_value")
         specs, prompt_chars = self._specs(req)
         try:
             streams = self.engine.admit(specs)
@@ -199,7 +208,7 @@ class Server:
             raise ApiError(429, f"all {self.engine.max_streams} streams are busy: retry shortly", type="requests",
                            code="rate_limit_exceeded", headers={"Retry-After": str(self.config.retry_after_s)})
         except EngineClosed:
-            raise SHUTTING_DOWN from None
+            raise (ENGINE_FAILED if self.engine.error is not None else SHUTTING_DOWN) from None
         event = asyncio.Event()
         for s in streams:
             self._events[s.id] = event
@@ -232,7 +241,9 @@ class Server:
         async for i, text, finish in _updates(streams, event):
             texts[i].append(text)
             finishes[i] = finish
-        _raise_if_cut(finishes)
+        cut = _cut_short(finishes)
+        if cut is not None:
+            raise cut
         return web.json_response(reply.whole(["".join(t) for t in texts], finishes))
 
     async def _stream(self, request: web.Request, reply: "_Reply", streams: list[Stream],
@@ -244,8 +255,9 @@ class Server:
                 await resp.write(b"".join(reply.event(i, reply.prompt_of(i), None, count=False)
                                             for i in range(len(streams))))
             async for batch in _batches(streams, event):
-                if any(f in ("cancelled", "error") for _, _, f in batch):
-                    await resp.write(_sse(error_body(*_cut_reason(batch))))
+                cut = _cut_short([f for _, _, f in batch])
+                if cut is not None:  # an error event (OpenAI's clients raise it), and no [DONE]
+                    await resp.write(_sse(cut.body()))
                     return resp
                 await resp.write(b"".join(reply.event(i, text, finish) for i, text, finish in batch))
             tail = _sse(reply.usage_chunk()) if reply.req.include_usage else b""
@@ -312,17 +324,13 @@ async def _batches(streams: list[Stream], event: asyncio.Event) -> AsyncIterator
             yield batch
 
 
-def _raise_if_cut(finishes: list[str | None]) -> None:
+def _cut_short(finishes: list[str | None]) -> ApiError | None:
+    """Why a stream of the request ended before its end: the engine failed or the server is shutting down."""
     if "error" in finishes:
-        raise ApiError(500, "the generation engine failed", type="server_error", code="engine_error")
-    if "cancelled" in finishes:
-        raise SHUTTING_DOWN
-
-
-def _cut_reason(batch) -> tuple[str]:
-    if any(f == "error" for _, _, f in batch):
-        return ("the generation engine failed",)
-    return ("the server is shutting down: the stream was cancelled",)
+        return ENGINE_FAILED
+    if "cancelled" in finishes:  # the client's own cancellations never get here: its handler is gone
+        return SHUTTING_DOWN
+    return None
 
 
 async def _json_body(request: web.Request):

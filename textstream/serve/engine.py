@@ -27,7 +27,8 @@ Invariants:
 * a cancelled stream (the client went away) leaves at the next turn and its
   slot is free for the next request; ``admit`` refuses when no slot is free.
 
-``k`` adapts so that a call takes about ``call_s`` (text reaches readers
+``k`` adapts (from the least seconds per step of the recent calls of about
+this batch size) so that a call takes about ``call_s`` (text reaches readers
 steadily, and a new request waits at most one call to join), longer for
 large batches so that the streams get at most ``EVENTS_PER_S`` updates per
 second together (each update costs Python work on the server and the client:
@@ -42,6 +43,7 @@ first characters come quickly.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -64,6 +66,8 @@ RECENT_CALLS = 16  # calls per batch size class that the step-time estimate look
 IDLE_WAIT_S = 0.5  # how long the loop sleeps with nothing to do before checking again
 
 __all__ = ["Engine", "EngineStats", "EngineFull", "EngineClosed"]
+
+log = logging.getLogger("textstream.serve")
 
 
 class EngineFull(Exception):
@@ -211,6 +215,7 @@ class Engine:
                     self._wake.wait(IDLE_WAIT_S)
             self._retire(list(self._active), "cancelled")
         except BaseException as e:  # noqa: BLE001: the readers must hear of it; the app reports it
+            log.error("the generation engine failed", exc_info=e)
             self.error = e
             with self._lock:
                 self._accepting = False

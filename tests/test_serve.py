@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="the serve extra is not installed (pip install -e '.[test]')")
@@ -393,6 +392,18 @@ def test_serve_without_the_extra_says_how_to_install_it(tiny_run, monkeypatch, c
     assert main(["serve", str(tiny_run)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == 'textstream: serve needs the serve extra: pip install "textstream[serve]"\n'
+
+
+def test_serve_on_a_taken_port_is_one_line(tiny_run, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_run), "--port", str(port), "--max-streams", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"textstream: cannot listen on 127.0.0.1:{port} ("), err
 
 
 def test_engine_protocol_and_command_import_no_tensorflow_or_http():

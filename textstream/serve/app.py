@@ -31,6 +31,7 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
+from textstream.generate import Generator
 from textstream.sampling import stream_seeds
 from textstream.serve.engine import CALL_S, Engine, EngineClosed, EngineFull
 from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
@@ -66,7 +67,7 @@ class ServeConfig:
 class Server:
     """The aiohttp application over an ``Engine`` for a ``Generator``'s model: start, serve, drain."""
 
-    def __init__(self, generator, config: ServeConfig):
+    def __init__(self, generator: Generator, config: ServeConfig):
         self.generator = generator
         self.config = config
         self.engine = Engine(generator.backend, generator.vocab, max_streams=config.max_streams,
@@ -97,14 +98,21 @@ class Server:
         return app
 
     async def start(self) -> tuple[str, int]:
-        """Start the engine thread and listen; returns ``(host, port)`` (the real port when asked for 0)."""
+        """Listen and start the engine thread; returns ``(host, port)`` (the real port when asked for 0).
+
+        ``OSError`` when the address cannot be bound (nothing is left running).
+        """
         self._loop = asyncio.get_running_loop()
-        self.engine.start()
         self._runner = web.AppRunner(self.application(), handler_cancellation=True, access_log=None,
                                      shutdown_timeout=2.0)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        self.engine.start()
         host, port = self._runner.addresses[0][:2]
         return host, port
 

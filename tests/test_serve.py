@@ -223,6 +223,30 @@ def test_a_slow_reader_sits_out_and_never_slows_the_others(tiny_gen):
         engine.close()
 
 
+def test_a_client_that_stops_reading_is_paused_over_http(tiny_gen):
+    import socket
+
+    s = ServerThread(tiny_gen, max_streams=2, api_key=KEY, buffer_chars=1024, max_tokens=10 ** 9)
+    body = json.dumps({"model": MODEL, "prompt": PRIME, "max_tokens": 10 ** 9, "stream": True}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's writes soon block
+    try:
+        sock.connect(("127.0.0.1", int(s.url.rsplit(":", 1)[1])))
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n" + body)
+        s.wait_until(lambda: s.health()["paused"] == 1)  # it reads nothing: its stream sits out
+        calls = s.health()["calls"]
+        r = s.client().completions.create(model=MODEL, prompt=PRIME, max_tokens=3000, seed=5)
+        assert r.choices[0].text == expected(tiny_gen, PRIME, 3000, seed=5)  # the other stream went on
+        assert s.health()["calls"] > calls
+        s.wait_until(lambda: s.health()["paused"] == 1)  # (the kernel's send buffer may grow a while: it waits)
+    finally:
+        sock.close()  # and when it goes away, its slot is freed
+    s.wait_until(lambda: s.health()["streams"] == 0)
+    s.close()
+
+
 def test_a_client_that_disconnects_frees_its_slot(tiny_gen):
     s = ServerThread(tiny_gen, max_streams=1, api_key=KEY, max_tokens=10 ** 8)
     body = {"model": MODEL, "prompt": PRIME, "max_tokens": 10 ** 8, "stream": True}

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="the serve extra is not installed (pip install -e '.[test]')")
@@ -199,11 +200,45 @@ def test_a_seeds_text_is_the_same_whatever_else_is_served(tiny_gen):
     assert calls < sum(n for _, n, *_ in jobs) / 4  # the streams shared calls: they were batched
 
 
+def test_top_p_of_one_filters_nothing_even_where_the_cumulative_sum_rounds_to_one(tiny_gen):
+    from textstream._tf import tf
+    from textstream.sampling_tf import choose
+
+    # character 1 has probability ~1.5e-8: the mass above it rounds to 1.0 in float32, yet noise can pick it
+    logits, noise, t = tf.constant([[0.0, -18.0]]), tf.constant([[0.0, 19.0]]), tf.constant([1.0])
+    assert int(choose(logits, t, noise)[0]) == 1
+    assert int(choose(logits, t, noise, top_p=tf.constant([1.0]))[0]) == 1  # a row with top-p 1: no filter
+    assert int(choose(logits, t, noise, top_p=tf.constant([0.9]))[0]) == 0
+
+
+def test_rows_with_and_without_top_p_share_a_call_exactly(tiny_gen):
+    from textstream.backend import RowBatch
+    from textstream.sampling import seed_u32
+
+    backend, prime = tiny_gen.backend, tiny_gen.encode(PRIME)
+
+    def rows(settings):
+        b = len(settings)
+        zeros = np.zeros((backend.layers, b, backend.units), np.float32)
+        return RowBatch(zeros, zeros.copy(), np.array([seed_u32(s) for s, _, _ in settings], np.uint32),
+                        np.zeros(b, np.uint32), np.array([t for _, t, _ in settings], np.float32),
+                        np.array([p for _, _, p in settings], np.float32))
+
+    settings = [(1, 1.0, 1.0), (2, 0.7, 0.6), (3, 1.3, 1.0), (4, 0.0, 0.9), (5, 2.0, 1.0)]
+    together = backend.advance_rows(rows(settings), 400, [prime] * len(settings))
+    for row, (seed, t, p) in zip(together, settings):
+        alone = backend.advance_rows(rows([(seed, t, p)]), 400, [prime])[0]
+        assert (row == alone).all()
+        assert tiny_gen.vocab.decode(row) == expected(tiny_gen, PRIME, 400, seed=seed, temperature=t,
+                                                      top_p=None if p >= 1 else p)
+
+
 def test_a_slow_reader_sits_out_and_never_slows_the_others(tiny_gen):
     engine = Engine(tiny_gen.backend, tiny_gen.vocab, max_streams=2, buffer_chars=64).start()
     try:
         prime = tiny_gen.encode(PRIME)
-        slow, fast = engine.admit([StreamSpec(prime, seed=1, max_chars=3000), StreamSpec(prime, seed=2, max_chars=3000)])
+        slow, fast = engine.admit([StreamSpec(prime, seed=1, max_chars=3000),
+                                   StreamSpec(prime, seed=2, max_chars=3000)])
         text, finish = [], None
         while finish is None:  # the fast reader reads everything while the slow one reads nothing
             part, finish = fast.take()

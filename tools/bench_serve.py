@@ -167,7 +167,8 @@ def show(row: dict) -> None:
     print(f"{row['clients']:4d} clients: {row['aggregate_chars_per_s']:9,.0f} chars/s aggregate, "
           f"{row['per_client_chars_per_s_median']:8,.0f} per client (median; slowest "
           f"{row['per_client_chars_per_s_min']:,.0f}), first character p50 {row['ttfc_p50_ms']:.1f} ms "
-          f"p99 {row['ttfc_p99_ms']:.1f} ms, {row['errors']} errors, server peak RSS {row['server_peak_rss_mb']:.0f} MB, "
+          f"p99 {row['ttfc_p99_ms']:.1f} ms, {row['errors']} errors, "
+          f"server peak RSS {row['server_peak_rss_mb']:.0f} MB, "
           f"{row['server_calls']} calls (~{row['chars_per_stream_per_call']:.0f} chars/stream/call), "
           f"server {row['server_chars_per_cpu_s']:,.0f} chars/CPU-s", flush=True)
 

@@ -367,8 +367,9 @@ def _http_error(e: web.HTTPException) -> ApiError:
     message = {413: "the request body is too large"}.get(status, e.reason or "error")
     if status == 404:
         message = "no such endpoint"
+    allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None  # 405 says which methods
     return ApiError(status, message, type="invalid_request_error" if status < 500 else "server_error",
-                    code=_HTTP_CODES.get(status), headers={"Allow": e.headers["Allow"]} if "Allow" in e.headers else None)
+                    code=_HTTP_CODES.get(status), headers=allow)
 
 
 async def serve(server: Server, *, on_ready: Callable[[str, int], None] | None = None) -> None:

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from textstream.backend import BACKENDS
 from textstream.cli.options import positive_int
 from textstream.errors import TextstreamError
 from textstream.generate import Generator
@@ -37,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV}, else none)")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: RUN_DIR's name)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument("--backend", choices=BACKENDS, default="tf",
+                   help="step backend (default tf: the compiled XLA step, the fastest for many streams at once; "
+                        "numpy: no TensorFlow)")
     p.add_argument("--max-tokens", type=positive_int, default=4096, metavar="N",
                    help="largest max_tokens (characters) a request may ask (default 4096)")
     p.add_argument("--max-n", type=positive_int, default=16, metavar="N", help="largest n (default 16)")
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                          grace_s=args.grace)
     logging.basicConfig(format="textstream serve: %(levelname)s: %(message)s")  # faults, with their traceback
     _status(f"loading {paths.root} and compiling for up to {args.max_streams} streams")
-    server = Server(Generator.load(paths.root, args.checkpoint, warm=False), config)
+    server = Server(Generator.load(paths.root, args.checkpoint, warm=False, backend=args.backend), config)
     server.warm()
 
     def ready(host: str, port: int) -> None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-from textstream.sampling import find_stop, held_back
+from textstream.sampling import StopCut
 
 BUFFER_CHARS = 16384  # unread characters a stream may hold before it sits out (its reader is slow)
 
-__all__ = ["Stream", "StreamSpec", "StopCut", "BUFFER_CHARS"]
+__all__ = ["Stream", "StreamSpec", "BUFFER_CHARS"]
 
 
 @dataclass(frozen=True)
@@ -31,33 +31,6 @@ class StreamSpec:
     top_p: float | None = None
     max_chars: int = 16
     stops: tuple[str, ...] = ()
-
-
-class StopCut:
-    """Cuts a stream's text at the first stop string, holding back what may still become one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = list(stops)
-        self.pending = ""
-
-    def __call__(self, text: str) -> tuple[str, bool]:
-        """``(text to emit now, whether a stop string ended the stream)`` after ``text`` arrives."""
-        text = self.pending + text
-        if not self.stops:
-            self.pending = ""
-            return text, False
-        cut = find_stop(text, self.stops)
-        if cut is not None:
-            self.pending = ""
-            return text[:cut], True
-        keep = held_back(text, self.stops)
-        self.pending = text[len(text) - keep:]
-        return text[:len(text) - keep], False
-
-    def flush(self) -> str:
-        """What was held back (the stream ends without a stop string)."""
-        text, self.pending = self.pending, ""
-        return text
 
 
 class Stream:

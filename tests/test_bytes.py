@@ -87,6 +87,17 @@ def test_stop_strings_and_primes_work_on_decoded_text():
     assert s.sample(3) == "€"
 
 
+def test_feeding_text_ends_a_character_sampled_only_in_part():
+    """Bytes held back before ``feed`` can no longer be completed: U+FFFD, never glued to later bytes."""
+    gen = byte_model(cycle("€"))
+    s = gen.session("€", temperature=0.0)
+    assert s.sample(1) == ""  # E2 held back
+    s.feed("€")  # the model reads a whole other character after it
+    assert s.sample(3) == "\ufffd€"
+    s.feed("€")  # nothing held back: nothing owed
+    assert s.sample(3) == "€"
+
+
 def test_a_sampled_lone_continuation_byte_becomes_u_fffd():
     gen = byte_model(always=0x80)
     assert gen.generate(["x"], 5, temperature=1.0, seed=1)[0] == "\ufffd" * 5

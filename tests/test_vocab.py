@@ -10,7 +10,7 @@ from textstream import vocab as vocab_module
 from textstream.cli import main
 from textstream.errors import TextstreamError
 from textstream.preparation import load_prepared, prepare
-from textstream.vocab import (AUTO_MAX_SYMBOLS, OOV_CHAR, ByteDecoder, TokenChoice, Vocab, choose_tokens,
+from textstream.vocab import (AUTO_MAX_SYMBOLS, OOV_CHAR, ByteDecoder, CharDecoder, TokenChoice, Vocab, choose_tokens,
                               vocab_for)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_vocab_json_without_tokens_means_characters(tmp_path):
            "dtype": "|u1", "size": 2, "options": {"lowercase": False}, "train_chars": 4, "val_chars": 0}
     (tmp_path / "vocab.json").write_text(json.dumps(old), encoding="utf-8")
     v = Vocab.load(tmp_path / "vocab.json")
-    assert v.tokens == "chars" and v.chars == ["a", "b"] and v.decoder() == v.decode
+    assert v.tokens == "chars" and v.chars == ["a", "b"] and isinstance(v.decoder(), CharDecoder)
     assert TokenChoice.of(v).line() == "tokens: characters (--tokens chars): 2 distinct characters"
     (tmp_path / "vocab.json").write_text(json.dumps({**old, "tokens": "words"}), encoding="utf-8")
     with pytest.raises(TextstreamError, match="unknown tokens 'words'"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -246,17 +245,20 @@ class Session:
         self.unknown = unknown
         self._streams = streams
         self._initial = streams.copy()
-        self._decoder: Callable[[np.ndarray], str] = generator.vocab.decoder()
+        self._decoder = generator.vocab.decoder()
+        self._held = ""  # text owed to the next sample (an interrupted character)
 
     def feed(self, text: str) -> None:
         """Consume ``text`` as if it had been generated (the RNG position does not move)."""
         ids = self.generator.encode(text, unknown=self.unknown, what="text")
         if len(ids):
             self._streams.advance(0, [ids])
+            self._held += self._decoder.interrupt()  # a character sampled only in part stays unfinished
 
     def sample(self, n: int) -> str:
         """The next ``n`` characters of this stream."""
-        return self._decoder(self._streams.advance(check_length(n))[0])
+        text, self._held = self._held + self._decoder(self._streams.advance(check_length(n))[0]), ""
+        return text
 
     def fork(self) -> "Session":
         """An independent copy in the same state: it continues exactly as this one would."""
@@ -269,6 +271,7 @@ class Session:
         """Back to the state right after the prime (RNG position 0 again)."""
         self._streams = self._initial.copy()
         self._decoder = self.generator.vocab.decoder()
+        self._held = ""
 
     @property
     def state(self) -> dict[str, np.ndarray]:

@@ -137,11 +137,13 @@ class Vocab:
     def decoder(self) -> Callable[[np.ndarray], str]:
         """A decoder for one stream of ids that arrive in chunks: ``decoder(ids) -> text so far unreturned``.
 
-        Characters: every id is a whole character, so it is ``decode``. Bytes:
+        Characters: every id is a whole character (a ``CharDecoder``). Bytes:
         a ``ByteDecoder``, which holds back the bytes of an incomplete character
         until the chunk that completes it (``copy.copy`` copies what it holds).
+        Both have ``interrupt()``: other text is fed into the stream, so what is
+        held back can no longer be completed.
         """
-        return ByteDecoder() if self.is_bytes else self.decode
+        return ByteDecoder() if self.is_bytes else CharDecoder(self.decode)
 
     def count_chars(self, ids: np.ndarray) -> int:
         """How many characters ``ids`` hold: one per id, or per byte that is not a UTF-8 continuation byte."""
@@ -191,6 +193,19 @@ class Vocab:
         return cls(chars=list(d["chars"]), counts=counts, oov_id=d.get("oov_id"), options=options, meta=meta)
 
 
+class CharDecoder:
+    """A stream of character ids -> text (nothing is ever held back)."""
+
+    def __init__(self, decode: Callable[[np.ndarray], str]):
+        self._decode = decode
+
+    def __call__(self, ids: np.ndarray) -> str:
+        return self._decode(ids)
+
+    def interrupt(self) -> str:
+        return ""
+
+
 class ByteDecoder:
     """UTF-8 bytes arriving in chunks -> text: an incomplete character waits for its next bytes.
 
@@ -207,6 +222,10 @@ class ByteDecoder:
 
     def __call__(self, ids: np.ndarray) -> str:
         return self._decoder.decode(np.asarray(ids).astype(np.uint8).tobytes())
+
+    def interrupt(self) -> str:
+        """End the character held back, if any, as U+FFFD (text from elsewhere comes next); "" when none."""
+        return self._decoder.decode(b"", final=True)
 
     @property
     def pending(self) -> bytes:

@@ -239,3 +239,13 @@ def test_small_corpora_keep_todays_representation(tmp_path, name):
     as_chars = prepare(sources, tmp_path / "chars", tokens="chars")
     assert as_chars.train_path.read_bytes() == prep.train_path.read_bytes()
     assert as_chars.vocab.counts == prep.vocab.counts
+
+
+def test_whole_chars_cuts_the_pieces_of_characters_at_both_ends():
+    b = Vocab.of_bytes()
+    data = np.frombuffer("a€😀b".encode("utf-8"), np.uint8)  # 61 | E2 82 AC | F0 9F 98 80 | 62
+    assert b.decode(b.whole_chars(data[2:])) == "😀b"  # a lone 82 AC at the start goes
+    assert b.decode(b.whole_chars(data[:6])) == "a€"  # F0 9F at the end goes
+    assert b.decode(b.whole_chars(data)) == "a€😀b" and len(b.whole_chars(data[2:3])) == 0
+    c = Vocab(chars=["a", "b"])
+    assert list(c.whole_chars(np.array([1, 0, 1]))) == [1, 0, 1]

@@ -145,6 +145,18 @@ class Vocab:
         """
         return ByteDecoder() if self.is_bytes else CharDecoder(self.decode)
 
+    def whole_chars(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` without the pieces of characters cut at either end (bytes: a slice taken anywhere)."""
+        ids = np.asarray(ids)
+        if not self.is_bytes or not len(ids):
+            return ids
+        starts = np.flatnonzero(is_char_start(ids))
+        if not len(starts):
+            return ids[:0]
+        last, lead = int(starts[-1]), int(ids[starts[-1]])
+        need = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+        return ids[starts[0]:last if len(ids) - last < need else len(ids)]
+
     def count_chars(self, ids: np.ndarray) -> int:
         """How many characters ``ids`` hold: one per id, or per byte that is not a UTF-8 continuation byte."""
         return int(np.count_nonzero(is_char_start(ids))) if self.is_bytes else len(ids)

@@ -265,7 +265,8 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, epoch])
         n = len(self.windows.tokens)
         length = min(60, n - 1)
-        prime = self.vocab.decode(self.vocab.whole_chars(self.windows.tokens.read(int(rng.integers(0, n - length)), length)))
+        ids = self.windows.tokens.read(int(rng.integers(0, n - length)), length)
+        prime = self.vocab.decode(self.vocab.whole_chars(ids))
         temps = list(cfg.temperatures)
         texts = Generator.from_model(self.state.model, self.vocab, cfg).generate(
             [prime] * len(temps), cfg.sample_chars, temperature=temps, seed=int(rng.integers(0, 2**31 - 1)))

@@ -33,7 +33,8 @@ def test_prepare_then_cached(tmp_path, capsys):
     prep = load_prepared(out)
     assert prep.vocab.decode(prep.ids("train")) + prep.vocab.decode(prep.ids("val")) == \
         TEXT.replace("\r\n", "\n").lower()
-    assert prep.vocab.options == {"lowercase": True, "val_fraction": 0.1, "max_vocab": None, "errors": "strict"}
+    assert prep.vocab.options == {"lowercase": True, "val_fraction": 0.1, "max_vocab": None, "tokens": "auto",
+                                   "errors": "strict"}
     assert main(["prepare", str(src), "-o", str(out), "--lowercase", "--val-fraction", "0.1"]) == 0
     assert capsys.readouterr().err.startswith(f"cached {out}")
 

@@ -174,7 +174,8 @@ def test_resume_may_change_the_length_and_the_samples_only():
 
 
 def test_prepare_options_are_checked_once():
-    assert prepare_options() == {"lowercase": False, "val_fraction": 0.05, "max_vocab": None, "errors": "strict"}
+    assert prepare_options() == {"lowercase": False, "val_fraction": 0.05, "max_vocab": None, "tokens": "auto",
+                                 "errors": "strict"}
     assert prepare_options(val_fraction=0.0, errors=None)["val_fraction"] == 0.0
     check_prepare_options(lowercase=True, val_fraction=0.1, max_vocab=3, errors="replace")
     for values, message in [(dict(val_fraction=1.0), r"--val-fraction must be in \[0, 1\) \(got 1.0\)"),

@@ -50,3 +50,66 @@ def test_dropout_only_in_training(dropout):
     np.testing.assert_allclose(model(ids), model(ids))
     if dropout:
         assert not np.allclose(model(ids, training=True), model(ids, training=True))
+
+
+# --- layer 0's input: a row gather of the kernel, the same function as the one-hot product -----------
+def _loss_and_grads(model, ids, targets):
+    from textstream._tf import tf
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, model(ids, training=True)))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return float(loss), [np.asarray(tf.convert_to_tensor(g)) for g in grads]
+
+
+@pytest.mark.parametrize("objective, layers", [("sequence", 1), ("sequence", 2), ("next", 1), ("next", 2)])
+def test_gathered_input_equals_the_one_hot_product(objective, layers):
+    from textstream._tf import tf
+
+    cfg = make_config("tiny", objective=objective, layers=layers, units=16)
+    gathered = build_model(cfg, 23, input_mode="gather")
+    one_hot = build_model(cfg, 23, input_mode="onehot")
+    assert gathered.input_mode == "gather" and one_hot.input_mode == "onehot"
+    assert [w.shape for w in gathered.weights] == [w.shape for w in one_hot.weights]  # the same variables
+    one_hot.set_weights([w * 3 for w in gathered.get_weights()])
+    gathered.set_weights(one_hot.get_weights())
+    rng = np.random.default_rng(0)
+    ids = tf.constant(rng.integers(0, 23, (4, 12)), tf.int32)  # repeated ids: their gradients add up
+    targets = tf.constant(rng.integers(0, 23, (4, 12) if objective == "sequence" else (4,)), tf.int32)
+    np.testing.assert_array_equal(gathered(ids).numpy(), one_hot(ids).numpy())  # the same sums, in the same order
+    loss_g, grads_g = _loss_and_grads(gathered, ids, targets)
+    loss_o, grads_o = _loss_and_grads(one_hot, ids, targets)
+    assert loss_g == pytest.approx(loss_o, rel=1e-6)
+    for g, o in zip(grads_g, grads_o):  # dense gradients, as before: optimizers see no change
+        np.testing.assert_allclose(g, o, rtol=1e-5, atol=1e-6)
+    # states in and out
+    (first, states), whole = gathered(ids[:, :5], return_state=True), one_hot(ids)
+    if objective == "sequence":
+        np.testing.assert_allclose(np.concatenate([first, gathered(ids[:, 5:], states=states)], axis=1), whole,
+                                   atol=1e-5)
+
+
+def test_checkpoints_load_whatever_the_input_mode(tmp_path):
+    from textstream._tf import tf
+
+    cfg = make_config("tiny", layers=2)
+    saved = build_model(cfg, 9, input_mode="onehot")
+    prefix = tf.train.Checkpoint(model=saved).save(str(tmp_path / "ckpt"))
+    loaded = build_model(cfg, 9, input_mode="gather")
+    tf.train.Checkpoint(model=loaded).restore(prefix).assert_existing_objects_matched()
+    ids = tf.constant([[1, 2, 3, 8]], tf.int32)
+    np.testing.assert_allclose(loaded(ids), saved(ids), atol=1e-6)
+
+
+def test_a_visible_gpu_keeps_the_keras_layer_and_its_cudnn_kernel(monkeypatch):
+    from textstream import model as model_module
+    from textstream._tf import tf
+
+    assert model_module.default_input_mode() == ("onehot" if tf.config.list_logical_devices("GPU") else "gather")
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["/GPU:0"] if kind == "GPU" else [])
+    model = build_model(make_config("tiny"), 7)
+    assert model.input_mode == "onehot" and isinstance(model.encode, OneHot)
+    lstm = model.lstms[0]  # the arguments that make tf-keras choose cuDNN
+    assert (lstm.activation.__name__, lstm.recurrent_activation.__name__, lstm.recurrent_dropout, lstm.unroll,
+            lstm.use_bias) == ("tanh", "sigmoid", 0, False, True)
+    assert build_model(make_config("tiny", embedding=4), 7).input_mode == "embedding"

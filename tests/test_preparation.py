@@ -125,7 +125,7 @@ def test_dtype_is_the_narrowest_that_fits(tmp_path, n_symbols, dtype):
     base = 0x10000 if n_symbols > 65536 else 0x100
     text = "".join(chr(base + i) for i in range(n_symbols)) * 2
     src = write(tmp_path / "src.txt", text)
-    prep = prepare([src], tmp_path / "out", min_chars=1, val_fraction=0.1)
+    prep = prepare([src], tmp_path / "out", min_chars=1, val_fraction=0.1, tokens="chars")
     assert prep.vocab.dtype == np.dtype(dtype)
     assert prep.train_path.stat().st_size == prep.train_chars * np.dtype(dtype).itemsize
     assert decoded(prep) == text

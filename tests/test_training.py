@@ -86,7 +86,7 @@ def test_events_of_a_run_that_stops_between_epochs(corpus, tmp_path):
     events = []
     summary = train(make_config("tiny", steps=5, samples=False), [corpus], run, on_event=events.append)
     names = " ".join(_name(e) for e in events)
-    assert re.fullmatch(r"Prepared Started (StepLogged )+Checkpointed:end Checkpointed:best EpochEnd:None Finished",
+    assert re.fullmatch(r"Prepared Started (StepLogged )+Checkpointed:best Checkpointed:end EpochEnd:None Finished",
                         names), names
     assert all(isinstance(e, (Prepared, Started, StepLogged, Checkpointed, EpochEnd, Finished)) for e in events)
     assert events[-1] is summary and summary.step == 5 and summary.stop == "done"

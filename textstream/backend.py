@@ -8,7 +8,11 @@ small interfaces, never to tensors:
   ``streams(...)`` and scores sequences with ``logits`` (the equivalence check);
 * ``StreamBatch``: B streams' state wherever the backend keeps it:
   ``advance`` (feed, then generate), ``copy``, and one stream's state as numpy
-  (``row_state`` / ``set_row_state``).
+  (``row_state`` / ``set_row_state``);
+* ``RowBatch``: B streams' state as numpy arrays that the caller owns, for a
+  caller that keeps many streams and steps a different subset of them in
+  every call (the continuous-batching server, ``textstream.serve``), with
+  ``StepBackend.advance_rows``.
 
 A backend must follow the sampling rules of ``textstream.sampling`` (the
 noise hash of seed, position and character), so that every backend gives
@@ -37,6 +41,7 @@ Two backends implement them:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
@@ -81,6 +86,29 @@ class StreamBatch(Protocol):
         ...
 
 
+@dataclass
+class RowBatch:
+    """B streams' state as numpy arrays owned by the caller, advanced in place by ``StepBackend.advance_rows``.
+
+    ``h``, ``c``: float32 (layers, B, units); ``seeds`` (folded by
+    ``sampling.seed_u32``) and ``positions``: uint32 (B,); ``temperature``:
+    float32 (B,); ``top_p``: float32 (B,), where a row with ``top_p >= 1`` is
+    sampled exactly as without top-p (so rows with and without it share a call).
+    """
+
+    h: np.ndarray
+    c: np.ndarray
+    seeds: np.ndarray
+    positions: np.ndarray
+    temperature: np.ndarray
+    top_p: np.ndarray
+
+    @property
+    def batch(self) -> int:
+        """B, the number of rows."""
+        return int(self.seeds.shape[0])
+
+
 class StepBackend(Protocol):
     """A single-step model: the weights of a trained ``CharLSTM``, ready to advance streams."""
 
@@ -92,6 +120,15 @@ class StepBackend(Protocol):
                 top_p: float | None = None) -> StreamBatch:
         """B = ``len(seeds)`` streams in the zero state at position 0, stream i with ``seeds[i]`` and
         ``temperatures[i]`` (already checked by ``sampling.check_request``)."""
+        ...
+
+    def advance_rows(self, rows: RowBatch, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Feed row i the ids ``feed[i]`` (any length), then generate ``k`` >= 0 ids per row: int (B, k).
+
+        Updates ``rows.h``, ``rows.c`` and ``rows.positions`` in place. Row i's
+        ids depend only on row i (its state, seed, position and settings), never
+        on the other rows or on B, so any subset of streams can share a call.
+        """
         ...
 
     def logits(self, ids: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ OBJECTIVES = ("sequence", "next")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine")
 ERRORS = ("strict", "replace")  # invalid UTF-8 in a source: fail with the offset, or read it as U+FFFD
+TOKENS = ("auto", "chars", "bytes")  # what an id stands for (auto: chosen from the text's characters)
 
 # CLI flag groups, in the order ``train --help`` shows them; PREPARE's flags are also ``prepare``'s.
 MODEL, DATA, OPTIMISATION, LENGTH, RUN, PREPARE = (
@@ -230,6 +231,10 @@ class TrainConfig:
                                         "0 allowed)", group=PREPARE, ge=0, lt=1, metavar="F")
     max_vocab: int | None = setting(None, "keep the N-1 most frequent characters, map the rest to one "
                                           "out-of-vocabulary id", group=PREPARE, ge=1, metavar="N")
+    tokens: str = setting("auto", "what an id stands for: chars (one per character), bytes (the UTF-8 bytes: "
+                                  "256 ids for any script) or auto (characters while the text has few "
+                                  "distinct ones, else a bounded vocabulary; default)", group=PREPARE,
+                          choices=TOKENS)
     errors: str = setting("strict", "invalid UTF-8: fail with the byte offset (strict, default) or use U+FFFD "
                                     "(replace)", group=PREPARE, choices=ERRORS)
     optimizer: str = setting("adam", group=OPTIMISATION, choices=OPTIMIZERS)
@@ -268,6 +273,9 @@ class TrainConfig:
         if self.carry_state and self.objective == "next":
             raise fail("--carry-state needs --objective sequence (the original `next` objective has "
                        "overlapping windows)")
+        problem = _tokens_problem(self.tokens, self.max_vocab)
+        if problem:
+            raise fail(problem)
         return self
 
     def resumed(self, overrides: Mapping[str, Any]) -> "TrainConfig":
@@ -308,6 +316,8 @@ class TrainConfig:
                                   f"(a JSON {type(d).__name__} instead of an object)")
         if "step" in d and "stride" not in d:  # written before the window stride was renamed
             d = {**d, "stride": d["step"]}
+        if "tokens" not in d:  # written before byte tokens: a run of characters
+            d = {**d, "tokens": "chars"}
         kwargs = {k: v for k, v in d.items() if k in options(cls)}
         if isinstance(kwargs.get("temperatures"), list):
             kwargs["temperatures"] = tuple(kwargs["temperatures"])
@@ -332,8 +342,16 @@ class TrainConfig:
         return cls.from_dict(d, where=str(path))
 
 
+def _tokens_problem(tokens: Any, max_vocab: Any) -> str | None:
+    """What is wrong with asking for these tokens with this --max-vocab, or None."""
+    if tokens == "bytes" and max_vocab is not None:
+        return ("--max-vocab does not apply to --tokens bytes (always 256 byte ids); "
+                "drop one of them or pass --tokens chars")
+    return None
+
+
 def check_prepare_options(**values: Any) -> None:
-    """Check corpus-preparation options (``lowercase``, ``val_fraction``, ``max_vocab``, ``errors``).
+    """Check corpus-preparation options (``lowercase``, ``val_fraction``, ``max_vocab``, ``tokens``, ``errors``).
 
     Raises one line naming the flag, like ``TrainConfig.check``; ``TypeError``
     for a name that is not a preparation option.
@@ -345,6 +363,9 @@ def check_prepare_options(**values: Any) -> None:
         problem = opts[name].problem(value)
         if problem:
             raise TextstreamError(f"{opts[name].label} {problem}")
+    problem = _tokens_problem(values.get("tokens"), values.get("max_vocab"))
+    if problem:
+        raise TextstreamError(problem)
 
 
 def prepare_options(**given: Any) -> dict[str, Any]:

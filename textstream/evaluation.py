@@ -1,4 +1,4 @@
-"""Held-out loss: nats and bits per character over every character of a text.
+"""Held-out loss: nats and bits per character (and per token) over every character of a text.
 
 Each character is predicted the way the model generates:
 
@@ -10,14 +10,19 @@ Each character is predicted the way the model generates:
 - ``next`` models (the original objective) predict every character from the
   ``seq_len`` characters before it (fewer at the very start).
 
-The text's first character is predicted from the context before it (the end
-of the training split) when there is one, and is otherwise left out.
+The text's first token is predicted from the context before it (the end of
+the training split) when there is one, and is otherwise left out.
+
+Figures per character are the total nats over the number of Unicode
+characters scored, whatever the tokens: with byte tokens, the bytes that are
+not UTF-8 continuation bytes. So a byte model and a character model of the
+same text compare directly; per token (per id) is reported too.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -28,6 +33,9 @@ from textstream.errors import TextstreamError
 from textstream.pipeline import TokenFile
 from textstream.preparation import load_prepared
 from textstream.run import RunPaths
+from textstream.vocab import Vocab
+
+_COUNT_BLOCK = 1 << 20  # ids read at a time when counting the characters scored
 
 
 class IdStream:
@@ -64,24 +72,51 @@ def row_spans(first: int, last: int, rows: int, burn_in: int) -> list[tuple[int,
     return [(max(0, a - 1 - burn_in), a, min(a + per, last)) for a in range(first, last, per)]
 
 
+class Score(NamedTuple):
+    """What ``score`` measured: the sum of nats, the ids (tokens) scored and the characters they make."""
+
+    nats: float
+    tokens: int
+    chars: int
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nats / self.chars if self.chars else math.nan
+
+    @property
+    def nats_per_token(self) -> float:
+        return self.nats / self.tokens if self.tokens else math.nan
+
+
 def score(model, objective: str, seq_len: int, stream: IdStream, *, batch_size: int = 64,
-          max_targets: int | None = None, burn_in: int | None = None) -> tuple[float, int]:
-    """``(sum of nats, characters scored)`` for the body of ``stream``.
+          max_targets: int | None = None, burn_in: int | None = None, vocab: Vocab | None = None) -> Score:
+    """``(sum of nats, tokens scored, characters scored)`` for the body of ``stream``.
 
     ``model`` is a ``CharLSTM``. ``max_targets`` caps the work (per-epoch
-    validation). ``burn_in`` (sequence models): characters each strip reads
-    before its first scored one; default ``DEFAULT_BURN_IN``.
+    validation), in tokens. ``burn_in`` (sequence models): tokens each strip
+    reads before its first scored one; default ``DEFAULT_BURN_IN``. ``vocab``
+    counts the characters (None: one per token).
     """
     first = max(len(stream.context), 1)  # first target position in the stream
     last = len(stream)
     if max_targets is not None:
         last = min(last, first + max_targets)
     if last <= first:
-        return 0.0, 0
+        return Score(0.0, 0, 0)
     if objective == "sequence":
-        return _score_stateful(model, seq_len, stream, first, last, batch_size,
-                               DEFAULT_BURN_IN if burn_in is None else burn_in)
-    return _score_windows(model, seq_len, stream, first, last, batch_size)
+        nats, n = _score_stateful(model, seq_len, stream, first, last, batch_size,
+                                  DEFAULT_BURN_IN if burn_in is None else burn_in)
+    else:
+        nats, n = _score_windows(model, seq_len, stream, first, last, batch_size)
+    return Score(nats, n, _count_chars(stream, first, last, vocab))
+
+
+def _count_chars(stream: IdStream, first: int, last: int, vocab: Vocab | None) -> int:
+    """The characters that the ids at ``[first, last)`` of ``stream`` make up."""
+    if vocab is None or not vocab.is_bytes:
+        return last - first
+    return sum(vocab.count_chars(stream.read(a, min(a + _COUNT_BLOCK, last)))
+               for a in range(first, last, _COUNT_BLOCK))
 
 
 DEFAULT_BURN_IN = 512
@@ -150,11 +185,13 @@ def train_context(train, seq_len: int) -> np.ndarray:
 
 def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpoint: str = "best",
              batch_size: int = 64) -> dict:
-    """Nats and bits per character of a trained run on held-out text.
+    """Nats and bits per character (and per token) of a trained run on held-out text.
 
     With no ``sources``, the run's validation split (with the end of the
     training split as context); otherwise the normalised text of the sources.
-    Returns ``{"nats_per_char", "bits_per_char", "chars", "checkpoint"}``.
+    Returns ``{"nats_per_char", "bits_per_char", "chars", "nats_per_token",
+    "bits_per_token", "token_count", "tokens", "checkpoint"}``: ``tokens`` is
+    what an id stands for (chars or bytes), ``token_count`` how many were scored.
     """
     cfg, vocab, model = load_model(run_dir, checkpoint)
     if sources:
@@ -162,11 +199,13 @@ def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpo
         stream = IdStream(vocab.encode(text, what=", ".join(map(str, sources))))
     else:
         stream = run_validation(RunPaths(Path(run_dir)), vocab.dtype, cfg.seq_len)
-    nats, chars = score(model, cfg.objective, cfg.seq_len, stream, batch_size=batch_size)
-    if chars == 0:
+    result = score(model, cfg.objective, cfg.seq_len, stream, batch_size=batch_size, vocab=vocab)
+    if result.chars == 0:
         raise TextstreamError("nothing to evaluate: the text is too short")
-    return {"nats_per_char": nats / chars, "bits_per_char": nats / chars / math.log(2), "chars": chars,
-            "checkpoint": checkpoint}
+    return {"nats_per_char": result.nats_per_char, "bits_per_char": result.nats_per_char / math.log(2),
+            "chars": result.chars, "nats_per_token": result.nats_per_token,
+            "bits_per_token": result.nats_per_token / math.log(2), "token_count": result.tokens,
+            "tokens": vocab.tokens, "checkpoint": checkpoint}
 
 
 def run_validation(paths: RunPaths, dtype: np.dtype, seq_len: int) -> IdStream:

@@ -31,16 +31,21 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+from textstream.vocab import TokenChoice
+
 
 @dataclass(frozen=True)
 class Prepared:
-    """The token files the run trains on."""
+    """The token files the run trains on; ``choice`` says what the ids stand for (and why)."""
 
     dir: str
     vocab_size: int
     train_chars: int
     val_chars: int
     cached: bool
+    choice: TokenChoice | None = None
+    train_tokens: int | None = None  # ids; None: one per character
+    val_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,14 +87,25 @@ class StepLogged:
 
 @dataclass(frozen=True)
 class Validation:
-    """The loss on (up to ``train.EVAL_MAX_CHARS`` of) the validation split."""
+    """The loss on (up to ``training.EVAL_MAX_CHARS`` tokens of) the validation split.
+
+    Per character of the text (total nats over its Unicode characters, in any
+    token mode) and per token (per id; the same for character tokens).
+    """
 
     nats_per_char: float
     chars: int
+    tokens: int | None = None  # None: one per character
+    nats_per_token: float | None = None
+    seconds: float | None = None  # how long the validation took
 
     @property
     def bits_per_char(self) -> float:
         return self.nats_per_char / math.log(2)
+
+    @property
+    def bits_per_token(self) -> float:
+        return (self.nats_per_char if self.nats_per_token is None else self.nats_per_token) / math.log(2)
 
 
 @dataclass(frozen=True)
@@ -106,8 +122,10 @@ class EpochEnd:
         """The ``val`` line of ``metrics.jsonl`` (written only when there is a validation loss)."""
         record: dict[str, Any] = {"kind": "val", "step": self.step, "epoch": self.epoch}
         if self.val is not None:
-            record.update(val_nats_per_char=self.val.nats_per_char, val_bits_per_char=self.val.bits_per_char,
-                          val_chars=self.val.chars)
+            val = self.val
+            record.update(val_nats_per_char=val.nats_per_char, val_bits_per_char=val.bits_per_char,
+                          val_chars=val.chars, val_bits_per_token=val.bits_per_token,
+                          val_tokens=val.chars if val.tokens is None else val.tokens, val_seconds=val.seconds)
         return record
 
 

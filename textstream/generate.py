@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from textstream.backend import StepBackend, StreamBatch, backend_from_model, loa
 from textstream.errors import TextstreamError
 from textstream.preparation import load_prepared
 from textstream.run import RunPaths
-from textstream.sampling import (check_length, check_request, check_unknown, find_stop, held_back, per_stream,
+from textstream.sampling import (StopCut, check_length, check_request, check_unknown, find_stop, per_stream,
                                  seed_u32, stream_seeds)
 from textstream.vocab import Vocab
 
@@ -151,7 +150,7 @@ class Generator:
 
     def _stream(self, streams: StreamBatch, prime_ids: np.ndarray, n: int | None, stops: list[str]) -> Iterator[str]:
         feed, done, k = [prime_ids], 0, FIRST_K
-        decode, cut = self.vocab.decoder(), _StopCut(stops)
+        decode, cut = self.vocab.decoder(), StopCut(stops)
         while n is None or done < n:
             want = k if n is None else min(k, n - done)
             t0 = time.perf_counter()
@@ -168,8 +167,9 @@ class Generator:
                 k = min(MAX_K, k * 2)
             elif elapsed > CALL_MAX_S:
                 k = max(1, k // 2)
-        if cut.pending:
-            yield cut.pending
+        rest = cut.flush()
+        if rest:
+            yield rest
 
     def session(self, prime: str = "", *, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, seed: int | None = None, unknown: str = "error") -> "Session":
@@ -245,17 +245,20 @@ class Session:
         self.unknown = unknown
         self._streams = streams
         self._initial = streams.copy()
-        self._decoder: Callable[[np.ndarray], str] = generator.vocab.decoder()
+        self._decoder = generator.vocab.decoder()
+        self._held = ""  # text owed to the next sample (an interrupted character)
 
     def feed(self, text: str) -> None:
         """Consume ``text`` as if it had been generated (the RNG position does not move)."""
         ids = self.generator.encode(text, unknown=self.unknown, what="text")
         if len(ids):
             self._streams.advance(0, [ids])
+            self._held += self._decoder.interrupt()  # a character sampled only in part stays unfinished
 
     def sample(self, n: int) -> str:
         """The next ``n`` characters of this stream."""
-        return self._decoder(self._streams.advance(check_length(n))[0])
+        text, self._held = self._held + self._decoder(self._streams.advance(check_length(n))[0]), ""
+        return text
 
     def fork(self) -> "Session":
         """An independent copy in the same state: it continues exactly as this one would."""
@@ -268,6 +271,7 @@ class Session:
         """Back to the state right after the prime (RNG position 0 again)."""
         self._streams = self._initial.copy()
         self._decoder = self.generator.vocab.decoder()
+        self._held = ""
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -292,28 +296,6 @@ class Session:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-class _StopCut:
-    """Cuts a stream's text at the first stop string, holding back what may still become one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = stops
-        self.pending = ""
-
-    def __call__(self, text: str) -> tuple[str, bool]:
-        """``(text to emit now, whether a stop string ended the stream)`` after ``text`` arrives."""
-        text = self.pending + text
-        if not self.stops:
-            self.pending = ""
-            return text, False
-        cut = find_stop(text, self.stops)
-        if cut is not None:
-            self.pending = ""
-            return text[:cut], True
-        keep = held_back(text, self.stops)
-        self.pending = text[len(text) - keep:]
-        return text[:len(text) - keep], False
-
-
 def _line_at(val: np.ndarray, pos: int, vocab: Vocab) -> np.ndarray:
     """The line of ``val`` after position ``pos`` (with its newline; at most PRIME_CHARS), as ids."""
     nl = vocab.chars.index("\n") if "\n" in vocab.chars else None

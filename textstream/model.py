@@ -1,10 +1,24 @@
 """The character LSTM: one model class serves training, evaluation and the step copy.
 
 ``CharLSTM.call(ids, states=None, return_state=False, training=False)`` takes
-integer ids of shape ``(batch, time)``; the one-hot (or embedding lookup)
-happens inside the model, on the device. The LSTM layers keep the arguments
-that make tf-keras pick the fused cuDNN kernel on a GPU (tanh, sigmoid, no
-recurrent dropout, no unroll, bias on).
+integer ids of shape ``(batch, time)``; the input encoding happens inside the
+model, on the device. Without an embedding, layer 0's input projection is a
+one-hot of the ids times the kernel, which is the kernel's rows for the ids:
+
+* ``gather`` (the default without a GPU): ``tf.gather`` of the kernel rows
+  (plus the bias), then the recurrence; the cost does not grow with the
+  vocabulary (a ``V``-wide one-hot times a ``V x 4U`` kernel does, at every
+  step). Its gradient is the dense ``(V, 4U)`` sum of the rows' gradients,
+  as the one-hot product's was, so optimizers and checkpoints see no change.
+* ``onehot`` (the default where a GPU is visible): the one-hot goes into
+  the Keras LSTM layer, which then runs the fused cuDNN kernel; cuDNN makes
+  the input projection one matrix product over all the steps of a batch,
+  before its recurrence.
+
+Both hold the same variables (the Keras LSTM layer's), so checkpoints load
+either way and compute the same function. The LSTM layers keep the
+arguments that make tf-keras pick the fused cuDNN kernel on a GPU (tanh,
+sigmoid, no recurrent dropout, no unroll, bias on).
 """
 from __future__ import annotations
 
@@ -12,6 +26,7 @@ from textstream._tf import tf, tf_keras
 from textstream.config import TrainConfig
 
 layers = tf_keras.layers
+INPUT_MODES = ("gather", "onehot", "auto")
 
 
 class OneHot(layers.Layer):
@@ -28,31 +43,89 @@ class OneHot(layers.Layer):
         return {**super().get_config(), "depth": self.depth}
 
 
+@tf.custom_gradient
+def kernel_rows(table, ids):
+    """``table[ids]`` (== one_hot(ids) @ table), with the gradient of ``table`` as a dense sum of row gradients.
+
+    ``tf.gather``'s own gradient is ``IndexedSlices`` with one row per id
+    (duplicates included), which optimizers would apply as sparse updates.
+    """
+    def grad(dy):
+        width = tf.shape(table)[-1]
+        dense = tf.math.unsorted_segment_sum(tf.reshape(dy, [-1, width]), tf.reshape(ids, [-1]),
+                                             tf.shape(table)[0])
+        return dense, None
+
+    return tf.gather(table, ids), grad
+
+
+def gathered_lstm(lstm, ids, initial_state=None):
+    """Run Keras LSTM layer ``lstm`` (built for one-hot input) on ``ids`` by row gather: ``(output, h, c)``.
+
+    The same function as ``lstm(one_hot(ids))``: the input projection of step t
+    is ``kernel[ids[:, t]]``, gathered for all steps at once, and the
+    recurrence is Keras's own loop (``backend.rnn``) with tf-keras's LSTM step
+    (the same sums in the same order).
+    """
+    cell = lstm.cell
+    ids = tf.cast(ids, tf.int32)
+    projected = kernel_rows(tf.convert_to_tensor(cell.kernel), ids)  # (B, T, 4U)
+    recurrent, bias = tf.convert_to_tensor(cell.recurrent_kernel), tf.convert_to_tensor(cell.bias)
+    if initial_state is None:
+        zeros = tf.zeros([tf.shape(ids)[0], cell.units], projected.dtype)
+        initial_state = [zeros, zeros]
+
+    def step(x, states):
+        z = tf.nn.bias_add(x + tf.matmul(states[0], recurrent), bias)  # Keras's order of the sums
+        i, f, g, o = tf.split(z, 4, axis=1)
+        c = tf.sigmoid(f) * states[1] + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return h, [h, c]
+
+    last, outputs, (h, c) = tf_keras.backend.rnn(step, projected, list(initial_state), unroll=False,
+                                                 input_length=ids.shape[1],
+                                                 return_all_outputs=lstm.return_sequences)
+    return (outputs if lstm.return_sequences else last), h, c
+
+
+def default_input_mode() -> str:
+    """``onehot`` where a GPU is visible (the cuDNN kernel), else ``gather``."""
+    return "onehot" if tf.config.list_logical_devices("GPU") else "gather"
+
+
 class CharLSTM(tf_keras.Model):
     """Input encoding (one-hot or embedding) -> stacked LSTM -> Dense logits.
 
     ``states`` is a list with one ``(h, c)`` pair per layer; with
     ``return_state=True`` the call returns ``(logits, new_states)``.
     ``last_only=True`` (the ``next`` objective) returns logits for the final
-    position only, shape ``(B, V)``; otherwise ``(B, T, V)``.
+    position only, shape ``(B, V)``; otherwise ``(B, T, V)``. ``input_mode``
+    (one-hot input only): ``gather``, ``onehot`` or ``auto`` (see the module).
     """
 
     def __init__(self, vocab_size: int, *, layers_: int = 1, units: int = 128, dropout: float = 0.0,
-                 embedding: int = 0, last_only: bool = False, seed: int = 0, name: str = "char_lstm"):
+                 embedding: int = 0, last_only: bool = False, seed: int = 0, input_mode: str = "auto",
+                 name: str = "char_lstm"):
         super().__init__(name=name)
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES} (got {input_mode!r})")
         self.vocab_size = int(vocab_size)
         self.units = int(units)
         self.last_only = bool(last_only)
         if embedding:
             self.encode = layers.Embedding(vocab_size, embedding, name="embedding")
+            self.input_mode = "embedding"
         else:
             self.encode = OneHot(vocab_size, name="one_hot")
+            self.input_mode = default_input_mode() if input_mode == "auto" else input_mode
         # With last_only, the top layer returns only its final output (less work per step).
         self.lstms = [
             layers.LSTM(units, return_sequences=not (last_only and i == layers_ - 1), return_state=True,
                         name=f"lstm_{i}")
             for i in range(layers_)
         ]
+        if self.input_mode == "gather":
+            self.lstms[0].build((None, None, self.vocab_size))  # its weights; the layer itself is not called
         self.dropout = float(dropout)
         # Dropout masks come from a tracked generator, so its state is part of every
         # checkpoint and a resumed run draws the same masks as an uninterrupted one.
@@ -60,10 +133,16 @@ class CharLSTM(tf_keras.Model):
         self.head = layers.Dense(vocab_size, name="logits")
 
     def call(self, ids, states=None, return_state=False, training=False):
-        x = self.encode(ids)
         new_states = []
+        x = ids
         for i, lstm in enumerate(self.lstms):
-            x, h, c = lstm(x, initial_state=None if states is None else list(states[i]), training=training)
+            initial = None if states is None else list(states[i])
+            if i == 0 and self.input_mode == "gather":
+                x, h, c = gathered_lstm(lstm, ids, initial)
+            else:
+                if i == 0:
+                    x = self.encode(ids)
+                x, h, c = lstm(x, initial_state=initial, training=training)
             new_states.append((h, c))
             if training and self.rng is not None:
                 keep = self.rng.uniform(tf.shape(x)) >= self.dropout
@@ -76,10 +155,11 @@ class CharLSTM(tf_keras.Model):
         return [(z, z) for _ in self.lstms]
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> CharLSTM:
+def build_model(cfg: TrainConfig, vocab_size: int, *, input_mode: str = "auto") -> CharLSTM:
     """The training model for ``cfg``, with its weights created (call it on ids once)."""
     model = CharLSTM(vocab_size, layers_=cfg.layers, units=cfg.units, dropout=cfg.dropout,
-                     embedding=cfg.embedding, last_only=cfg.objective == "next", seed=cfg.seed)
+                     embedding=cfg.embedding, last_only=cfg.objective == "next", seed=cfg.seed,
+                     input_mode=input_mode)
     model(tf.zeros([1, 1], tf.int32))
     return model
 

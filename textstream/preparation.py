@@ -7,10 +7,15 @@
 The output directory holds three files:
 
 * ``train.bin``, ``val.bin``: raw little-endian ids (``vocab.dtype``: uint8 up to
-  256 symbols, uint16 up to 65536, else uint32), the head and the tail of the text;
-* ``vocab.json``: the ``Vocab`` (chars in id order, counts, the options used) and,
-  in its metadata, ``train_chars``, ``val_chars``, ``fingerprint``, ``cache_key``,
-  ``sources``. It is written last: it is the commit marker.
+  256 symbols, uint16 up to 65536, else uint32), the head and the tail of the text
+  (split by characters); with byte tokens, the UTF-8 bytes of the normalised text;
+* ``vocab.json``: the ``Vocab`` (what ids stand for, chars in id order, counts, the
+  options used) and, in its metadata, ``train_chars``, ``val_chars`` (characters),
+  ``train_tokens``, ``val_tokens`` (ids), ``distinct_chars``, ``fingerprint``,
+  ``cache_key``, ``sources``. It is written last: it is the commit marker.
+
+What ids stand for (``tokens``: ``chars``, ``bytes`` or ``auto``) is decided
+after the count, from the histogram of the characters (``vocab.vocab_for``).
 
 The sources are streamed in fixed-size byte chunks, in two passes: a count of
 the characters (while a thread computes the sha256 of the bytes, the
@@ -39,7 +44,7 @@ from textstream.errors import TextstreamError
 from textstream.fsutil import PendingFile, fsync_dir, start_writeback
 from textstream.progress import Progress, ProgressFn
 from textstream.textio import Fingerprint, codepoints, count, gather, latin1, read_texts
-from textstream.vocab import OOV_CHAR, Vocab
+from textstream.vocab import Vocab, vocab_for
 
 TOKENS_FORMAT = 1  # bump when the token files or the normalisation change: it invalidates caches
 N_CODEPOINTS = 0x110000
@@ -48,13 +53,25 @@ _WRITEBACK_EVERY = 1 << 26  # bytes of token files between writeback kicks
 
 @dataclass
 class Prepared:
-    """A prepared corpus: its directory, vocabulary and split sizes (in characters = ids)."""
+    """A prepared corpus: its directory, vocabulary and split sizes, in characters and in ids (tokens).
+
+    The two counts are equal for character tokens; ``train_tokens``/``val_tokens``
+    default to the character counts.
+    """
 
     dir: Path
     vocab: Vocab
     train_chars: int
     val_chars: int
     cached: bool
+    train_tokens: int | None = None
+    val_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_tokens is None:
+            self.train_tokens = self.train_chars
+        if self.val_tokens is None:
+            self.val_tokens = self.val_chars
 
     @property
     def train_path(self) -> Path:
@@ -68,7 +85,7 @@ class Prepared:
         """The ids of ``"train"`` or ``"val"``: a read-only memory map (an empty array for 0 chars)."""
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val' (got {split!r})")
-        n = self.train_chars if split == "train" else self.val_chars
+        n = self.train_tokens if split == "train" else self.val_tokens
         path = self.train_path if split == "train" else self.val_path
         if n == 0:
             empty = np.empty(0, dtype=self.vocab.dtype)
@@ -84,26 +101,34 @@ def load_prepared(dir: Path) -> Prepared:
     if not (d / "vocab.json").is_file():
         raise TextstreamError(f"{d / 'vocab.json'}: missing (not a prepared corpus)")
     vocab = Vocab.load(d / "vocab.json")
-    train_chars, val_chars = (_split_size(d / name, vocab, key)
-                              for name, key in (("train.bin", "train_chars"), ("val.bin", "val_chars")))
-    return Prepared(d, vocab, train_chars, val_chars, cached=True)
+    train, val = (_split_size(d / f"{split}.bin", vocab, split) for split in ("train", "val"))
+    return Prepared(d, vocab, train_chars=train[0], val_chars=val[0], cached=True, train_tokens=train[1],
+                    val_tokens=val[1])
 
 
-def _split_size(path: Path, vocab: Vocab, key: str) -> int:
-    """The number of ids in token file ``path``, checked against ``vocab.meta[key]`` (the size tells without it)."""
+def _split_size(path: Path, vocab: Vocab, split: str) -> tuple[int, int]:
+    """``(characters, ids)`` of token file ``path``, checked against ``vocab.meta`` (the size tells without it).
+
+    ``{split}_tokens`` is the number of ids (written since byte tokens; before, ``{split}_chars`` was).
+    """
     size = vocab.dtype.itemsize
     try:
         got = path.stat().st_size
     except FileNotFoundError:
         raise TextstreamError(f"{path}: missing (prepare the corpus again)") from None
+    meta = vocab.meta
     try:
-        n = int(vocab.meta[key])
+        n = int(meta.get(f"{split}_tokens", meta[f"{split}_chars"]))
     except (KeyError, TypeError, ValueError):
         n = got // size
     if got != n * size:
         raise TextstreamError(f"{path}: {got} bytes, expected {n * size} ({n} ids of {vocab.dtype}): "
                               f"truncated or from another preparation (prepare the corpus again)")
-    return n
+    try:
+        chars = int(meta.get(f"{split}_chars", n))
+    except (TypeError, ValueError):
+        chars = n
+    return chars, n
 
 
 def _cached(d: Path, key: str) -> Prepared | None:
@@ -117,14 +142,16 @@ def _cached(d: Path, key: str) -> Prepared | None:
 
 # --- prepare ---------------------------------------------------------------------------------
 def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool = False,
-            val_fraction: float = 0.05, max_vocab: int | None = None, errors: str = "strict",
+            val_fraction: float = 0.05, max_vocab: int | None = None, tokens: str = "auto", errors: str = "strict",
             min_chars: int = 61, chunk_size: int = 1 << 22, on_progress: ProgressFn | None = None) -> Prepared:
     """Encode ``sources`` into ``out_dir`` (default: the cache, keyed by content and options).
 
+    ``tokens``: "chars", "bytes" or "auto" (see ``vocab.vocab_for``). The
+    validation split is the tail ``val_fraction`` of the characters, in every mode.
     A directory that already holds this preparation (same content, same
     options) is returned as is (``cached=True``); nothing is re-encoded.
     """
-    options = _options(lowercase, val_fraction, max_vocab, errors, chunk_size)
+    options = _options(lowercase, val_fraction, max_vocab, tokens, errors, chunk_size)
     root = Path(out_dir) if out_dir is not None else cache_dir() / "prepared"
     created, unwritable = _claim_output(root, explicit=out_dir is not None)  # before any work, downloads too
     try:
@@ -150,29 +177,33 @@ def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool =
         counts, total = counted
         n_val = math.floor(total * val_fraction)
         n_train = total - n_val
-        _check_min(n_train, min_chars, paths)
+        _check_min(n_train, min_chars, paths)  # ids >= characters: enough characters is enough ids
         meta = {"tokens_format": TOKENS_FORMAT, "cache_key": lookup.key, "fingerprint": lookup.digest,
                 "train_chars": n_train, "val_chars": n_val, "source_bytes": total_bytes,
                 "sources": [str(p) for p in paths]}
-        vocab, kept = _make_vocab(counts, total, max_vocab, options, meta)
+        vocab, kept = vocab_for(counts, total, tokens=tokens, max_vocab=max_vocab, options=options, meta=meta)
         del counts, counted
 
         # pass 2: encode, then commit (vocab.json last)
-        _encode(texts(), out, vocab, kept, n_train, total, Progress(on_progress, "encode", total_bytes),
+        table = _ByteTable() if vocab.is_bytes else _IdTable(vocab, kept)
+        _encode(texts(), out, vocab, table, n_train, total, Progress(on_progress, "encode", total_bytes),
                 what=describe(paths))
     except BaseException:
         _remove_dirs(created)
         raise
-    return Prepared(out, vocab, n_train, n_val, cached=False)
+    return Prepared(out, vocab, n_train, n_val, cached=False, train_tokens=vocab.meta["train_tokens"],
+                    val_tokens=vocab.meta["val_tokens"])
 
 
-def _options(lowercase: bool, val_fraction: float, max_vocab: int | None, errors: str, chunk_size: int) -> dict:
+def _options(lowercase: bool, val_fraction: float, max_vocab: int | None, tokens: str, errors: str,
+             chunk_size: int) -> dict:
     """The options that shape the output (they are part of the cache key), checked."""
-    check_prepare_options(lowercase=bool(lowercase), val_fraction=val_fraction, max_vocab=max_vocab, errors=errors)
+    check_prepare_options(lowercase=bool(lowercase), val_fraction=val_fraction, max_vocab=max_vocab, tokens=tokens,
+                          errors=errors)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
     return {"lowercase": bool(lowercase), "val_fraction": float(val_fraction), "max_vocab": max_vocab,
-            "errors": errors}
+            "tokens": tokens, "errors": errors}
 
 
 def _sources(sources: Sequence, on_progress: ProgressFn | None) -> tuple[list[Path], list[os.stat_result]]:
@@ -297,24 +328,6 @@ class _CacheLookup:
         self.hit = _cached(self.out, self.key)
 
 
-def _make_vocab(counts: np.ndarray, total: int, max_vocab: int | None, options: dict,
-                meta: dict) -> tuple[Vocab, np.ndarray]:
-    """The vocabulary (ids in code point order, OOV last) and the code points that keep an id of their own."""
-    present = np.flatnonzero(counts)
-    if max_vocab is not None and len(present) > max_vocab:
-        order = np.lexsort((present, -counts[present]))  # most frequent first, ties by code point
-        kept = np.sort(present[order[: max_vocab - 1]])
-        kept_counts = counts[kept]
-        oov_id: int | None = len(kept)
-        chars = [chr(c) for c in kept.tolist()] + [OOV_CHAR]
-        cnts = kept_counts.tolist() + [int(total - kept_counts.sum())]
-    else:
-        kept, oov_id = present, None
-        chars = [chr(c) for c in kept.tolist()]
-        cnts = counts[kept].tolist()
-    return Vocab(chars=chars, counts=cnts, oov_id=oov_id, options=options, meta=meta), kept
-
-
 # --- pass 2: encode --------------------------------------------------------------------------
 class _IdTable:
     """Text -> the bytes of its ids (``vocab.dtype``), through a table from code point to id."""
@@ -335,14 +348,27 @@ class _IdTable:
         return memoryview(gather(self._luts[cps.dtype.itemsize], cps)).cast("B")
 
 
-def _encode(texts: Iterable[tuple[int, str]], out: Path, vocab: Vocab, kept: np.ndarray, n_train: int,
+class _ByteTable:
+    """Text -> its UTF-8 bytes, which are its ids with byte tokens."""
+
+    itemsize = 1
+
+    def __call__(self, text: str) -> bytes:
+        return text.encode("utf-8")
+
+
+def _encode(texts: Iterable[tuple[int, str]], out: Path, vocab: Vocab, table: _IdTable | _ByteTable, n_train: int,
             total: int, progress: Progress, *, what: str) -> None:
-    """Write the ids of ``texts``: the first ``n_train`` to train.bin, the rest to val.bin; vocab.json last."""
+    """Write the ids of ``texts``: the first ``n_train`` characters' to train.bin, the rest to val.bin.
+
+    The numbers of ids go into ``vocab.meta`` (``train_tokens``, ``val_tokens``); vocab.json is written last.
+    """
     with PendingFile(out / "train.bin") as train, PendingFile(out / "val.bin") as val:
-        n = _write_ids(texts, _IdTable(vocab, kept), n_train, train.file, val.file, progress)
+        n, n_ids = _write_ids(texts, table, n_train, train.file, val.file, progress)
         if n != total:
             raise TextstreamError(f"{what}: the text changed while it was being prepared "
                                   f"({total} characters counted, {n} encoded); try again")
+        vocab.meta.update(train_tokens=n_ids[0], val_tokens=n_ids[1])
         train.sync()
         val.sync()
         # commit: drop the old marker, move the token files in, write the marker last
@@ -353,22 +379,26 @@ def _encode(texts: Iterable[tuple[int, str]], out: Path, vocab: Vocab, kept: np.
         vocab.save(out / "vocab.json")
 
 
-def _write_ids(texts: Iterable[tuple[int, str]], ids: _IdTable, n_train: int, train: IO[bytes], val: IO[bytes],
-               progress: Progress) -> int:
-    """Write the ids of ``texts`` to the files ``train`` (the first ``n_train``) and ``val``; how many in all."""
-    pos = written = kicked = 0
+def _write_ids(texts: Iterable[tuple[int, str]], table: _IdTable | _ByteTable, n_train: int, train: IO[bytes],
+               val: IO[bytes], progress: Progress) -> tuple[int, tuple[int, int]]:
+    """Write the ids of ``texts``' first ``n_train`` characters to ``train``, of the rest to ``val``.
+
+    Returns the number of characters, and of ids written to each file.
+    """
+    pos = kicked = 0
+    written = [0, 0]
+    files = (train, val)
     for done, text in texts:
-        buf = ids(text)
-        n = len(buf) // ids.itemsize
-        k = min(max(n_train - pos, 0), n) * ids.itemsize
-        if k:
-            train.write(buf[:k])
-        if k < len(buf):
-            val.write(buf[k:])
-        pos += n
-        written += len(buf)
-        if written - kicked >= _WRITEBACK_EVERY:
-            start_writeback((train, val))
-            kicked = written
+        k = min(max(n_train - pos, 0), len(text))  # characters of this piece that go to train
+        parts = ((0, text),) if k == len(text) else ((1, text),) if k == 0 else ((0, text[:k]), (1, text[k:]))
+        for which, part in parts:
+            buf = table(part)
+            files[which].write(buf)
+            written[which] += len(buf)
+        pos += len(text)
+        if sum(written) - kicked >= _WRITEBACK_EVERY:
+            start_writeback(files)
+            kicked = sum(written)
         progress.update(done)
-    return pos
+    size = table.itemsize
+    return pos, (written[0] // size, written[1] // size)

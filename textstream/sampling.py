@@ -180,3 +180,30 @@ def held_back(text: str, stops: Sequence[str]) -> int:
                 keep = n
                 break
     return keep
+
+
+class StopCut:
+    """Cuts a stream's text at the first stop string, holding back what may still become one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = list(stops)
+        self.pending = ""
+
+    def __call__(self, text: str) -> tuple[str, bool]:
+        """``(text to emit now, whether a stop string ended the stream)`` after ``text`` arrives."""
+        text = self.pending + text
+        if not self.stops:
+            self.pending = ""
+            return text, False
+        cut = find_stop(text, self.stops)
+        if cut is not None:
+            self.pending = ""
+            return text[:cut], True
+        keep = held_back(text, self.stops)
+        self.pending = text[len(text) - keep:]
+        return text[:len(text) - keep], False
+
+    def flush(self) -> str:
+        """What was held back (the stream ends without a stop string)."""
+        text, self.pending = self.pending, ""
+        return text

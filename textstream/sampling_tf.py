@@ -107,7 +107,7 @@ def choose(logits, temperature, noise, top_k=None, top_p=None):
 
     ``temperature``: float32 ``(B,)``; ``noise``: from ``gumbel_noise``;
     ``top_k`` int32 ``(B,)`` and ``top_p`` float32 ``(B,)`` are optional
-    (``None`` skips the sort they need).
+    (``None`` skips the sort they need); a row with top-p >= 1 is not filtered at all.
 
     ``argmax(logits / T + g) == argmax(logits + T * g)`` for T > 0, so the
     noise is scaled instead of the logits: nothing can overflow at any
@@ -117,5 +117,8 @@ def choose(logits, temperature, noise, top_k=None, top_p=None):
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         keep = tf.math.is_finite(top_p_filter(apply_temperature(logits, temperature), top_p))
+        # a row with top-p >= 1 keeps every character: exactly as with no top-p (rounding in the cumulative
+        # sum must not drop a rare character), so rows with and without top-p can share one batch
+        keep = tf.logical_or(keep, (top_p >= 1.0)[:, None])
         logits = tf.where(keep, logits, tf.constant(-math.inf, logits.dtype))
     return tf.argmax(logits + temperature[:, None] * noise, axis=-1, output_type=tf.int32)

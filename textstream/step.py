@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from textstream._tf import tf
+from textstream.backend import RowBatch
 from textstream.config import TrainConfig
 from textstream.checkpoint import load_model, step_weights_of
 from textstream.sampling import seed_u32
@@ -209,6 +210,41 @@ class StepModel:
         for lo in range(0, longest, PMAX):
             h, c, _, _ = self.run(h, c, *dummy, 0, feed=[np.asarray(f[lo:lo + PMAX]) for f in ids])
         return h, c
+
+    def advance_rows(self, rows: RowBatch, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Feed row i ``feed[i]`` (any length), then generate ``k`` ids per row; ``rows`` is updated in place.
+
+        The rows are padded to ``_bucket(B)`` (few compiles), fed in calls of
+        ``PMAX`` and generated in calls of ``KMAX``; returns int32 (B, k).
+        ``top_p`` is passed only when a row uses it (< 1): a row with 1 is not filtered either way.
+        """
+        b = rows.batch
+        if b == 0 or (k == 0 and not (feed is not None and any(len(f) for f in feed))):
+            return np.zeros((b, 0), np.int32)
+        pad = _bucket(b) - b
+        grow = lambda a, fill: tf.constant(  # noqa: E731
+            np.concatenate([a, np.full((pad,), fill, a.dtype)]) if pad else a)
+        h = tf.constant(np.pad(rows.h, ((0, 0), (0, pad), (0, 0))) if pad else rows.h)
+        c = tf.constant(np.pad(rows.c, ((0, 0), (0, pad), (0, 0))) if pad else rows.c)
+        seeds, positions = grow(rows.seeds, 0), grow(rows.positions, 0)
+        temperature = grow(rows.temperature, 1.0)
+        top_p = grow(rows.top_p, 1.0) if (rows.top_p < 1.0).any() else None
+        feed = list(feed) + [np.zeros(0, np.int32)] * (b + pad - len(feed)) if feed is not None else None
+        longest = max((len(f) for f in feed), default=0) if feed else 0
+        cut = (longest - 1) // PMAX * PMAX if longest > PMAX else 0  # all but the last chunk: feed only
+        for lo in range(0, cut, PMAX):
+            h, c, _, _ = self.run(h, c, seeds, positions, temperature, 0, [f[lo:lo + PMAX] for f in feed],
+                                  None, top_p)
+        feed = [f[cut:] for f in feed] if feed else None
+        parts = []
+        for lo in range(0, max(k, 1), KMAX):  # one call even for k == 0 (it feeds)
+            h, c, positions, ids = self.run(h, c, seeds, positions, temperature, min(KMAX, k - lo), feed,
+                                            None, top_p)
+            parts.append(ids[:b])
+            feed = None
+        rows.h[...], rows.c[...] = h.numpy()[:, :b], c.numpy()[:, :b]
+        rows.positions[...] = positions.numpy()[:b]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def logits(self, ids, state=None) -> np.ndarray:
         """Logits after each position of ``ids`` (B, T) fed one character at a time: numpy (B, T, V)."""

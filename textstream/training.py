@@ -38,7 +38,7 @@ from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
 from textstream.preparation import Prepared, load_prepared, prepare
 from textstream.run import NewRun, RunLock, RunPaths
 from textstream.schedule import Every, Meter, Plan
-from textstream.vocab import Vocab
+from textstream.vocab import TokenChoice, Vocab
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split
 CHECKPOINT_EVERY_S = 600.0  # also save "last" this often inside long epochs
@@ -77,7 +77,8 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
             emit(events.Notice(notice))
         corpus, sources = _prepare(cfg, sources, paths, resume, on_progress, emit)
         emit(events.Prepared(dir=str(corpus.dir), vocab_size=corpus.vocab.size, train_chars=corpus.train_chars,
-                             val_chars=corpus.val_chars, cached=corpus.cached))
+                             val_chars=corpus.val_chars, cached=corpus.cached, choice=TokenChoice.of(corpus.vocab),
+                             train_tokens=corpus.train_tokens, val_tokens=corpus.val_tokens))
         if resume:
             _check_same_vocab(paths, corpus.vocab)
         elif chief:
@@ -112,12 +113,16 @@ def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool,
             except TextstreamError as e:
                 emit(events.Notice(f"{e}; preparing the run's sources again"))
     corpus = prepare(list(sources), None, lowercase=cfg.lowercase, val_fraction=cfg.val_fraction,
-                     max_vocab=cfg.max_vocab, errors=cfg.errors, min_chars=cfg.window, on_progress=on_progress)
+                     max_vocab=cfg.max_vocab, tokens=cfg.tokens, errors=cfg.errors, min_chars=cfg.window,
+                     on_progress=on_progress)
     return corpus, [str(s) for s in sources]
 
 
 def _check_same_vocab(paths: RunPaths, vocab: Vocab) -> None:
     old = paths.read_vocab()
+    if old.tokens != vocab.tokens:
+        raise TextstreamError(f"{paths.root}: cannot resume: the sources' tokens are {vocab.tokens}, the run's are "
+                              f"{old.tokens}")
     if old.chars != vocab.chars:
         differ = sorted(set(vocab.chars) ^ set(old.chars))
         raise TextstreamError(f"{paths.root}: cannot resume: the sources' vocabulary differs from the run's "
@@ -267,14 +272,21 @@ class Trainer:
         self.emit(events.Checkpointed(path=path, why=why, step=self.state.step_number))
 
     def validation(self) -> events.Validation | None:
-        """The loss on (up to ``EVAL_MAX_CHARS`` of) the validation split, after the end of the training text."""
+        """The validation loss per character and per token (up to ``EVAL_MAX_CHARS`` tokens of the split).
+
+        The split is read after the end of the training text, as its context.
+        """
         if len(self.val) == 0:
             return None
         cfg = self.cfg
+        t0 = time.monotonic()
         context = train_context(self.windows.tokens, cfg.seq_len)
-        nats, chars = score(self.state.model, cfg.objective, cfg.seq_len, IdStream(self.val, context),
-                            batch_size=max(8, min(cfg.batch_size, 256)), max_targets=EVAL_MAX_CHARS)
-        return events.Validation(nats_per_char=nats / chars, chars=chars) if chars else None
+        s = score(self.state.model, cfg.objective, cfg.seq_len, IdStream(self.val, context),
+                  batch_size=max(8, min(cfg.batch_size, 256)), max_targets=EVAL_MAX_CHARS, vocab=self.vocab)
+        if not s.chars:
+            return None
+        return events.Validation(nats_per_char=s.nats_per_char, chars=s.chars, tokens=s.tokens,
+                                 nats_per_token=s.nats_per_token, seconds=time.monotonic() - t0)
 
     def samples(self, epoch: int, step: int) -> events.Samples:
         """Text after a prime drawn from the training text (chosen by seed and epoch), at each temperature."""
@@ -282,7 +294,8 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, epoch])
         n = len(self.windows.tokens)
         length = min(60, n - 1)
-        prime = self.vocab.decode(self.windows.tokens.read(int(rng.integers(0, n - length)), length))
+        ids = self.windows.tokens.read(int(rng.integers(0, n - length)), length)
+        prime = self.vocab.decode(self.vocab.whole_chars(ids))
         temps = list(cfg.temperatures)
         texts = Generator.from_model(self.state.model, self.vocab, cfg).generate(
             [prime] * len(temps), cfg.sample_chars, temperature=temps, seed=int(rng.integers(0, 2**31 - 1)))

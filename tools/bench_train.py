@@ -72,20 +72,22 @@ class ChildFailed(RuntimeError):
     pass
 
 
-def run_child(cmd: list[str], log_dir: Path, name: str) -> dict:
+def run_child(cmd: list[str], log_dir: Path, name: str, *, env: dict | None = None, preexec_fn=None) -> dict:
     """Run ``cmd`` to completion; its output goes to ``log_dir/name.{out,err}``.
 
     Returns ``rc``, ``wall_s``, ``peak_rss_mb`` (the child's own ru_maxrss, via
     ``os.wait4``) and ``stdout``. Raises ``ChildFailed`` with the stderr tail on a
-    non-zero exit.
+    non-zero exit. ``env``: the child's whole environment (default: this one, with
+    this checkout first on PYTHONPATH); ``preexec_fn``: run in the child before it execs.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if env is None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     out_path, err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=env, preexec_fn=preexec_fn)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except KeyboardInterrupt:

@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import NoReturn, Sequence
 
-from textstream.cli import corpora, evaluate, export, generate, prepare, train
+from textstream.cli import corpora, evaluate, export, generate, prepare, serve, train
 from textstream.errors import Interrupted, TextstreamError
 
 PROG = "textstream"
@@ -27,6 +27,7 @@ COMMANDS: dict[str, ModuleType] = {
     "generate": generate,
     "eval": evaluate,
     "export": export,
+    "serve": serve,
 }
 
 

@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        per_token = ""
+        if result["tokens"] == "bytes":
+            per_token = (f"; {result['bits_per_token']:.4f} bits/byte ({result['nats_per_token']:.4f} nats/byte) "
+                         f"over {result['token_count']:,} bytes")
         print(f"{result['bits_per_char']:.4f} bits/char  ({result['nats_per_char']:.4f} nats/char) "
-              f"over {result['chars']:,} characters")
+              f"over {result['chars']:,} characters{per_token}")
     return 0

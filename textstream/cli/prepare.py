@@ -7,6 +7,7 @@ from pathlib import Path
 from textstream.cli.console import ProgressUI, console
 from textstream.cli.options import add_setting_arguments
 from textstream.config import PREPARE, prepare_options
+from textstream.vocab import TokenChoice
 
 HELP = "encode sources into token files (vocab.json, train.bin, val.bin)"
 DESCRIPTION = "Encode text into token files in two streaming passes (memory does not grow with the corpus)."
@@ -34,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         ui.close()
     state = "cached" if prep.cached else "wrote"
-    console().print(f"{state} {prep.dir}: {prep.vocab.size} symbols, "
-                    f"{prep.train_chars:,} train + {prep.val_chars:,} val characters")
+    ids = f" ({prep.train_tokens:,} + {prep.val_tokens:,} bytes)" if prep.vocab.is_bytes else ""
+    out = console()
+    out.print(f"{state} {prep.dir}: {prep.vocab.size} symbols, "
+              f"{prep.train_chars:,} train + {prep.val_chars:,} val characters{ids}")
+    out.print(TokenChoice.of(prep.vocab).line(), markup=False, highlight=False)
     return 0

@@ -64,6 +64,7 @@ class TrainDisplay:
         self.progress = None
         self.task = None
         self.last: StepLogged | None = None  # the newest step, for the epoch lines
+        self.unit = "char"  # what the training loss is per: a character, or a byte with byte tokens
 
     @functools.singledispatchmethod
     def __call__(self, event: Event) -> None:
@@ -74,8 +75,14 @@ class TrainDisplay:
         if self.before_start is not None:
             self.before_start()
         how = "cached" if event.cached else "prepared"
+        ids = ""
+        if event.choice is not None and event.choice.tokens == "bytes":
+            self.unit = "byte"
+            ids = f" ({event.train_tokens:,} + {event.val_tokens:,} bytes)"
         self.console.print(f"[dim]corpus {how}: {event.train_chars:,} train + {event.val_chars:,} val "
-                           f"characters, {event.vocab_size} symbols ({event.dir})[/dim]")
+                           f"characters{ids}, {event.vocab_size} symbols ({event.dir})[/dim]")
+        if event.choice is not None:
+            self.console.print(event.choice.line(), markup=False, highlight=False)
 
     @__call__.register
     def _notice(self, event: Notice) -> None:
@@ -97,7 +104,7 @@ class TrainDisplay:
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]:>6.2f}"), BarColumn(),
                 TextColumn("step {task.completed:,.0f}"),
-                TextColumn("loss {task.fields[loss]:.3f} ({task.fields[bpc]:.3f} bits/char)"),
+                TextColumn("loss {task.fields[loss]:.3f} ({task.fields[bpc]:.3f} bits/" + self.unit + ")"),
                 TextColumn("{task.fields[rate]:,.0f} chars/s"), TextColumn("ETA {task.fields[eta]}"),
                 console=self.console, transient=True)
             self.progress.start()
@@ -117,7 +124,8 @@ class TrainDisplay:
     def _epoch_end(self, event: EpochEnd) -> None:
         val = ""
         if event.val is not None:
-            val = f"  val {event.val.bits_per_char:.4f} bits/char{' (best)' if event.best else ''}"
+            per_token = f" ({event.val.bits_per_token:.4f} bits/{self.unit})" if self.unit != "char" else ""
+            val = f"  val {event.val.bits_per_char:.4f} bits/char{per_token}{' (best)' if event.best else ''}"
         label = f"epoch {event.number}" if event.number is not None else "end"
         last = self.last
         loss = f"  loss {last.loss_avg:.4f}  {last.chars_per_s:,.0f} chars/s" if last else ""

@@ -92,17 +92,9 @@ def check_output(out: Path, run_root: Path, force: bool = False) -> None:
                               f"or a file (remove it yourself if you mean it)")
 
 
-def token_mode(cfg: TrainConfig, vocab: Vocab) -> str:
-    """What an id stands for: "chars" (one character), or what the run records (e.g. "bytes")."""
-    for value in (getattr(cfg, "tokens", None), vocab.meta.get("tokens"), vocab.options.get("tokens")):
-        if isinstance(value, str) and value:
-            return value
-    return "chars"
-
-
 def vocab_info(cfg: TrainConfig, vocab: Vocab) -> dict:
     """What the ``vocabulary`` signature returns: chars in id order, token mode, OOV id (-1: none), lowercase."""
-    return {"chars": list(vocab.chars), "tokens": token_mode(cfg, vocab),
+    return {"chars": list(vocab.chars), "tokens": vocab.tokens,
             "oov_id": -1 if vocab.oov_id is None else int(vocab.oov_id),
             "lowercase": bool(vocab.options.get("lowercase", cfg.lowercase))}
 

@@ -1,0 +1,90 @@
+"""``textstream serve``: an OpenAI-compatible HTTP server for a trained run (the ``serve`` extra).
+
+A thin skin over ``textstream.serve``: checks the options, loads the run,
+compiles the step model for every batch size, listens, and on SIGTERM or
+Ctrl-C drains (no new requests; running streams get ``--grace`` seconds;
+exit 0). Status lines go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+from textstream.backend import BACKENDS
+from textstream.cli.options import positive_int
+from textstream.errors import TextstreamError
+from textstream.generate import Generator
+from textstream.run import CHECKPOINTS, existing_run
+
+HELP = "serve a trained run over HTTP (OpenAI-compatible completions, continuous batching)"
+DESCRIPTION = ("Serve a run over HTTP: POST /v1/completions (OpenAI's completions API, streaming or not; "
+               "tokens are characters), GET /v1/models, GET /health. Needs the serve extra: "
+               'pip install "textstream[serve]".')
+API_KEY_ENV = "TEXTSTREAM_API_KEY"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-streams", type=positive_int, default=256, metavar="N",
+                   help="completions generated at once; beyond it requests get 429 (default 256)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on /v1/ (default: ${API_KEY_ENV}, else none)")
+    p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: RUN_DIR's name)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument("--backend", choices=BACKENDS, default="tf",
+                   help="step backend (default tf: the compiled XLA step, the fastest for many streams at once; "
+                        "numpy: no TensorFlow)")
+    p.add_argument("--max-tokens", type=positive_int, default=4096, metavar="N",
+                   help="largest max_tokens (characters) a request may ask (default 4096)")
+    p.add_argument("--max-n", type=positive_int, default=16, metavar="N", help="largest n (default 16)")
+    p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM, how long running streams may take to finish (default 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The handler of ``textstream serve``; returns the exit status."""
+    if importlib.util.find_spec("aiohttp") is None:
+        raise TextstreamError('serve needs the serve extra: pip install "textstream[serve]"')
+    if not 0 <= args.port <= 65535:
+        raise TextstreamError(f"--port must be in [0, 65535] (got {args.port})")
+    if not args.grace >= 0:
+        raise TextstreamError(f"--grace must be >= 0 (got {args.grace})")
+    paths = existing_run(args.run_dir)
+    name = args.model_name or paths.root.resolve().name
+
+    from textstream.serve.app import ServeConfig, Server, serve
+    from textstream.serve.protocol import Limits  # with app: aiohttp, imported only here
+
+    config = ServeConfig(host=args.host, port=args.port, max_streams=args.max_streams,
+                         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                         limits=Limits(model=name, max_tokens=args.max_tokens, max_n=args.max_n),
+                         grace_s=args.grace)
+    logging.basicConfig(format="textstream serve: %(levelname)s: %(message)s")  # faults, with their traceback
+    _status(f"loading {paths.root} and compiling for up to {args.max_streams} streams")
+    server = Server(Generator.load(paths.root, args.checkpoint, warm=False, backend=args.backend), config)
+    server.warm()
+
+    def ready(host: str, port: int) -> None:
+        _status(f"serving model {name!r} on http://{_url_host(host)}:{port}/v1 (Ctrl-C or SIGTERM drains and stops)")
+
+    try:
+        asyncio.run(serve(server, on_ready=ready))
+    except OSError as e:  # the address is taken or cannot be bound
+        raise TextstreamError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    _status("stopped")
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _status(line: str) -> None:
+    print(f"textstream serve: {line}", file=sys.stderr, flush=True)

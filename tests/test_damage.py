@@ -232,6 +232,10 @@ def test_vocab_json_fields_are_checked():
         assert vocab_json_problem({**good, key: value}), key
     assert vocab_json_problem({**good, "chars": ["a", "a", "b"]}) == '"chars" lists a character twice'
     assert vocab_json_problem({**good, "chars": ["a", "\ufffd", "\ufffd"], "oov_id": 2}) is None  # U+FFFD and OOV
+    byte = Vocab.of_bytes([0] * 256, meta={"train_tokens": 10}).to_dict()
+    assert vocab_json_problem(byte) is None
+    for key, value in {"oov_id": 3, "size": 255, "counts": [1], "train_tokens": "x", "tokens": "words"}.items():
+        assert vocab_json_problem({**byte, key: value}), key
 
 
 def test_data_json_is_checked_and_metrics_skip_damaged_lines(tmp_path):

@@ -11,6 +11,15 @@
       tb/                  TensorBoard scalars
       .lock                held (flock) while a `train` process uses the directory
 
+No links: the run directory itself may be a symbolic link, but none of the
+files and directories textstream keeps in it may be (``RunPaths.check_links``,
+called before a run is read or trained): nothing is read from or written to a
+place outside the run through a link planted in it (a ``metrics.jsonl``
+pointing at ``~/.bashrc`` is never appended to, a ``vocab.json`` pointing at a
+private file is never copied into an export). Appends and the lock also open
+their file with ``O_NOFOLLOW``. Temporaries left by killed writers are removed
+when ``train`` starts (``remove_stale_temporaries``).
+
 No TensorFlow here (the CLI reads run directories before TensorFlow loads);
 the checkpoints themselves are ``checkpoint.py``'s.
 """
@@ -27,10 +36,12 @@ from typing import Any, Sequence
 
 from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
-from textstream.fsutil import atomic_write_text
+from textstream.fsutil import append_bytes, atomic_write_text
+from textstream.temporaries import Temporary, remove_path, remove_stale, size_of, tf_temporaries
 from textstream.vocab import Vocab
 
 CHECKPOINTS = ("best", "last")
+ENTRIES = ("config.json", "vocab.json", "data.json", "metrics.jsonl", ".lock", "tb", "checkpoints")  # none a link
 _STATE_PATH = re.compile(r'^model_checkpoint_path:\s*"([^"\\]*)"\s*$', re.MULTILINE)
 
 
@@ -150,8 +161,7 @@ class RunPaths:
     # --- metrics.jsonl ----------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line to ``metrics.jsonl`` (one ``write``: a crash loses at most that line)."""
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_bytes(self.metrics, (json.dumps(record) + "\n").encode("utf-8"))  # no link; a full disk: NoSpace
 
     def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl`` (those of ``kind`` only, if given); [] when there is none."""
@@ -172,6 +182,39 @@ class RunPaths:
     def has_checkpoint(self) -> bool:
         last = self.checkpoints("last")
         return last.is_dir() and any(last.iterdir())
+
+    def check_links(self) -> None:
+        """A ``TextstreamError`` naming the first of the run's files or directories that is a symbolic link.
+
+        The run's entries (``ENTRIES``), the checkpoint series directories
+        and the files in them: textstream reads and writes none of them
+        through a link (see the module docstring).
+        """
+        entries = [self.root / name for name in ENTRIES]
+        for which in CHECKPOINTS:
+            directory = self.checkpoints(which)
+            entries.append(directory)
+            if directory.is_dir() and not directory.is_symlink() and not self.checkpoint_root.is_symlink():
+                entries.extend(sorted(directory.iterdir()))
+        for path in entries:
+            if path.is_symlink():
+                raise TextstreamError(f"{path}: is a symbolic link; textstream does not read or write a run's "
+                                      f"files through links (replace it with the file or directory itself)")
+
+    def remove_stale_temporaries(self) -> list[Temporary]:
+        """Remove the temporaries that killed writers left in the run; the ones removed.
+
+        textstream's own (``.NAME.PID@HOST.RANDOM.tmp``) when their writer is
+        gone, and TensorFlow's checkpoint temporaries (``ckpt-N_temp/``, ...):
+        call it holding the run's lock, the only writer of checkpoints.
+        """
+        removed = remove_stale([self.root, *(self.checkpoints(w) for w in CHECKPOINTS)])
+        for which in CHECKPOINTS:
+            for path in tf_temporaries(self.checkpoints(which)):
+                size = size_of(path)
+                if remove_path(path):
+                    removed.append(Temporary(path, size, stale=True))
+        return removed
 
     def check_directory(self) -> None:
         """The run directory may be missing (training creates it), not a file."""
@@ -200,6 +243,7 @@ def existing_run(run_dir: Path | str) -> RunPaths:
         raise TextstreamError(f"{paths.root}: not a directory")
     if not paths.config.exists() or not paths.vocab.exists():
         raise TextstreamError(f"{paths.root}: not a textstream run directory (no config.json / vocab.json)")
+    paths.check_links()
     return paths
 
 
@@ -212,7 +256,13 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # never truncate what a planted link points to
+                raise TextstreamError(f"{self.paths.lock}: is a symbolic link; textstream does not write a run's "
+                                      f"files through links (remove it)") from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

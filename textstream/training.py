@@ -29,8 +29,9 @@ from textstream._tf import tf, tf_keras
 from textstream.checkpoint import Checkpoints, TrainState, save_directory, weights_sha256
 from textstream.config import TrainConfig
 from textstream.distribute import is_chief, make_strategy
-from textstream.errors import Interrupted, TextstreamError
+from textstream.errors import Interrupted, NoSpace, TextstreamError
 from textstream.evaluation import IdStream, score, train_context
+from textstream.fsutil import space_checked
 from textstream.generate import Generator
 from textstream.model import build_model
 from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
@@ -62,7 +63,9 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
     paths.check_directory()
     with RunLock(paths) if chief else contextlib.nullcontext(), save_directory(paths, chief) as save_dir:
         if chief:
+            paths.check_links()
             paths.check_for_training(resume)
+            paths.remove_stale_temporaries()  # of writers killed earlier (we hold the lock)
         corpus, sources = _prepare(cfg, sources, paths, resume, on_progress)
         emit(events.Prepared(dir=str(corpus.dir), vocab_size=corpus.vocab.size, train_chars=corpus.train_chars,
                              val_chars=corpus.val_chars, cached=corpus.cached, choice=TokenChoice.of(corpus.vocab),
@@ -76,7 +79,10 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
             paths.write_data(corpus.dir, sources)
         trainer = Trainer(cfg, corpus, paths, save_dir, strategy, chief=chief, emit=emit,
                           should_stop=should_stop or (lambda: False))
-        return trainer.run()
+        try:
+            return trainer.run()
+        except NoSpace as e:
+            raise e.also(trainer.after_no_space()) from None
 
 
 def _ignore(event: events.Event) -> None:
@@ -216,6 +222,14 @@ class Trainer:
         return summary
 
     # --- pieces -----------------------------------------------------------------------------
+    def after_no_space(self) -> str:
+        """What a run stopped by a full disk tells the user: the checkpoint in force, and how to go on."""
+        last = self.checkpoints.saved("last")
+        if last is None:
+            return "training stopped before its first checkpoint: free some space and start it again"
+        return (f"training stopped; the last checkpoint, {last}, is intact: free some space, then continue with: "
+                f"textstream train --resume -o {self.paths.root}")
+
     def epoch_number(self, step: int) -> int:
         return int(self.windows.epoch_of(step, self.cfg.batch_size))
 
@@ -366,14 +380,16 @@ class MetricsLog:
         self.writer = tf.summary.create_file_writer(str(paths.tensorboard))
 
     def write(self, record: dict) -> None:
+        """One record: a line of ``metrics.jsonl`` and its numbers as scalars (a full disk: ``NoSpace``)."""
         self.paths.append_metrics(record)
-        with self.writer.as_default(step=record["step"]):
+        with space_checked(self.paths.tensorboard), self.writer.as_default(step=record["step"]):
             for k, v in record.items():
                 if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     tf.summary.scalar(f"{record['kind']}/{k}", v)
 
     def flush(self) -> None:
-        self.writer.flush()
+        with space_checked(self.paths.tensorboard):
+            self.writer.flush()
 
 
 class NoLog:

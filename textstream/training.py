@@ -61,9 +61,9 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
     emit = on_event if chief and on_event is not None else _ignore
     paths = RunPaths(Path(run_dir))
     paths.check_directory()
+    paths.check_links()  # before the lock writes anything
     with RunLock(paths) if chief else contextlib.nullcontext(), save_directory(paths, chief) as save_dir:
         if chief:
-            paths.check_links()
             paths.check_for_training(resume)
             paths.remove_stale_temporaries()  # of writers killed earlier (we hold the lock)
         corpus, sources = _prepare(cfg, sources, paths, resume, on_progress)

@@ -330,3 +330,14 @@ def test_a_run_directory_that_is_itself_a_link_is_fine(trained, tmp_path):
     alias.symlink_to(run, target_is_directory=True)
     assert main(["generate", str(alias), "-n", "5", "--seed", "1"]) == 0
     assert main(["train", "-o", str(alias), "--resume", "--steps", "8", "--no-samples"]) == 0
+
+
+@pytest.mark.parametrize("record", [{"dir": ""}, {"dir": 3}, {"dir": "a\u0000b"}, {"dir": "/x", "sources": [""]},
+                                    {"dir": "/x", "sources": [["nested"]]}])
+def test_paths_recorded_in_data_json_are_checked(tmp_path, record):
+    paths = RunPaths(tmp_path)
+    paths.data.write_text(json.dumps(record))
+    with pytest.raises(TextstreamError, match=r"data\.json: (dir|source): .* is not a path"):
+        paths.read_data()
+    paths.data.write_text(json.dumps({"dir": "rel/prepared", "sources": ["a.txt", "nietzsche"]}))
+    assert paths.read_data().dir == Path("rel/prepared")

@@ -52,6 +52,20 @@ def checkpoint_series(which: str) -> list[str]:
     return [which] + (["last"] if which == "best" else [])
 
 
+def recorded_path(value: Any, what: str) -> str:
+    """``value`` if it can stand for a path recorded in a run's file (``data.json``), else a ``TextstreamError``.
+
+    The one check for paths that come from a run directory, which may come
+    from elsewhere: a non-empty string without NUL. textstream only ever
+    reads what they name (the prepared corpus, the sources to prepare again);
+    a relative path is relative to the current directory, as when it was
+    written. (Registry names have theirs: ``corpus.safe_name``.)
+    """
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise TextstreamError(f"{what}: {value!r} is not a path")
+    return value
+
+
 @dataclass(frozen=True)
 class DataRecord:
     """``data.json``: the prepared corpus directory and the sources it was made from."""
@@ -140,7 +154,8 @@ class RunPaths:
         """``data.json``, or None when the run has none; a ``TextstreamError`` when it is unreadable."""
         try:
             d = json.loads(self.data.read_text(encoding="utf-8"))
-            return DataRecord(Path(d["dir"]), tuple(str(s) for s in d.get("sources", [])))
+            return DataRecord(Path(recorded_path(d["dir"], f"{self.data}: dir")),
+                              tuple(recorded_path(s, f"{self.data}: source") for s in d.get("sources", [])))
         except FileNotFoundError:
             return None
         except (OSError, KeyError, TypeError, AttributeError, ValueError) as e:

@@ -20,12 +20,13 @@ from the run's sources). What it may hold that is of no use at all:
   last), not modified for a minute and holding no temporary of a running process.
 
 Each prepared corpus records its last use in its directory's modification
-time (``preparation.mark_used``, whenever it is loaded: a cache hit, a
+time (``mark_used``, whenever ``preparation`` loads it: a cache hit, a
 resume, ``eval``), which ``prune`` reads. Other entries (a benchmark's files) are listed, never removed.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,18 @@ class Entry:
     kind: str
     what: str = ""
     used: float | None = None
+
+
+def mark_used(d: Path) -> None:
+    """Record that the prepared corpus in ``d`` is being used: the directory's modification time, set to now.
+
+    ``prune`` removes the prepared corpora not used for a while. The files
+    are not touched; a directory that is not ours keeps its time.
+    """
+    try:
+        os.utime(d)
+    except OSError:
+        pass
 
 
 def inventory(root: Path | None = None) -> list[Entry]:

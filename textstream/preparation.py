@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from textstream.cache import mark_used
 from textstream.config import check_prepare_options
 from textstream.corpus import cache_dir, describe, resolve
 from textstream.errors import TextstreamError
@@ -140,18 +141,6 @@ def _cached(d: Path, key: str) -> Prepared | None:
     except TextstreamError:
         return None
     return prep if prep.vocab.meta.get("cache_key") == key else None
-
-
-def mark_used(d: Path) -> None:
-    """Record that the prepared corpus in ``d`` is being used: the directory's modification time, set to now.
-
-    ``textstream cache prune`` removes the prepared corpora not used for a
-    while. The files are not touched; a directory that is not ours keeps its time.
-    """
-    try:
-        os.utime(d)
-    except OSError:
-        pass
 
 
 # --- prepare ---------------------------------------------------------------------------------

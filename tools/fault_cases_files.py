@@ -121,7 +121,10 @@ def write_corpus(path: Path, lines: int, seed: int = 0) -> Path:
 
 # --- the families of cases -------------------------------------------------------------------------
 def disk_full(work: Path, env: dict) -> list[dict]:
-    """prepare, the cache, train (checkpoint, metrics, step weights), export, generate, under a file size limit."""
+    """prepare, the cache, train (checkpoint, metrics, step weights), export, generate, under a file size limit.
+
+    (Long: the set-up, then one table of cases read top to bottom, then the resumes.)
+    """
     small, big = write_corpus(work / "small.txt", 40), write_corpus(work / "big.txt", 3000, seed=1)
     text = ("word " * 8000).encode()
     (work / "t.txt").write_bytes(text)

@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.add_parser("info", help="list the cache's content with sizes (the default)")
     clean = actions.add_parser("clean", help="remove stale temporaries and unfinished preparations")
-    clean.add_argument("--all", action="store_true", help="also every download and prepared corpus")
+    clean.add_argument("--all", action="store_true",
+                       help="also every download and prepared corpus (not while a train runs: it may still need "
+                            "its prepared corpus)")
     prune = actions.add_parser("prune", help="clean, and remove prepared corpora unused for --days days")
     prune.add_argument("--days", type=float, default=30.0, metavar="N", help="default: 30")
 

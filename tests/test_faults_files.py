@@ -136,11 +136,13 @@ def test_prepare_on_a_full_disk(tmp_path):
     before = snapshot(out)
     fresh = tmp_path / "fresh"
     cache = tmp_path / "cache"
-    (r1, r2, r3) = limited([{"limit": 20_000, "argv": ["prepare", str(big), "-o", str(out)]},
-                            {"limit": 20_000, "argv": ["prepare", str(big), "-o", str(fresh)]},
-                            {"limit": 20_000, "argv": ["train", str(big), "-o", str(tmp_path / "run"),
-                                                       "--preset", "tiny", "--steps", "2"]}],
-                           {"TEXTSTREAM_CACHE": str(cache)})
+    (r1, r2, r3, r4) = limited([{"limit": 20_000, "argv": ["prepare", str(big), "-o", str(out)]},
+                                {"limit": 20_000, "argv": ["prepare", str(big), "-o", str(fresh)]},
+                                {"limit": 20_000, "argv": ["train", str(big), "-o", str(tmp_path / "run"),
+                                                           "--preset", "tiny", "--steps", "2"]},
+                                {"limit": 20_000, "argv": ["train", "-o", str(tmp_path / "run2"),  # the default corpus
+                                                           "--preset", "tiny", "--steps", "2"]}],
+                               {"TEXTSTREAM_CACHE": str(cache)})
     n = (big.stat().st_size * 19 + 19) // 20  # train.bin: one byte per character of the head 95%
     one_line(r1, f"{out / 'train.bin'}: cannot write: file too large", "needed", "20.0 kB written",
              "the old file is unchanged")
@@ -148,7 +150,8 @@ def test_prepare_on_a_full_disk(tmp_path):
     one_line(r2, f"{fresh / 'train.bin'}: cannot write")
     assert not fresh.exists()  # the directory it made is gone again
     line = one_line(r3, str(cache / "prepared"), "train.bin: cannot write")
-    assert f"about {fsutil.format_bytes(n)} needed" in line or "needed" in line
+    assert f"about {fsutil.format_bytes(n)} needed" in line
+    one_line(r4, f"{cache / 'corpora'}/default-", ".txt: cannot write", "needed", "20.0 kB written")
     assert temporaries(tmp_path) == []
 
 

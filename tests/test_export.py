@@ -377,7 +377,10 @@ def test_force_replaces_an_export_and_a_failed_write_leaves_the_old_one(tiny_run
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export, "_write", broken)
-    refused(capsys, [tiny_run, "-o", out, "--format", "keras", "--force"], f"{out}: cannot write (No space left on device)")
+    assert main(["export", str(tiny_run), "-o", str(out), "--format", "keras", "--force"]) == 2
+    err = capsys.readouterr().err  # the file, how much was written, what was kept (and the room left)
+    assert err.startswith(f"textstream: {out}: cannot write: no space left on the device (7 bytes written, ")
+    assert err.endswith(f" free); the earlier {out} is unchanged\n") and err.count("\n") == 1
     assert entries(tmp_path) == ["sm"] and (out / "model.keras").read_bytes() == before
     monkeypatch.undo()
     done = export_run(tiny_run, out, format="savedmodel", force=True)

@@ -38,11 +38,13 @@ import numpy as np
 from textstream import stepweights
 from textstream._tf import tf
 from textstream.config import TrainConfig
-from textstream.errors import TextstreamError
+from textstream.errors import NoSpace, TextstreamError
+from textstream.fsutil import space_checked
 from textstream.model import build_model, head_weights, lstm_weights
 from textstream.run import CHECKPOINTS, RunPaths, existing_run
 from textstream.series import Series
 from textstream.stepweights import StepWeights
+from textstream.temporaries import remove_path, tf_temporaries
 from textstream.vocab import Vocab
 
 
@@ -107,11 +109,58 @@ class Checkpoints:
             self.state.best_val_nats.assign(held)
 
     def save(self, which: str) -> str:
-        """Save the state to series ``which`` ("last" or "best"), numbered by its step; its path prefix."""
-        prefix = self._managers[which].save(checkpoint_number=self.state.step_number)
+        """Save the state to series ``which`` ("last" or "best"), numbered by its step; its path prefix.
+
+        A save that fails for lack of room (a full disk, a quota, a file size
+        limit) removes what it wrote, so the previous checkpoint of the series
+        stays in force, and raises ``NoSpace``; so does a step weights file
+        that cannot be written for that reason (the checkpoint itself is then
+        saved). Other failures to write the step weights file are ignored: it
+        is a cache, which generation writes again.
+        """
+        manager = self._managers[which]
+        name = f"ckpt-{self.state.step_number}"
+        directory = self.directory / which
+        try:
+            with space_checked(directory / name, needed=self.size()):
+                prefix = manager.save(checkpoint_number=self.state.step_number)
+        except NoSpace:
+            remove_partial_save(directory, name, current=manager.latest_checkpoint)
+            raise
         if self.step_weights:
-            save_step_weights(step_weights_of(self.state.model), prefix)
+            try:
+                stepweights.write(step_weights_of(self.state.model), prefix)
+            except OSError:
+                pass
         return prefix
+
+    def saved(self, which: str) -> str | None:
+        """The path prefix of the newest checkpoint of series ``which`` (restored or saved), None when there is none."""
+        return self._managers[which].latest_checkpoint
+
+    def size(self) -> int:
+        """About the bytes one checkpoint takes: the model's weights and the optimizer's variables."""
+        optimizer = self.state.optimizer.variables
+        variables = [*self.state.model.weights, *(optimizer() if callable(optimizer) else optimizer)]
+        return sum(int(np.prod(v.shape)) * v.dtype.size for v in variables)
+
+
+def remove_partial_save(directory: Path, name: str, current: str | None) -> None:
+    """Remove what a failed save of checkpoint ``name`` left in series ``directory``.
+
+    TensorFlow's temporaries of the save (``ckpt-N_temp/``, ``*.tempstate*``,
+    ``checkpoint.tmp*``) and, unless ``name`` is the ``current`` checkpoint
+    (the one the state file names), its index, data and step weights files.
+    Only for the process that holds the run's lock (it is the only writer).
+    """
+    for path in tf_temporaries(directory):
+        remove_path(path)
+    if current is not None and Path(current).name == name:
+        return
+    for path in directory.glob(f"{name}.*"):
+        if path.name == f"{name}.index" or path.name.startswith(f"{name}.data-") or \
+                path.name == name + stepweights.SUFFIX:
+            remove_path(path)
 
 
 @contextlib.contextmanager
@@ -309,7 +358,7 @@ def save_step_weights(weights: StepWeights, prefix: str | Path) -> bool:
     """
     try:
         stepweights.write(weights, prefix)
-    except OSError:
+    except (OSError, NoSpace):
         return False
     return True
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from textstream.errors import TextstreamError
-from textstream.fsutil import atomic_file, atomic_write_bytes
+from textstream.fsutil import atomic_file, atomic_write_bytes, no_space_errno
+from textstream.temporaries import remove_stale
 from textstream.progress import Progress, ProgressFn
 
 REGISTRY_FORMAT = "textstream-registry/1"
@@ -117,12 +118,14 @@ def _known(reg: dict[str, Entry]) -> str:
 
 
 def _corpora_dir() -> Path:
+    """``cache_dir()/corpora``, created if needed, without the temporaries of downloads that were killed."""
     d = cache_dir() / "corpora"
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TextstreamError(f"{d}: cannot create the corpus cache ({e.strerror or e}); "
                               f"set TEXTSTREAM_CACHE to a writable directory") from None
+    remove_stale([d])
     return d
 
 
@@ -161,7 +164,7 @@ def _download(entry: Entry, dest: Path, on_progress: ProgressFn | None) -> None:
 
     h = hashlib.sha256()
     done = 0
-    with atomic_file(dest) as out:
+    with atomic_file(dest, size=entry.size) as out:  # a full disk: NoSpace naming dest
         try:
             with urllib.request.urlopen(entry.url, timeout=_TIMEOUT_S) as resp:
                 length = resp.headers.get("Content-Length")
@@ -174,6 +177,8 @@ def _download(entry: Entry, dest: Path, on_progress: ProgressFn | None) -> None:
                     progress.update(done)
                 progress.finish()
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            if no_space_errno(e) is not None:
+                raise  # writing the download failed, not the network: atomic_file says which file
             if isinstance(e, urllib.error.HTTPError):
                 reason = f"HTTP {e.code} {e.reason}"
             else:
@@ -191,23 +196,25 @@ def _download(entry: Entry, dest: Path, on_progress: ProgressFn | None) -> None:
 
 def _unzip(entry: Entry, zpath: Path, final: Path, on_progress: ProgressFn | None) -> None:
     """Unpack the member ``entry.member`` of ``zpath`` to ``final`` (temporary, rename)."""
-    with atomic_file(final) as out:
-        try:
-            with zipfile.ZipFile(zpath) as zf:
-                try:
-                    info = zf.getinfo(entry.member)
-                except KeyError:
-                    raise TextstreamError(f"{zpath}: no member {entry.member!r} in the zip of {entry.name} "
-                                          f"(it has: {', '.join(zf.namelist()[:10])})") from None
+    try:
+        with zipfile.ZipFile(zpath) as zf:
+            try:
+                info = zf.getinfo(entry.member)
+            except KeyError:
+                raise TextstreamError(f"{zpath}: no member {entry.member!r} in the zip of {entry.name} "
+                                      f"(it has: {', '.join(zf.namelist()[:10])})") from None
+            with atomic_file(final, size=info.file_size) as out:  # a full disk: NoSpace naming final
                 progress = Progress(on_progress, f"unpack {entry.name}", info.file_size)
                 with zf.open(info) as src:
                     while block := src.read(_IO_CHUNK):
                         out.write(block)
                         progress.update(progress.done + len(block))
                 progress.finish()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
-            raise TextstreamError(f"{zpath}: cannot unpack {entry.name} ({e}); delete the file "
-                                  f"to download it again") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+        if no_space_errno(e) is not None:
+            raise
+        raise TextstreamError(f"{zpath}: cannot unpack {entry.name} ({e}); delete the file "
+                              f"to download it again") from None
 
 
 # --- the embedded default ------------------------------------------------------------------

@@ -17,10 +17,18 @@ Figures per character are the total nats over the number of Unicode
 characters scored, whatever the tokens: with byte tokens, the bytes that are
 not UTF-8 continuation bytes. So a byte model and a character model of the
 same text compare directly; per token (per id) is reported too.
+
+Sources given to ``evaluate`` are read the way ``prepare`` reads them
+(``textio``: streaming UTF-8 decoding, binary files refused, ``errors``,
+the run's normalisation) and their ids go to an unnamed temporary file
+(``SourceIds``) that the scoring reads piece by piece: memory stays bounded
+whatever the size of the text, and the scores are those of the whole text.
 """
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -28,11 +36,15 @@ import numpy as np
 
 from textstream._tf import tf
 from textstream.checkpoint import load_model
-from textstream.corpus import resolve
+from textstream.config import check_prepare_options
+from textstream.corpus import describe, resolve
 from textstream.errors import TextstreamError
+from textstream.fsutil import no_space
 from textstream.pipeline import TokenFile
 from textstream.preparation import load_prepared
 from textstream.run import RunPaths
+from textstream.sampling import check_unknown
+from textstream.textio import normalised
 from textstream.vocab import Vocab
 
 _COUNT_BLOCK = 1 << 20  # ids read at a time when counting the characters scored
@@ -184,22 +196,29 @@ def train_context(train, seq_len: int) -> np.ndarray:
 
 
 def evaluate(run_dir: Path | str, sources: Sequence[str | Path] = (), *, checkpoint: str = "best",
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, unknown: str = "error", errors: str | None = None) -> dict:
     """Nats and bits per character (and per token) of a trained run on held-out text.
 
     With no ``sources``, the run's validation split (with the end of the
-    training split as context); otherwise the normalised text of the sources.
-    Returns ``{"nats_per_char", "bits_per_char", "chars", "nats_per_token",
-    "bits_per_token", "token_count", "tokens", "checkpoint"}``: ``tokens`` is
-    what an id stands for (chars or bytes), ``token_count`` how many were scored.
+    training split as context); otherwise the normalised text of the sources,
+    read like ``prepare`` reads them: ``errors`` ("strict" or "replace"; default
+    the run's own) for invalid UTF-8, ``unknown`` for characters outside the
+    vocabulary ("error" lists them, "skip" drops them; a vocabulary with an
+    out-of-vocabulary id maps them to it). Returns ``{"nats_per_char",
+    "bits_per_char", "chars", "nats_per_token", "bits_per_token",
+    "token_count", "tokens", "checkpoint"}``: ``tokens`` is what an id stands
+    for (chars or bytes), ``token_count`` how many were scored.
     """
+    check_unknown(unknown)
+    if errors is not None:
+        check_prepare_options(errors=errors)
     cfg, vocab, model = load_model(run_dir, checkpoint)
     if sources:
-        text = "".join(Path(p).read_text(encoding="utf-8", errors="strict") for p in resolve(list(sources)))
-        stream = IdStream(vocab.encode(text, what=", ".join(map(str, sources))))
+        with source_ids(resolve(list(sources)), vocab, errors=errors or cfg.errors, unknown=unknown) as ids:
+            result = score(model, cfg.objective, cfg.seq_len, IdStream(ids), batch_size=batch_size, vocab=vocab)
     else:
         stream = run_validation(RunPaths(Path(run_dir)), vocab.dtype, cfg.seq_len)
-    result = score(model, cfg.objective, cfg.seq_len, stream, batch_size=batch_size, vocab=vocab)
+        result = score(model, cfg.objective, cfg.seq_len, stream, batch_size=batch_size, vocab=vocab)
     if result.chars == 0:
         raise TextstreamError("nothing to evaluate: the text is too short")
     return {"nats_per_char": result.nats_per_char, "bits_per_char": result.nats_per_char / math.log(2),
@@ -220,3 +239,78 @@ def run_validation(paths: RunPaths, dtype: np.dtype, seq_len: int) -> IdStream:
         raise TextstreamError(f"{paths.root}: the run has no validation split (trained with --val-fraction 0); "
                               f"pass a SOURCE to evaluate on")
     return IdStream(val, train_context(TokenFile(prep.train_path, dtype), seq_len))
+
+
+class SourceIds:
+    """Ids in an unnamed temporary file (in ``$TMPDIR``): appended piece by piece, read back by position.
+
+    What ``IdStream`` needs of a body (``len``, ``read``), in bounded memory;
+    the file goes when it is closed (or the process ends).
+    """
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = np.dtype(dtype)
+        self._file = tempfile.TemporaryFile(prefix="textstream-eval-")
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, ids: np.ndarray) -> None:
+        data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError as e:
+            where = Path(tempfile.gettempdir())
+            full = no_space(where, e, written=self._n * self.dtype.itemsize,
+                            note="eval keeps the ids of its SOURCEs in a temporary file there; point TMPDIR at a "
+                                 "directory with more room")
+            raise full or e from None
+        self._n += len(ids)
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """``length`` ids from position ``start`` (clipped at the end)."""
+        size = self.dtype.itemsize
+        return np.frombuffer(os.pread(self._file.fileno(), length * size, start * size), dtype=self.dtype)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "SourceIds":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def source_ids(paths: Sequence[Path], vocab: Vocab, *, errors: str = "strict", unknown: str = "error",
+               chunk_size: int = 1 << 22) -> SourceIds:
+    """The ids of the text of ``paths`` (``textio.normalised``, as ``prepare`` reads), in a ``SourceIds``.
+
+    Characters outside the vocabulary: with ``unknown="error"`` (and no
+    out-of-vocabulary id to map them to) the sources are read to their end
+    and one ``TextstreamError`` lists them all.
+    """
+    ids = SourceIds(vocab.dtype)
+    lowercase = bool(vocab.options.get("lowercase"))
+    outside: dict[Path, set[str]] = {}
+    try:
+        for path in paths:
+            for _, text in normalised(path, chunk_size=chunk_size, errors=errors, lowercase=lowercase):
+                if unknown == "error" and vocab.oov_id is None:
+                    missing = vocab.unknown(text)
+                    if missing:
+                        outside.setdefault(path, set()).update(missing)
+                    if outside:
+                        continue  # only listing what else is missing now
+                ids.append(vocab.encode(text, unknown=unknown, what=str(path)))
+        if outside:
+            chars = sorted(set().union(*outside.values()))
+            shown = " ".join(repr(ch) for ch in chars[:20]) + (" ..." if len(chars) > 20 else "")
+            raise TextstreamError(f"{describe(list(outside))}: {len(chars)} character(s) outside the vocabulary: "
+                                  f"{shown} (pass --unknown skip to drop them)")
+    except BaseException:
+        ids.close()
+        raise
+    return ids

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 

@@ -34,15 +34,17 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from textstream.cache import mark_used
 from textstream.config import check_prepare_options
 from textstream.corpus import cache_dir, describe, resolve
 from textstream.errors import TextstreamError
 from textstream.fsutil import PendingFile, fsync_dir, start_writeback
 from textstream.progress import Progress, ProgressFn
+from textstream.temporaries import remove_stale, subdirectories
 from textstream.textio import Fingerprint, codepoints, count, gather, latin1, read_texts
 from textstream.vocab import Vocab, vocab_for
 
@@ -96,12 +98,13 @@ class Prepared:
 
 # --- loading ---------------------------------------------------------------------------------
 def load_prepared(dir: Path) -> Prepared:
-    """The prepared corpus in ``dir`` (as written by ``prepare``), checked against its vocab.json."""
+    """The prepared corpus in ``dir`` (as written by ``prepare``), checked against its vocab.json; marked used."""
     d = Path(dir)
     if not (d / "vocab.json").is_file():
         raise TextstreamError(f"{d / 'vocab.json'}: missing (not a prepared corpus)")
     vocab = Vocab.load(d / "vocab.json")
     train, val = (_split_size(d / f"{split}.bin", vocab, split) for split in ("train", "val"))
+    mark_used(d)
     return Prepared(d, vocab, train_chars=train[0], val_chars=val[0], cached=True, train_tokens=train[1],
                     val_tokens=val[1])
 
@@ -233,13 +236,17 @@ def _claim_output(root: Path, *, explicit: bool) -> tuple[list[Path], Textstream
 
     An explicit output directory that cannot be written but holds a
     vocab.json may hold this very preparation: its problem waits for the lookup.
+    Temporaries left there by preparations that were killed are removed (in
+    the cache: in every prepared directory), those of running ones kept.
     """
     try:
-        return _make_dir(root), None
+        created = _make_dir(root)
     except TextstreamError as e:
         if explicit and (root / "vocab.json").is_file():
             return [], e
         raise
+    remove_stale([root] if explicit else [root, *subdirectories(root)])
+    return created, None
 
 
 def _make_dir(d: Path) -> list[Path]:
@@ -363,8 +370,9 @@ def _encode(texts: Iterable[tuple[int, str]], out: Path, vocab: Vocab, table: _I
 
     The numbers of ids go into ``vocab.meta`` (``train_tokens``, ``val_tokens``); vocab.json is written last.
     """
-    with PendingFile(out / "train.bin") as train, PendingFile(out / "val.bin") as val:
-        n, n_ids = _write_ids(texts, table, n_train, train.file, val.file, progress)
+    sizes = _expected_sizes(vocab, n_train, total, progress.total or 0)
+    with PendingFile(out / "train.bin", size=sizes[0]) as train, PendingFile(out / "val.bin", size=sizes[1]) as val:
+        n, n_ids = _write_ids(texts, table, n_train, (train, val), progress)
         if n != total:
             raise TextstreamError(f"{what}: the text changed while it was being prepared "
                                   f"({total} characters counted, {n} encoded); try again")
@@ -379,15 +387,23 @@ def _encode(texts: Iterable[tuple[int, str]], out: Path, vocab: Vocab, table: _I
         vocab.save(out / "vocab.json")
 
 
-def _write_ids(texts: Iterable[tuple[int, str]], table: _IdTable | _ByteTable, n_train: int, train: IO[bytes],
-               val: IO[bytes], progress: Progress) -> tuple[int, tuple[int, int]]:
-    """Write the ids of ``texts``' first ``n_train`` characters to ``train``, of the rest to ``val``.
+def _expected_sizes(vocab: Vocab, n_train: int, total: int, source_bytes: int) -> tuple[int, int]:
+    """The bytes train.bin and val.bin will take (for a full disk's message): exact for characters, about for bytes."""
+    if vocab.is_bytes:  # the UTF-8 of the normalised text: about the sources' size
+        share = n_train / total if total else 1.0
+        return round(source_bytes * share), round(source_bytes * (1 - share))
+    size = vocab.dtype.itemsize
+    return n_train * size, (total - n_train) * size
+
+
+def _write_ids(texts: Iterable[tuple[int, str]], table: _IdTable | _ByteTable, n_train: int,
+               files: tuple[PendingFile, PendingFile], progress: Progress) -> tuple[int, tuple[int, int]]:
+    """Write the ids of ``texts``' first ``n_train`` characters to ``files[0]``, of the rest to ``files[1]``.
 
     Returns the number of characters, and of ids written to each file.
     """
     pos = kicked = 0
     written = [0, 0]
-    files = (train, val)
     for done, text in texts:
         k = min(max(n_train - pos, 0), len(text))  # characters of this piece that go to train
         parts = ((0, text),) if k == len(text) else ((1, text),) if k == 0 else ((0, text[:k]), (1, text[k:]))
@@ -397,7 +413,7 @@ def _write_ids(texts: Iterable[tuple[int, str]], table: _IdTable | _ByteTable, n
             written[which] += len(buf)
         pos += len(text)
         if sum(written) - kicked >= _WRITEBACK_EVERY:
-            start_writeback(files)
+            start_writeback(f.file for f in files)
             kicked = sum(written)
         progress.update(done)
     size = table.itemsize

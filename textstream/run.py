@@ -19,6 +19,15 @@ reads their content). A directory is a run once it holds a checkpoint: one
 without any (a start that failed, or a process killed before its first save)
 may be started again; ``NewRun`` removes what a failed start created.
 
+No links: the run directory itself may be a symbolic link, but none of the
+files and directories textstream keeps in it may be (``RunPaths.check_links``,
+called before a run is read or trained): nothing is read from or written to a
+place outside the run through a link planted in it (a ``metrics.jsonl``
+pointing at ``~/.bashrc`` is never appended to, a ``vocab.json`` pointing at a
+private file is never copied into an export). Appends and the lock also open
+their file with ``O_NOFOLLOW``. Temporaries left by killed writers are removed
+when ``train`` starts (``remove_stale_temporaries``).
+
 No TensorFlow here (the CLI reads run directories before TensorFlow loads);
 the checkpoints themselves are ``checkpoint.py``'s.
 """
@@ -36,11 +45,13 @@ from typing import Any, Iterator, Sequence
 
 from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
-from textstream.fsutil import atomic_write_text
+from textstream.fsutil import append_bytes, atomic_write_text
 from textstream.series import Series, inspect_series
+from textstream.temporaries import Temporary, remove_path, remove_stale, size_of, tf_temporaries
 from textstream.vocab import Vocab
 
 CHECKPOINTS = ("best", "last")
+ENTRIES = ("config.json", "vocab.json", "data.json", "metrics.jsonl", ".lock", "tb", "checkpoints")  # none a link
 
 
 def checkpoint_series(which: str) -> list[str]:
@@ -48,6 +59,20 @@ def checkpoint_series(which: str) -> list[str]:
     if which not in CHECKPOINTS:
         raise TextstreamError(f"unknown checkpoint {which!r}; choose one of: {', '.join(CHECKPOINTS)}")
     return [which] + (["last"] if which == "best" else [])
+
+
+def recorded_path(value: Any, what: str) -> str:
+    """``value`` if it can stand for a path recorded in a run's file (``data.json``), else a ``TextstreamError``.
+
+    The one check for paths that come from a run directory, which may come
+    from elsewhere: a non-empty string without NUL. textstream only ever
+    reads what they name (the prepared corpus, the sources to prepare again);
+    a relative path is relative to the current directory, as when it was
+    written. (Registry names have theirs: ``corpus.safe_name``.)
+    """
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise TextstreamError(f"{what}: {value!r} is not a path")
+    return value
 
 
 @dataclass(frozen=True)
@@ -152,12 +177,13 @@ class RunPaths:
             d = json.loads(text)
         except ValueError as e:
             raise TextstreamError(f"{self.data}: damaged (not valid JSON: {e})") from None
-        if not isinstance(d, dict) or not isinstance(d.get("dir"), str) or not d["dir"]:
+        if not isinstance(d, dict) or "dir" not in d:
             raise TextstreamError(f"{self.data}: not a textstream data.json (expected an object with a \"dir\" path)")
         sources = d.get("sources", [])
-        if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        if not isinstance(sources, list):
             raise TextstreamError(f"{self.data}: not a textstream data.json (\"sources\" is not a list of paths)")
-        return DataRecord(Path(d["dir"]), tuple(sources))
+        return DataRecord(Path(recorded_path(d["dir"], f"{self.data}: dir")),
+                          tuple(recorded_path(x, f"{self.data}: source") for x in sources))
 
     def write_data(self, prepared_dir: Path | str, sources: Sequence[str | Path]) -> None:
         record = {"dir": str(prepared_dir), "sources": [str(s) for s in sources]}
@@ -174,20 +200,21 @@ class RunPaths:
     # --- metrics.jsonl ----------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one line to ``metrics.jsonl`` (one ``write``: a crash loses at most that line)."""
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_bytes(self.metrics, (json.dumps(record) + "\n").encode("utf-8"))  # no link; a full disk: NoSpace
 
     def end_metrics_line(self) -> None:
         """Check ``metrics.jsonl`` can be appended to, and end a last line cut short (a crash, a hand edit)."""
         try:
-            with open(self.metrics, "ab+") as f:
-                size = f.seek(0, os.SEEK_END)
-                if size:
-                    f.seek(size - 1)
-                    if f.read(1) != b"\n":
-                        f.write(b"\n")  # the next record starts a line of its own (writes go to the end)
+            fd = os.open(self.metrics, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            try:
+                size = os.fstat(fd).st_size
+                cut = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            finally:
+                os.close(fd)
         except OSError as e:
             raise TextstreamError(f"{self.metrics}: cannot append to the run's log ({e.strerror or e})") from None
+        if cut:
+            append_bytes(self.metrics, b"\n")  # the next record starts a line of its own
 
     def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl`` (those of ``kind`` only, if given); [] when there is none.
@@ -213,6 +240,39 @@ class RunPaths:
     def has_checkpoint(self) -> bool:
         """Whether a checkpoint series holds a checkpoint, intact or damaged: the directory is then a run."""
         return any(self.series(which).saved for which in CHECKPOINTS)
+
+    def check_links(self) -> None:
+        """A ``TextstreamError`` naming the first of the run's files or directories that is a symbolic link.
+
+        The run's entries (``ENTRIES``), the checkpoint series directories
+        and the files in them: textstream reads and writes none of them
+        through a link (see the module docstring).
+        """
+        entries = [self.root / name for name in ENTRIES]
+        for which in CHECKPOINTS:
+            directory = self.checkpoints(which)
+            entries.append(directory)
+            if directory.is_dir() and not directory.is_symlink() and not self.checkpoint_root.is_symlink():
+                entries.extend(sorted(directory.iterdir()))
+        for path in entries:
+            if path.is_symlink():
+                raise TextstreamError(f"{path}: is a symbolic link; textstream does not read or write a run's "
+                                      f"files through links (replace it with the file or directory itself)")
+
+    def remove_stale_temporaries(self) -> list[Temporary]:
+        """Remove the temporaries that killed writers left in the run; the ones removed.
+
+        textstream's own (``.NAME.PID@HOST.RANDOM.tmp``) when their writer is
+        gone, and TensorFlow's checkpoint temporaries (``ckpt-N_temp/``, ...):
+        call it holding the run's lock, the only writer of checkpoints.
+        """
+        removed = remove_stale([self.root, *(self.checkpoints(w) for w in CHECKPOINTS)])
+        for which in CHECKPOINTS:
+            for path in tf_temporaries(self.checkpoints(which)):
+                size = size_of(path)
+                if remove_path(path):
+                    removed.append(Temporary(path, size, stale=True))
+        return removed
 
     def check_directory(self) -> None:
         """The run directory may be missing (training creates it), not a file."""
@@ -318,6 +378,7 @@ def existing_run(run_dir: Path | str) -> RunPaths:
         raise TextstreamError(f"{paths.root}: not a textstream run directory (no config.json / vocab.json)")
     if missing:
         raise TextstreamError(f"{missing[0]}: missing (the run directory is damaged)")
+    paths.check_links()
     return paths
 
 
@@ -331,8 +392,11 @@ class RunLock:
     def acquire(self) -> "RunLock":
         self.paths.root.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:  # never truncate what a planted link points to
+                raise TextstreamError(f"{self.paths.lock}: is a symbolic link; textstream does not write a run's "
+                                      f"files through links (remove it)") from None
             raise TextstreamError(f"{self.paths.lock}: cannot open the run's lock ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

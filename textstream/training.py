@@ -30,8 +30,9 @@ from textstream.checkpoint import (Checkpoints, ResumePoint, TrainState, resume_
                                    weights_sha256)
 from textstream.config import TrainConfig
 from textstream.distribute import is_chief, make_strategy
-from textstream.errors import Interrupted, TextstreamError
+from textstream.errors import Interrupted, NoSpace, TextstreamError
 from textstream.evaluation import IdStream, score, train_context
+from textstream.fsutil import space_checked
 from textstream.generate import Generator
 from textstream.model import build_model
 from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
@@ -65,11 +66,13 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
     emit = on_event if chief and on_event is not None else _ignore
     paths = RunPaths(Path(run_dir))
     paths.check_directory()
+    paths.check_links()  # before the lock writes anything
     start = NewRun(paths) if chief and not resume else None  # before the lock creates the directory
     with RunLock(paths) if chief else contextlib.nullcontext(), save_directory(paths, chief) as save_dir, \
             start.undone_on_failure() if start else contextlib.nullcontext():
         if chief:
             paths.check_for_training(resume)
+            paths.remove_stale_temporaries()  # of writers killed earlier (we hold the lock)
             if not resume:
                 paths.clear_attempt()  # the log of an earlier start that saved no checkpoint
         point = resume_point(paths, resume_from, chief=chief) if resume else None  # checked before any work
@@ -88,7 +91,10 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
             paths.write_data(corpus.dir, sources)
         trainer = Trainer(cfg, corpus, paths, save_dir, strategy, chief=chief, emit=emit,
                           should_stop=should_stop or (lambda: False), resume=point)
-        return trainer.run()
+        try:
+            return trainer.run()
+        except NoSpace as e:
+            raise e.also(trainer.after_no_space()) from None
 
 
 def _ignore(event: events.Event) -> None:
@@ -244,6 +250,15 @@ class Trainer:
         return summary
 
     # --- pieces -----------------------------------------------------------------------------
+    def after_no_space(self) -> str:
+        """What a run stopped by a full disk tells the user: the checkpoint in force, and how to go on."""
+        last = self.last_good  # restored or saved; after a resume --from best, the one in "best"
+        if last is None:
+            return "training stopped before its first checkpoint: free some space and start it again"
+        again = " --from best" if Path(last).parent.name == "best" else ""
+        return (f"training stopped; the last checkpoint, {last}, is intact: free some space, then continue with: "
+                f"textstream train --resume{again} -o {self.paths.root}")
+
     def epoch_number(self, step: int) -> int:
         return int(self.windows.epoch_of(step, self.cfg.batch_size))
 
@@ -396,14 +411,16 @@ class MetricsLog:
         self.writer = tf.summary.create_file_writer(str(paths.tensorboard))
 
     def write(self, record: dict) -> None:
+        """One record: a line of ``metrics.jsonl`` and its numbers as scalars (a full disk: ``NoSpace``)."""
         self.paths.append_metrics(record)
-        with self.writer.as_default(step=record["step"]):
+        with space_checked(self.paths.tensorboard), self.writer.as_default(step=record["step"]):
             for k, v in record.items():
                 if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     tf.summary.scalar(f"{record['kind']}/{k}", v)
 
     def flush(self) -> None:
-        self.writer.flush()
+        with space_checked(self.paths.tensorboard):
+            self.writer.flush()
 
 
 class NoLog:

@@ -1,7 +1,8 @@
-"""Fault drill: training killed at random moments, and a run directory damaged file by file.
+"""Fault drill: training killed at random moments, a run directory damaged file by file, and more.
 
-Case families (``--families``; a new one is a function decorated with ``@family``
-that returns ``Row``s, and may use ``Drill.cli``, ``Drill.base_run``):
+Case families (``--families``, all by default; a new one is a function
+``(drill) -> rows`` decorated with ``@family``, which may use ``Drill.cli``
+and ``Drill.train_argv``):
 
 * ``kill``: an uninterrupted reference run, then the same run started and
   killed with SIGKILL ``--kills`` times at random moments (``textstream train``
@@ -24,16 +25,20 @@ that returns ``Row``s, and may use ``Drill.cli``, ``Drill.base_run``):
   TensorFlow ERROR line; a refused resume changes nothing; a resume starts
   at the checkpoint it should (no silent restart) and never leaves "best"
   worse than it was.
+* ``files``: ``tools/fault_cases_files.py`` (a full disk wherever textstream
+  writes, temporaries of killed processes, ``eval`` on bad sources, links
+  planted in a run directory), each of its cases a row.
 
-Commands run in worker processes that import textstream once (``--jobs``), or
-each in its own process (``--isolated``: slower, closest to a user).
-``--textstream DIR`` runs the commands from another source tree (an older
-checkout, to compare; implies ``--isolated``) while the drill's own checks use this one. Prints a
-table, then a JSON line: ``cases`` (rows), ``clean``, ``failed``, ``kills``,
-``regressions`` (silent restarts, steps gone back, "best" worsened or lost,
-final weights that differ), and per family.
+The damage family's commands run in worker processes that import textstream
+once (``--jobs``), or each in its own process (``--isolated``: slower, closest
+to a user). ``--textstream DIR`` runs every family's commands from another
+source tree (an older checkout, to compare; implies ``--isolated``) while the
+drill's own checks use this one. Prints a table, then a JSON line: ``cases``
+(rows), ``clean``, ``failed``, ``kills``, ``regressions`` (silent restarts,
+steps gone back, "best" worsened or lost, final weights that differ, writes
+through links, ...), and the same per family.
 
-    python tools/fault_drill.py                                   # both families: a few minutes on 2 cores
+    python tools/fault_drill.py                                   # every family: a few minutes on 2 cores
     python tools/fault_drill.py --kills 25 --jobs 4 --isolated    # more, and closer to a user
     python tools/fault_drill.py --families damage --files 'run/checkpoints/last/*' --damages truncated,garbage
     python tools/fault_drill.py --textstream /tmp/old-checkout                # the same cases on older code
@@ -485,6 +490,17 @@ def isolated_call(argv: list, env: dict) -> Call:
     r = subprocess.run([sys.executable, "-m", "textstream", *map(str, argv)], capture_output=True, text=True,
                        env={**os.environ, **env}, timeout=600)
     return Call(r.returncode, r.stdout, r.stderr)
+
+
+# --- files: full disk, stale temporaries, eval sources, links (tools/fault_cases_files.py) -----------
+@family("files")
+def files_family(drill: Drill) -> list[Row]:
+    """``tools/fault_cases_files.py``'s cases (a full disk everywhere textstream writes, ...), as rows."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from fault_cases_files import file_cases
+
+    got = file_cases(drill.work / "files", {"PYTHONPATH": drill.env["PYTHONPATH"]})
+    return [Row("files", r["case"], r["check"], r["ok"], r["outcome"], r["regression"]) for r in got]
 
 
 # --- the report ------------------------------------------------------------------------------------

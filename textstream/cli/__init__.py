@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import NoReturn, Sequence
 
-from textstream.cli import corpora, evaluate, export, generate, prepare, serve, train
+from textstream.cli import cache, corpora, evaluate, export, generate, prepare, serve, train
 from textstream.errors import Interrupted, TextstreamError
 
 PROG = "textstream"
@@ -28,6 +28,7 @@ COMMANDS: dict[str, ModuleType] = {
     "eval": evaluate,
     "export": export,
     "serve": serve,
+    "cache": cache,
 }
 
 
@@ -87,6 +88,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the reader went away (`... | head`): stop quietly, and keep Python from complaining at exit
         _to_devnull(sys.stdout)
         return 0
+    except Exception as e:  # noqa: BLE001 - the last resort for a full disk; anything else stays a traceback
+        full = _no_space(e)
+        if full is None:
+            raise
+        print(f"{PROG}: {full}", file=sys.stderr)
+        return 2
+
+
+def _no_space(e: Exception):
+    """A write that failed for lack of room wherever it was (ENOSPC, EFBIG, EDQUOT): its one line, else None.
+
+    The library names the file where it writes; this catches a write it
+    missed: the file from the ``OSError``, or from the message of another
+    library's error (TensorFlow's read ``PATH; No space left on device``).
+    """
+    import re
+
+    from textstream.fsutil import no_space, no_space_errno
+
+    n = no_space_errno(e)
+    if n is None:
+        return None
+    path = getattr(e, "filename", None)
+    if path is None:
+        found = re.search(r"(\S+); " + re.escape(os.strerror(n)), str(e))
+        path = found.group(1) if found else "a file"
+    return no_space(path, e)
 
 
 def _say(line: str) -> None:

@@ -19,13 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # defaults: the library's (``evaluate.evaluate``)
     parser.add_argument("--checkpoint", choices=CHECKPOINTS)
     parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--unknown", choices=("error", "skip"),
+                        help="SOURCE characters outside the vocabulary: error (default, lists them) or skip "
+                             "(drop them); a vocabulary with an out-of-vocabulary id maps them to it")
+    parser.add_argument("--errors", choices=("strict", "replace"),
+                        help="invalid UTF-8 in a SOURCE: fail with the byte offset (strict) or read it as U+FFFD "
+                             "(replace); default: the run's own setting")
 
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream eval``; returns the exit status."""
     from textstream.evaluation import evaluate
 
-    given = {k: getattr(args, k) for k in ("checkpoint", "batch_size") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("checkpoint", "batch_size", "unknown", "errors")
+             if getattr(args, k) is not None}
     result = evaluate(args.run_dir, args.sources, **given)
     if args.json:
         print(json.dumps(result))

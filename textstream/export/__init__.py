@@ -20,7 +20,8 @@ keras       a directory           ``model.keras`` (standard layers only, ``keras
 ==========  ====================  ==============================================================
 
 The artefact is built in a temporary directory next to OUT
-(``.OUT.PID.RANDOM.tmp``) and renamed into place, so OUT is whole or absent;
+(``.OUT.PID@HOST.RANDOM.tmp``) and renamed into place, so OUT is whole or absent
+(a full disk: ``NoSpace``, nothing left behind);
 an existing OUT is refused unless ``force`` (and even then only a file or a
 previous export is replaced). No TensorFlow at import: every check on the
 request runs before it loads.
@@ -38,7 +39,8 @@ from typing import Iterator
 
 from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
-from textstream.fsutil import fsync_dir
+from textstream import temporaries
+from textstream.fsutil import fsync_dir, no_space
 from textstream.run import CHECKPOINTS, RunPaths, existing_run
 from textstream.vocab import Vocab
 
@@ -115,13 +117,19 @@ def export_run(run_dir: str | Path, out: str | Path, *, format: str = "savedmode
 
     prefix = checkpoints.latest_checkpoint(run, checkpoint)
     cfg, vocab, model = checkpoints.load_model(run.root, checkpoint)
+    kept = f"the earlier {out} is unchanged" if out.exists() else f"nothing was written to {out}"
     with _staging(out) as stage:
         new = stage / "new"
         try:
             _write(format, new, run, cfg, vocab, model, quantize, stage)
             _place(new, out)
-        except OSError as e:
-            raise TextstreamError(f"{out}: cannot write ({e.strerror or e})") from None
+        except Exception as e:  # noqa: BLE001 - a full disk (TensorFlow's errors too), any other OSError
+            full = no_space(out, e, written=_size(stage), note=kept)
+            if full is not None:
+                raise full from None
+            if isinstance(e, OSError):
+                raise TextstreamError(f"{out}: cannot write ({e.strerror or e})") from None
+            raise
     return Exported(out, format, _size(out), prefix, quantize)
 
 
@@ -144,9 +152,9 @@ def _write(format: str, dest: Path, run: RunPaths, cfg: TrainConfig, vocab: Voca
 def _staging(out: Path) -> Iterator[Path]:
     """A temporary directory next to ``out`` (``.OUT.PID.RANDOM.tmp``), removed with what is left in it."""
     try:
-        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"))
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=temporaries.prefix(out.name), suffix=".tmp"))
     except OSError as e:
-        raise TextstreamError(f"{out}: cannot write ({e.strerror or e})") from None
+        raise no_space(out, e) or TextstreamError(f"{out}: cannot write ({e.strerror or e})") from None
     try:
         yield stage
     finally:

@@ -9,7 +9,10 @@ restart silently and never leave "best" worse. ``tools/fault_drill.py`` runs
 the whole cross-product of files and kinds of damage.
 """
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +203,14 @@ def test_a_resume_never_replaces_best_with_a_worse_model_than_the_one_on_disk(ca
 
 
 # --- the checks themselves, without TensorFlow ----------------------------------------------------------
+def test_the_run_directory_checks_import_no_tensorflow():
+    code = ("import sys; import textstream.series, textstream.run, textstream.runstart, textstream.cli.train; "
+            "print(sorted(m for m in ('tensorflow', 'tf_keras') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 def test_the_state_file_is_read_strictly(tmp_path):
     d = tmp_path / "last"
     assert not inspect_series("last", d).saved  # never saved

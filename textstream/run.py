@@ -17,7 +17,7 @@ Every file read back is checked here, and damage is one line naming the file
 presence of its index and data files (``RunPaths.series``; ``checkpoint.py``
 reads their content). A directory is a run once it holds a checkpoint: one
 without any (a start that failed, or a process killed before its first save)
-may be started again; ``NewRun`` removes what a failed start created.
+may be started again; ``runstart.NewRun`` removes what a failed start created.
 
 No links: the run directory itself may be a symbolic link, but none of the
 files and directories textstream keeps in it may be (``RunPaths.check_links``,
@@ -38,10 +38,9 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
@@ -306,64 +305,13 @@ class RunPaths:
         """
         if not self.config.is_file():
             return
-        _remove(self.metrics)
-        _remove(self.tensorboard)
+        remove_path(self.metrics)
+        remove_path(self.tensorboard)
         for which in CHECKPOINTS:  # series directories left empty
             with contextlib.suppress(OSError):
                 self.checkpoints(which).rmdir()
         with contextlib.suppress(OSError):
             self.checkpoint_root.rmdir()
-
-
-def _remove(path: Path) -> None:
-    """Remove a file or a directory tree if it is there."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-class NewRun:
-    """What starting a new run creates, removed again when the start fails before the run's first checkpoint.
-
-    Take it before anything is created (the lock makes the directory):
-
-        start = NewRun(paths)
-        with RunLock(paths), start.undone_on_failure():
-            ...  # an exception before a checkpoint exists removes what was created, and the directory if it was
-
-    Only names that did not exist before are removed (never a file that was
-    there), and the directories made for the run (RUN_DIR and missing parents)
-    only when they are empty again.
-    """
-
-    NAMES = ("config.json", "vocab.json", "data.json", "metrics.jsonl", "tb", "checkpoints", ".lock")
-
-    def __init__(self, paths: RunPaths):
-        self.paths = paths
-        self.made_dirs = [d for d in (paths.root, *paths.root.parents) if not os.path.lexists(d)]
-        self.existing = {n for n in self.NAMES if os.path.lexists(paths.root / n)}
-
-    @contextlib.contextmanager
-    def undone_on_failure(self) -> Iterator[None]:
-        try:
-            yield
-        except BaseException:
-            if not self.paths.has_checkpoint():
-                self.undo()
-            raise
-
-    def undo(self) -> None:
-        """Remove what this start created (see the class docstring)."""
-        for name in self.NAMES:
-            if name not in self.existing:
-                _remove(self.paths.root / name)
-        for d in self.made_dirs:  # deepest first
-            try:
-                d.rmdir()
-            except OSError:
-                break
 
 
 def existing_run(run_dir: Path | str) -> RunPaths:

@@ -37,7 +37,8 @@ from textstream.generate import Generator
 from textstream.model import build_model
 from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
 from textstream.preparation import Prepared, load_prepared, prepare
-from textstream.run import NewRun, RunLock, RunPaths
+from textstream.run import RunLock, RunPaths
+from textstream.runstart import NewRun
 from textstream.schedule import Every, Meter, Plan
 from textstream.vocab import TokenChoice, Vocab
 
@@ -58,7 +59,7 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
     ``strategy``: a ``tf.distribute.Strategy`` or a name from ``distribute.STRATEGIES``.
     ``on_progress(label, done, total)`` follows the preparation of the token files.
     A new run that fails before its first checkpoint leaves nothing behind
-    (``run.NewRun``); a directory without a checkpoint may be started again.
+    (``runstart.NewRun``); a directory without a checkpoint may be started again.
     """
     if strategy is None or isinstance(strategy, str):
         strategy = make_strategy(strategy or "auto")  # before any other TensorFlow work

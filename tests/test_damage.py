@@ -190,7 +190,7 @@ def test_a_resume_never_replaces_best_with_a_worse_model_than_the_one_on_disk(ca
     """"best" on disk holds a lower loss than the run's own record (copied in, or from an earlier run): it stays."""
     from textstream._tf import tf
     from textstream.checkpoint import Checkpoints
-    from textstream.training import build_state
+    from textstream.trainstep import build_state
 
     paths = RunPaths(case / "run")
     shutil.rmtree(paths.checkpoints("best"))

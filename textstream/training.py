@@ -26,20 +26,19 @@ import numpy as np
 
 from textstream import events
 from textstream._tf import tf, tf_keras
-from textstream.checkpoint import (Checkpoints, ResumePoint, TrainState, resume_point, save_directory,
-                                   weights_sha256)
+from textstream.checkpoint import Checkpoints, ResumePoint, resume_point, save_directory, weights_sha256
 from textstream.config import TrainConfig
 from textstream.distribute import is_chief, make_strategy
 from textstream.errors import Interrupted, NoSpace, TextstreamError
 from textstream.evaluation import IdStream, score, train_context
 from textstream.fsutil import space_checked
 from textstream.generate import Generator
-from textstream.model import build_model
-from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
+from textstream.pipeline import TokenFile
 from textstream.preparation import Prepared, load_prepared, prepare
 from textstream.run import RunLock, RunPaths
 from textstream.runstart import NewRun
 from textstream.schedule import Every, Meter, Plan
+from textstream.trainstep import build_state, distributed_batches, make_train_step, make_windows
 from textstream.vocab import TokenChoice, Vocab
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split
@@ -317,90 +316,6 @@ class Trainer:
             [prime] * len(temps), cfg.sample_chars, temperature=temps, seed=int(rng.integers(0, 2**31 - 1)))
         return events.Samples(epoch=epoch, step=step,
                               samples=tuple(events.Sample(t, prime, text) for t, text in zip(temps, texts)))
-
-
-# --- building blocks ---------------------------------------------------------------------------
-def make_optimizer(cfg: TrainConfig):
-    kw = {"learning_rate": cfg.lr}
-    if cfg.clipnorm:
-        kw["global_clipnorm"] = cfg.clipnorm
-    if cfg.optimizer == "adam":
-        return tf_keras.optimizers.Adam(**kw)
-    if cfg.optimizer == "rmsprop":
-        return tf_keras.optimizers.RMSprop(**kw)
-    return tf_keras.optimizers.SGD(momentum=0.9, **kw)
-
-
-def make_windows(cfg: TrainConfig, tokens: TokenFile) -> Windows | CarriedWindows:
-    if cfg.carry_state:
-        return CarriedWindows(tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
-    return Windows(tokens, cfg.seq_len, cfg.objective, cfg.stride, cfg.seed)
-
-
-def build_state(cfg: TrainConfig, vocab_size: int, strategy) -> TrainState:
-    """The model, its optimizer and the counters, created in ``strategy``'s scope."""
-    with strategy.scope():
-        model = build_model(cfg, vocab_size)
-        optimizer = make_optimizer(cfg)
-        optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_val_nats")
-        carried = None
-        if cfg.carry_state:
-            # the carried LSTM state of every row of the global batch: (layers, h/c, batch, units), the
-            # same on every replica (each replica reads and writes its own rows)
-            carried = tf.Variable(tf.zeros([cfg.layers, 2, cfg.batch_size, cfg.units]), trainable=False,
-                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA, name="carried_state")
-    return TrainState(model, optimizer, step, best, carried)
-
-
-def make_train_step(cfg: TrainConfig, state: TrainState, strategy):
-    """The compiled step ``train_step(batches, stop) -> (loss, stop summed over replicas)``."""
-    model, opt, carried = state.model, state.optimizer, state.carried_state
-    targets_per_step = float(cfg.batch_size * (1 if cfg.objective == "next" else cfg.seq_len))
-
-    def forward(x, reset):
-        if carried is None:
-            return model(x, training=True), None
-        ctx = tf.distribute.get_replica_context()
-        n = ctx.num_replicas_in_sync
-        mine = tf.gather(tf.reshape(carried, [cfg.layers, 2, n, cfg.batch_size // n, cfg.units]),
-                         ctx.replica_id_in_sync_group, axis=2)
-        keep = (1.0 - reset)[:, None]
-        states = [(mine[i, 0] * keep, mine[i, 1] * keep) for i in range(cfg.layers)]
-        logits, new = model(x, states=states, return_state=True, training=True)
-        return logits, tf.stop_gradient(tf.stack([tf.stack(hc) for hc in new]))
-
-    def replica_step(x, y, reset, stop):
-        with tf.GradientTape() as tape:
-            logits, new_state = forward(x, reset)
-            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)) / targets_per_step
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        if carried is not None:
-            carried.assign(tf.distribute.get_replica_context().all_gather(new_state, axis=2))
-        return loss, tf.identity(stop)
-
-    @tf.function
-    def train_step(batches, stop):
-        """One step; ``stop`` (0 or 1) is summed over replicas so every worker stops at the same step."""
-        batch = next(batches)
-        reset = batch[2] if carried is not None else tf.zeros([0])
-        loss, stop = strategy.run(replica_step, args=(batch[0], batch[1], reset, stop))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None))
-
-    return train_step
-
-
-def distributed_batches(strategy, windows, batch_size: int, start: int, end: int):
-    """An iterator over the global batches of steps ``[start, end)``, each worker reading its own shards."""
-    def make(ctx):
-        return dataset(windows, batch_size, start, end, pipeline=ctx.input_pipeline_id,
-                       num_pipelines=ctx.num_input_pipelines,
-                       replicas_per_pipeline=ctx.num_replicas_in_sync // ctx.num_input_pipelines)
-
-    return iter(strategy.distribute_datasets_from_function(make))
 
 
 class MetricsLog:

@@ -103,7 +103,7 @@ def input_child(mode: str, vocab_size: int, steps: int, embedding: int) -> None:
     from textstream.checkpoint import TrainState
     from textstream.config import make_config
     from textstream.model import build_model
-    from textstream.training import make_optimizer, make_train_step
+    from textstream.trainstep import make_optimizer, make_train_step
 
     cfg = make_config("default", embedding=embedding if mode == "embedding" else 0)
     model = build_model(cfg, vocab_size, input_mode="gather" if mode == "embedding" else mode)

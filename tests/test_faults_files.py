@@ -349,3 +349,18 @@ def test_paths_recorded_in_data_json_are_checked(tmp_path, record):
         paths.read_data()
     paths.data.write_text(json.dumps({"dir": "rel/prepared", "sources": ["a.txt", "nietzsche"]}))
     assert paths.read_data().dir == Path("rel/prepared")
+
+
+@pytest.mark.parametrize("name, kind", [("tb", "file"), ("checkpoints", "file"), ("config.json", "dir"),
+                                        ("metrics.jsonl", "dir")])
+def test_a_run_entry_of_the_wrong_kind_is_one_line_before_any_work(tmp_path, capsys, name, kind):
+    """``tb`` as a file gave a TensorFlow traceback; ``checkpoints`` as a file said "already holds a run"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).mkdir() if kind == "dir" else (run / name).write_text("x")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+    rc = main(["train", str(corpus), "-o", str(run), "--preset", "tiny", "--steps", "2", "--no-samples"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"textstream: {run / name}: is ") and "\n" not in err
+    assert sorted(p.name for p in run.iterdir()) == [name]  # nothing written

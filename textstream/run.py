@@ -20,7 +20,7 @@ without any (a start that failed, or a process killed before its first save)
 may be started again; ``runstart.NewRun`` removes what a failed start created.
 
 No links: the run directory itself may be a symbolic link, but none of the
-files and directories textstream keeps in it may be (``RunPaths.check_links``,
+files and directories textstream keeps in it may be (``RunPaths.check_entries``,
 called before a run is read or trained): nothing is read from or written to a
 place outside the run through a link planted in it (a ``metrics.jsonl``
 pointing at ``~/.bashrc`` is never appended to, a ``vocab.json`` pointing at a
@@ -51,6 +51,7 @@ from textstream.vocab import Vocab
 
 CHECKPOINTS = ("best", "last")
 ENTRIES = ("config.json", "vocab.json", "data.json", "metrics.jsonl", ".lock", "tb", "checkpoints")  # none a link
+DIRECTORIES = ("tb", "checkpoints")  # entries that must be directories when they exist (the others: files)
 
 
 def checkpoint_series(which: str) -> list[str]:
@@ -240,12 +241,14 @@ class RunPaths:
         """Whether a checkpoint series holds a checkpoint, intact or damaged: the directory is then a run."""
         return any(self.series(which).saved for which in CHECKPOINTS)
 
-    def check_links(self) -> None:
-        """A ``TextstreamError`` naming the first of the run's files or directories that is a symbolic link.
+    def check_entries(self) -> None:
+        """A ``TextstreamError`` naming the first of the run's entries that is a link or of the wrong kind.
 
         The run's entries (``ENTRIES``), the checkpoint series directories
         and the files in them: textstream reads and writes none of them
-        through a link (see the module docstring).
+        through a link (see the module docstring), and a directory it keeps
+        there (``tb``, ``checkpoints``, the series) must not be a file, nor a
+        file it keeps a directory.
         """
         entries = [self.root / name for name in ENTRIES]
         for which in CHECKPOINTS:
@@ -253,10 +256,16 @@ class RunPaths:
             entries.append(directory)
             if directory.is_dir() and not directory.is_symlink() and not self.checkpoint_root.is_symlink():
                 entries.extend(sorted(directory.iterdir()))
+        directories = {self.root / name for name in DIRECTORIES} | {self.checkpoints(w) for w in CHECKPOINTS}
         for path in entries:
             if path.is_symlink():
                 raise TextstreamError(f"{path}: is a symbolic link; textstream does not read or write a run's "
                                       f"files through links (replace it with the file or directory itself)")
+            if path in directories and path.exists() and not path.is_dir():
+                raise TextstreamError(f"{path}: is not a directory (textstream keeps a directory there; "
+                                      f"move it away)")
+            if path.parent == self.root and path not in directories and path.is_dir():
+                raise TextstreamError(f"{path}: is a directory, not the file textstream keeps there (move it away)")
 
     def remove_stale_temporaries(self) -> list[Temporary]:
         """Remove the temporaries that killed writers left in the run; the ones removed.
@@ -326,7 +335,7 @@ def existing_run(run_dir: Path | str) -> RunPaths:
         raise TextstreamError(f"{paths.root}: not a textstream run directory (no config.json / vocab.json)")
     if missing:
         raise TextstreamError(f"{missing[0]}: missing (the run directory is damaged)")
-    paths.check_links()
+    paths.check_entries()
     return paths
 
 

@@ -66,7 +66,7 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
     emit = on_event if chief and on_event is not None else _ignore
     paths = RunPaths(Path(run_dir))
     paths.check_directory()
-    paths.check_links()  # before the lock writes anything
+    paths.check_entries()  # before the lock writes anything
     start = NewRun(paths) if chief and not resume else None  # before the lock creates the directory
     with RunLock(paths) if chief else contextlib.nullcontext(), save_directory(paths, chief) as save_dir, \
             start.undone_on_failure() if start else contextlib.nullcontext():

@@ -32,11 +32,12 @@ from textstream.distribute import is_chief, make_strategy
 from textstream.errors import Interrupted, TextstreamError
 from textstream.evaluation import IdStream, score, train_context
 from textstream.generate import Generator
-from textstream.model import build_model
+from textstream.model import build_model, training_speed
 from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
 from textstream.preparation import Prepared, load_prepared, prepare
 from textstream.run import RunLock, RunPaths
 from textstream.schedule import Every, Meter, Plan
+from textstream.sizing import REFERENCE, sized
 from textstream.vocab import TokenChoice, Vocab
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split
@@ -69,13 +70,15 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
                              train_tokens=corpus.train_tokens, val_tokens=corpus.val_tokens))
         if resume:
             _check_same_vocab(paths, corpus.vocab)
-        elif chief:
+        started = time.monotonic()  # a time budget counts from here: sizing's measurement is part of it
+        cfg = size_for_budget(cfg, corpus.vocab.size, strategy, paths, resume)
+        if not resume and chief:
             paths.write_config(cfg)
             paths.write_vocab(corpus.vocab)
         if chief:
             paths.write_data(corpus.dir, sources)
         trainer = Trainer(cfg, corpus, paths, save_dir, strategy, chief=chief, emit=emit,
-                          should_stop=should_stop or (lambda: False))
+                          should_stop=should_stop or (lambda: False), started=started)
         return trainer.run()
 
 
@@ -98,6 +101,22 @@ def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool,
     return corpus, [str(s) for s in sources]
 
 
+def size_for_budget(cfg: TrainConfig, vocab_size: int, strategy, paths: RunPaths, resume: bool) -> TrainConfig:
+    """``cfg`` with the fields its time budget chooses filled in (``sizing``), measuring this machine's speed.
+
+    Several replicas would each measure their own speed: they all assume the
+    nominal one instead, so that every worker builds the same model.
+    """
+    if not cfg.unsized:
+        return cfg
+    if resume:
+        raise TextstreamError(f"{paths.config}: {', '.join(cfg.unsized)} not set: not a config train wrote")
+    speed = None
+    if strategy.num_replicas_in_sync == 1:
+        speed = training_speed(vocab_size, **REFERENCE)
+    return sized(cfg, speed)
+
+
 def _check_same_vocab(paths: RunPaths, vocab: Vocab) -> None:
     old = paths.read_vocab()
     if old.tokens != vocab.tokens:
@@ -113,7 +132,7 @@ class Trainer:
     """One run's loop over a prepared corpus; ``run`` trains and returns the summary."""
 
     def __init__(self, cfg: TrainConfig, corpus: Prepared, paths: RunPaths, save_dir: Path, strategy, *, chief: bool,
-                 emit: events.OnEvent, should_stop: Callable[[], bool]):
+                 emit: events.OnEvent, should_stop: Callable[[], bool], started: float | None = None):
         self.cfg, self.paths, self.strategy, self.chief = cfg, paths, strategy, chief
         self.emit, self.should_stop = emit, should_stop
         self.vocab = corpus.vocab
@@ -124,7 +143,8 @@ class Trainer:
         self.checkpoints = Checkpoints(self.state, save_dir, step_weights=chief)  # the chief writes ckpt-N.step.npz
         self.resumed = self.checkpoints.restore(paths)
         self.start = self.saved_step = self.state.step_number
-        self.plan = Plan.make(cfg, self.start, self.windows.steps_for_epochs(cfg.epochs or 1, cfg.batch_size))
+        self.plan = Plan.make(cfg, self.start, self.windows.steps_for_epochs(cfg.epochs or 1, cfg.batch_size),
+                              now=started)
         if self.plan.total is not None and self.start >= self.plan.total:
             raise TextstreamError(f"{paths.root}: the run already reached step {self.start} of {self.plan.total}; "
                                   f"pass a larger --steps or --epochs to train longer")

@@ -210,7 +210,7 @@ class TrainConfig:
     dropout: float | None = setting(0.15, "dropout between LSTM layers and before the head", group=MODEL, ge=0,
                                     lt=1)
     embedding: int = setting(0, "learned embedding width (0: one-hot input)", group=MODEL, ge=0, metavar="N")
-    seq_len: int = setting(100, "characters of input per window", group=DATA, ge=1)
+    seq_len: int | None = setting(100, "characters of input per window", group=DATA, ge=1)
     stride: int = setting(3, "characters between window starts for --objective next (--step: deprecated alias)",
                           group=DATA, ge=1, flags=("--stride", "--step"))
     objective: str = setting("sequence", "sequence: every position predicts its next character; "
@@ -308,8 +308,13 @@ class TrainConfig:
 
     @property
     def window(self) -> int:
-        """Characters one training example reads: the inputs plus the target after them."""
-        return self.seq_len + 1
+        """Characters one training example reads: the inputs plus the target after them.
+
+        While ``seq_len`` is left to the budget (``sizing``): the longest its tiers may choose.
+        """
+        seq_len = self.seq_len if self.seq_len is not None else max(
+            tier.get("seq_len", TrainConfig.seq_len) for _, tier in COMPUTE_TIERS[self.preset])
+        return seq_len + 1
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

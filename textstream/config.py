@@ -44,9 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         objective="next", optimizer="rmsprop", lr=0.01, clipnorm=0.0, batch_size=1024,
         warmup_steps=0, schedule="constant", epochs=60,
     ),
-    # The dataclass defaults, chosen by measurement (README "Model quality"): on tinyshakespeare
-    # with a 5-minute budget on 2 CPU cores, 1x384 with dropout 0.15 and a cosine decay reached
-    # 1.499 nats/char held out, ahead of 1x256 (1.52) and 1x512 (1.59 to 1.62).
+    # The dataclass defaults; with a time budget, the model the budget buys on this machine
+    # (textstream/sizing.py, chosen by measurement: README "Model quality").
     "default": dict(),
     # For tests and smoke runs: seconds on a CPU.
     "tiny": dict(layers=1, units=16, seq_len=16, batch_size=8, dropout=0.0, schedule="constant", epochs=1,

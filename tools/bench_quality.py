@@ -161,7 +161,7 @@ def seed_run(runner: Runner, corpus: str, minutes: float) -> dict:
     run |= {k: base[k] for k in ("val_nats_per_char", "val_bits_per_char", "val_chars", "train_chars_seen",
                                  "peak_rss_mb")}
     if args.sample:
-        run["sample"] = out.stdout.split("\n{")[0][-args.sample - 200:]
+        run["sample"] = out.stdout.split("\n--- temperature 0.5", 1)[-1].split("\n", 1)[-1].split("\n---\n")[0]
     return run
 
 

@@ -10,7 +10,7 @@ from textstream.run import RunPaths
 from textstream.sizing import COMPUTE_TIERS, NOMINAL_CHARS_PER_S, REFERENCE, SIZED, compute_tier, sized, tier_fields
 from textstream.training import train
 
-from test_training import corpus, write_text  # noqa: F401  (the fixture)
+from test_training import corpus  # noqa: F401  (the fixture)
 
 
 def test_tiers_rise_with_compute_and_name_only_settings():

@@ -8,7 +8,7 @@ import pytest
 
 from textstream.cli import build_parser
 from textstream.cli.options import add_setting_arguments
-from textstream.config import (BUDGET_TIERS, MODEL, PREPARE, PRESETS, TrainConfig, check_prepare_options,
+from textstream.config import (MODEL, PREPARE, PRESETS, TrainConfig, check_prepare_options,
                                make_config, options, prepare_options, setting)
 from textstream.errors import TextstreamError
 
@@ -19,15 +19,12 @@ def test_default_preset_is_the_dataclass_defaults():
     assert (cfg.layers, cfg.units, cfg.objective, cfg.epochs) == (1, TrainConfig.units, "sequence", 20)
 
 
-def test_default_preset_grows_with_the_time_budget():
-    minimum, tier = BUDGET_TIERS["default"][-1]
-    short = make_config("default", time_budget=minimum / 3)
-    long = make_config("default", time_budget=minimum)
-    assert short.units == TrainConfig.units and short.time_budget == minimum / 3 and short.epochs is None
-    assert all(getattr(long, k) == v for k, v in tier.items())
-    assert make_config("default", epochs=50).units == TrainConfig.units  # tiers follow budgets only
-    # the caller's own settings win over the tier
-    assert make_config("default", time_budget=minimum, units=64, dropout=0.0).units == 64
+def test_default_preset_leaves_its_size_to_the_time_budget():
+    """The model of a time-budget run is chosen by the compute it buys (tests/test_sizing.py)."""
+    short = make_config("default", time_budget=2)
+    assert short.units is None and short.time_budget == 2 and short.epochs is None
+    assert make_config("default", epochs=50).units == TrainConfig.units  # without a budget: the defaults
+    assert make_config("default", time_budget=30, units=64, dropout=0.0).units == 64  # the caller's own win
 
 
 def test_other_presets_do_not_scale():

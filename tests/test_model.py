@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from textstream.config import make_config
-from textstream.model import OneHot, build_model, lstm_weights
+from textstream.model import OneHot, build_model, lstm_weights, training_speed
 
 
 def test_input_is_integer_ids_and_encoding_happens_inside():
@@ -113,3 +113,8 @@ def test_a_visible_gpu_keeps_the_keras_layer_and_its_cudnn_kernel(monkeypatch):
     assert (lstm.activation.__name__, lstm.recurrent_activation.__name__, lstm.recurrent_dropout, lstm.unroll,
             lstm.use_bias) == ("tanh", "sigmoid", 0, False, True)
     assert build_model(make_config("tiny", embedding=4), 7).input_mode == "embedding"
+
+
+def test_training_speed_is_characters_per_second_of_a_real_step():
+    rate = training_speed(11, layers=1, units=4, batch_size=2, seq_len=3, seconds=0.0)
+    assert rate > 0 and rate == rate and rate != float("inf")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from textstream.errors import TextstreamError
+from textstream.sizing import COMPUTE_TIERS, SIZED, tier_fields
 
 OBJECTIVES = ("sequence", "next")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -43,24 +44,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         objective="next", optimizer="rmsprop", lr=0.01, clipnorm=0.0, batch_size=1024,
         warmup_steps=0, schedule="constant", epochs=60,
     ),
-    # The dataclass defaults, chosen by measurement (README "Model quality"): on tinyshakespeare
-    # with a 5-minute budget on 2 CPU cores, 1x384 with dropout 0.15 and a cosine decay reached
-    # 1.499 nats/char held out, ahead of 1x256 (1.52) and 1x512 (1.59 to 1.62).
+    # The dataclass defaults; with a time budget, the model the budget buys on this machine
+    # (textstream/sizing.py, chosen by measurement: README "Model quality").
     "default": dict(),
     # For tests and smoke runs: seconds on a CPU.
     "tiny": dict(layers=1, units=16, seq_len=16, batch_size=8, dropout=0.0, schedule="constant", epochs=1,
                  sample_chars=40),
 }
-
-# A preset may grow with the time budget: (minimum --time-budget in minutes, overrides), the last
-# tier whose minimum the budget reaches applies, before the caller's own overrides. Measured on
-# tinyshakespeare (README "Model quality"): a longer budget pays for a wider, more regularised LSTM.
-BUDGET_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
-    "default": [
-        (15.0, dict(units=512, batch_size=64, dropout=0.5)),
-    ],
-}
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -215,15 +205,16 @@ class TrainConfig:
     preset: str = setting("default", "seed: the original example; default: the measured best; "
                                        "tiny: a smoke test", choices=tuple(PRESETS))
     layers: int = setting(1, "stacked LSTM layers", group=MODEL, ge=1)
-    units: int = setting(384, "LSTM width", group=MODEL, ge=1)
-    dropout: float = setting(0.15, "dropout between LSTM layers and before the head", group=MODEL, ge=0, lt=1)
+    units: int | None = setting(384, "LSTM width", group=MODEL, ge=1)
+    dropout: float | None = setting(0.15, "dropout between LSTM layers and before the head", group=MODEL, ge=0,
+                                    lt=1)
     embedding: int = setting(0, "learned embedding width (0: one-hot input)", group=MODEL, ge=0, metavar="N")
-    seq_len: int = setting(100, "characters of input per window", group=DATA, ge=1)
+    seq_len: int | None = setting(100, "characters of input per window", group=DATA, ge=1)
     stride: int = setting(3, "characters between window starts for --objective next (--step: deprecated alias)",
                           group=DATA, ge=1, flags=("--stride", "--step"))
     objective: str = setting("sequence", "sequence: every position predicts its next character; "
                                          "next: only the last one (the original)", group=DATA, choices=OBJECTIVES)
-    batch_size: int = setting(32, "windows per step", group=DATA, ge=1)
+    batch_size: int | None = setting(32, "windows per step", group=DATA, ge=1)
     carry_state: bool = setting(False, "carry the LSTM state from each window to the next one of its strip "
                                        "(truncated backpropagation through time; sequence objective)", group=DATA)
     lowercase: bool = setting(False, "lowercase the text", group=PREPARE, switch=True)
@@ -238,7 +229,7 @@ class TrainConfig:
     errors: str = setting("strict", "invalid UTF-8: fail with the byte offset (strict, default) or use U+FFFD "
                                     "(replace)", group=PREPARE, choices=ERRORS)
     optimizer: str = setting("adam", group=OPTIMISATION, choices=OPTIMIZERS)
-    lr: float = setting(4e-3, "learning rate (the peak, with a schedule)", group=OPTIMISATION, gt=0)
+    lr: float | None = setting(4e-3, "learning rate (the peak, with a schedule)", group=OPTIMISATION, gt=0)
     clipnorm: float = setting(1.0, "clip gradients to this global norm (0: off)", group=OPTIMISATION, ge=0)
     warmup_steps: int = setting(0, "raise the learning rate linearly over the first N steps", group=OPTIMISATION,
                                 ge=0, metavar="N")
@@ -257,6 +248,8 @@ class TrainConfig:
     sample_chars: int = setting(400, "characters per sample", resume=True, ge=1, cli=False)
     temperatures: tuple[float, ...] = setting((0.2, 0.5, 1.0, 1.2), "sampling temperatures of the samples",
                                               resume=True, ge=0, cli=False)
+    probe_chars_per_s: float | None = setting(None, "the reference shape's training speed measured at the start "
+                                                    "(chars/s) that sized the model", ge=0, cli=False)
 
     def check(self, where: str | None = None) -> "TrainConfig":
         """This config, after checking every field's type and range; raises one line naming the flag.
@@ -276,7 +269,21 @@ class TrainConfig:
         problem = _tokens_problem(self.tokens, self.max_vocab)
         if problem:
             raise fail(problem)
+        if self.unsized and not self.sized_by_budget:
+            o = options(type(self))[self.unsized[0]]
+            raise fail(f"{o.name if where else o.label} must be set ({_WORDS[o.kind]}); only a "
+                       f"--time-budget run of a preset with compute tiers ({', '.join(COMPUTE_TIERS)}) chooses it")
         return self
+
+    @property
+    def unsized(self) -> tuple[str, ...]:
+        """The fields left for the compute rule to choose (None), in declaration order."""
+        return tuple(name for name in options(type(self)) if name in SIZED and getattr(self, name) is None)
+
+    @property
+    def sized_by_budget(self) -> bool:
+        """Whether this run's model is chosen by the compute its time budget buys (``sized``)."""
+        return bool(self.time_budget) and not self.steps and self.preset in COMPUTE_TIERS
 
     def resumed(self, overrides: Mapping[str, Any]) -> "TrainConfig":
         """This (saved) run's config with the settings a resume may change taken from ``overrides``.
@@ -300,8 +307,13 @@ class TrainConfig:
 
     @property
     def window(self) -> int:
-        """Characters one training example reads: the inputs plus the target after them."""
-        return self.seq_len + 1
+        """Characters one training example reads: the inputs plus the target after them.
+
+        While ``seq_len`` is left to the budget (``sizing``): the longest its tiers may choose.
+        """
+        seq_len = self.seq_len if self.seq_len is not None else max(
+            tier.get("seq_len", TrainConfig.seq_len) for _, tier in COMPUTE_TIERS[self.preset])
+        return seq_len + 1
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -385,9 +397,8 @@ def make_config(preset: str = TrainConfig.preset, **overrides: Any) -> TrainConf
         raise TextstreamError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     values: dict[str, Any] = dict(PRESETS[preset])
-    budget = given.get("time_budget")
-    for minimum, tier in BUDGET_TIERS.get(preset, []):
-        if _is(budget, float) and budget >= minimum:
-            values.update(tier)
     values.update(_with_length(given))  # a run length given explicitly replaces the preset's
-    return TrainConfig(preset=preset, **values).check()
+    cfg = TrainConfig(preset=preset, **values)
+    if cfg.sized_by_budget:  # what the caller leaves unset, the compute the budget buys chooses (``sized``)
+        cfg = dataclasses.replace(cfg, **{k: None for k in tier_fields(preset) if k not in given})
+    return cfg.check()

@@ -33,11 +33,13 @@ from textstream.errors import Interrupted, NoSpace, TextstreamError
 from textstream.evaluation import IdStream, score, train_context
 from textstream.fsutil import space_checked
 from textstream.generate import Generator
+from textstream.model import training_speed
 from textstream.pipeline import TokenFile
 from textstream.preparation import Prepared, load_prepared, prepare
 from textstream.run import RunLock, RunPaths
 from textstream.runstart import NewRun
 from textstream.schedule import Every, Meter, Plan
+from textstream.sizing import REFERENCE, sized
 from textstream.trainstep import build_state, distributed_batches, make_train_step, make_windows
 from textstream.vocab import TokenChoice, Vocab
 
@@ -84,13 +86,15 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
                              train_tokens=corpus.train_tokens, val_tokens=corpus.val_tokens))
         if resume:
             _check_same_vocab(paths, corpus.vocab)
-        elif chief:
+        started = time.monotonic()  # a time budget counts from here: sizing's measurement is part of it
+        cfg = size_for_budget(cfg, corpus.vocab.size, strategy, paths, resume)
+        if not resume and chief:
             paths.write_config(cfg)
             paths.write_vocab(corpus.vocab)
         if chief:
             paths.write_data(corpus.dir, sources)
         trainer = Trainer(cfg, corpus, paths, save_dir, strategy, chief=chief, emit=emit,
-                          should_stop=should_stop or (lambda: False), resume=point)
+                          should_stop=should_stop or (lambda: False), resume=point, started=started)
         try:
             return trainer.run()
         except NoSpace as e:
@@ -124,6 +128,22 @@ def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool,
     return corpus, [str(s) for s in sources]
 
 
+def size_for_budget(cfg: TrainConfig, vocab_size: int, strategy, paths: RunPaths, resume: bool) -> TrainConfig:
+    """``cfg`` with the fields its time budget chooses filled in (``sizing``), measuring this machine's speed.
+
+    Several replicas would each measure their own speed: they all assume the
+    nominal one instead, so that every worker builds the same model.
+    """
+    if not cfg.unsized:
+        return cfg
+    if resume:
+        raise TextstreamError(f"{paths.config}: {', '.join(cfg.unsized)} not set: not a config train wrote")
+    speed = None
+    if strategy.num_replicas_in_sync == 1:
+        speed = training_speed(vocab_size, **REFERENCE)
+    return sized(cfg, speed)
+
+
 def _check_same_vocab(paths: RunPaths, vocab: Vocab) -> None:
     old = paths.read_vocab()
     if old.tokens != vocab.tokens:
@@ -139,7 +159,8 @@ class Trainer:
     """One run's loop over a prepared corpus; ``run`` trains and returns the summary."""
 
     def __init__(self, cfg: TrainConfig, corpus: Prepared, paths: RunPaths, save_dir: Path, strategy, *, chief: bool,
-                 emit: events.OnEvent, should_stop: Callable[[], bool], resume: ResumePoint | None = None):
+                 emit: events.OnEvent, should_stop: Callable[[], bool], resume: ResumePoint | None = None,
+                 started: float | None = None):
         self.cfg, self.paths, self.strategy, self.chief = cfg, paths, strategy, chief
         self.emit, self.should_stop = emit, should_stop
         self.vocab = corpus.vocab
@@ -154,7 +175,8 @@ class Trainer:
             self.checkpoints.resume(resume)
             self.last_good = str(resume.start.prefix)
         self.start = self.saved_step = self.state.step_number
-        self.plan = Plan.make(cfg, self.start, self.windows.steps_for_epochs(cfg.epochs or 1, cfg.batch_size))
+        self.plan = Plan.make(cfg, self.start, self.windows.steps_for_epochs(cfg.epochs or 1, cfg.batch_size),
+                              now=started)
         if self.plan.total is not None and self.start >= self.plan.total:
             raise TextstreamError(f"{paths.root}: the run already reached step {self.start} of {self.plan.total}; "
                                   f"pass a larger --steps or --epochs to train longer")

@@ -1,0 +1,118 @@
+"""The model a time budget buys: the compute tiers, the pure rule, and a run that records and keeps its choice."""
+import json
+
+import pytest
+
+from textstream import training
+from textstream.config import TrainConfig, make_config
+from textstream.errors import TextstreamError
+from textstream.run import RunPaths
+from textstream.sizing import COMPUTE_TIERS, NOMINAL_CHARS_PER_S, REFERENCE, SIZED, compute_tier, sized, tier_fields
+from textstream.training import train
+
+from test_training import corpus  # noqa: F401  (the fixture)
+
+
+def test_tiers_rise_with_compute_and_name_only_settings():
+    for preset, tiers in COMPUTE_TIERS.items():
+        minimums = [m for m, _ in tiers]
+        assert minimums == sorted(minimums) and minimums[0] == 0  # every amount of compute has a tier
+        assert set(tier_fields(preset)) <= set(TrainConfig.__dataclass_fields__)
+    assert set(REFERENCE) <= set(TrainConfig.__dataclass_fields__)
+
+
+def test_compute_tier_is_the_last_tier_reached():
+    tiers = COMPUTE_TIERS["default"]
+    for (low, tier), (high, _) in zip(tiers, tiers[1:] + [(float("inf"), None)]):
+        assert compute_tier("default", low) == tier
+        assert compute_tier("default", (low + high) / 2 if high != float("inf") else low * 10 + 1) == tier
+    assert compute_tier("tiny", 1e12) == {} and compute_tier("seed", 0) == {}
+
+
+def test_a_budget_leaves_the_tier_fields_to_the_rule_unless_given():
+    cfg = make_config("default", time_budget=5)
+    assert set(cfg.unsized) == SIZED == set(tier_fields("default"))
+    assert cfg.sized_by_budget and cfg.time_budget == 5 and cfg.epochs is None
+    given = make_config("default", time_budget=5, units=64, dropout=0.0)
+    assert given.units == 64 and given.dropout == 0.0 and set(given.unsized) == SIZED - {"units", "dropout"}
+    for cfg in (make_config("default", epochs=50), make_config("default", steps=10),
+                make_config("tiny", time_budget=600), make_config("seed", time_budget=600)):
+        assert not cfg.unsized
+    assert make_config("default", epochs=50).units == TrainConfig.units  # no budget: the dataclass defaults
+
+
+def test_sized_picks_by_speed_times_budget():
+    """The same budget on a machine 3x slower buys the tier of a third of the reference characters."""
+    tiers = COMPUTE_TIERS["default"]
+    cfg = make_config("default", time_budget=5)
+    for minimum, tier in tiers:
+        speed = (minimum + 1) / 300  # chars/s that make 5 minutes reach this tier exactly
+        chosen = sized(cfg, speed)
+        assert all(getattr(chosen, k) == v for k, v in tier.items())
+        assert chosen.probe_chars_per_s == round(speed, 1) and not chosen.unsized
+    fast = sized(cfg, tiers[-1][0] / 300 * 3)
+    slow = sized(cfg, tiers[-1][0] / 300 / 3)
+    assert fast.units > slow.units
+    # half the budget on the same machine is the same compute as the full budget at half the speed
+    half = make_config("default", time_budget=2.5)
+    same = {"time_budget": 5, "probe_chars_per_s": 10_000.0}
+    assert sized(half, 20_000).to_dict() | same == sized(cfg, 10_000).to_dict()
+
+
+def test_sized_keeps_what_the_caller_gave_and_what_is_set():
+    cfg = make_config("default", time_budget=30, units=96, lr=1e-3)
+    chosen = sized(cfg, 1e9)
+    assert (chosen.units, chosen.lr) == (96, 1e-3)
+    assert chosen.batch_size == COMPUTE_TIERS["default"][-1][1]["batch_size"]
+    done = make_config("default", epochs=2)
+    assert sized(done, 123.0) is done  # nothing unset: no change, no speed recorded
+
+
+def test_without_a_measurement_the_nominal_speed_decides():
+    cfg = make_config("default", time_budget=5)
+    assert sized(cfg, None).to_dict() == sized(cfg, NOMINAL_CHARS_PER_S).to_dict() | {"probe_chars_per_s": None}
+
+
+def test_unset_fields_are_refused_outside_a_budget_run(tmp_path):
+    with pytest.raises(TextstreamError, match=r"^--units must be set \(an integer\); only a --time-budget run"):
+        TrainConfig(units=None).check()
+    with pytest.raises(TextstreamError, match=r"--batch-size must be set"):
+        TrainConfig(batch_size=None, time_budget=5, preset="tiny").check()
+    d = TrainConfig(epochs=3).to_dict() | {"lr": None}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(TextstreamError, match=r"config.json: lr must be set"):
+        TrainConfig.load(path)
+
+
+TINY_TIERS = [(0.0, dict(units=8, batch_size=4, dropout=0.0, lr=4e-3)),
+              (1e6, dict(units=12, batch_size=4, dropout=0.1, lr=4e-3))]
+
+
+def test_a_budget_run_records_its_choice_and_resume_keeps_it(corpus, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(COMPUTE_TIERS, "default", TINY_TIERS)
+    calls = []
+    monkeypatch.setattr(training, "training_speed", lambda vocab_size, **shape: calls.append(shape) or 5000.0)
+    run = tmp_path / "run"
+    cfg = make_config("default", time_budget=0.02, seq_len=16, samples=False)  # 5000 * 1.2 s: the first tier
+    summary = train(cfg, [corpus], run)
+    assert calls == [REFERENCE] and summary.step > 0
+    saved = RunPaths(run).read_config()
+    assert (saved.units, saved.batch_size, saved.dropout, saved.probe_chars_per_s) == (8, 4, 0.0, 5000.0)
+    monkeypatch.setattr(training, "training_speed", lambda *a, **k: pytest.fail("a resume measured again"))
+    monkeypatch.setitem(COMPUTE_TIERS, "default", TINY_TIERS[::-1])  # whatever the tiers say now
+    train(saved.resumed({"time_budget": 0.01}), [], run, resume=True)
+    again = RunPaths(run).read_config()
+    assert again.to_dict() == saved.to_dict()
+
+
+def test_several_replicas_assume_the_nominal_speed(corpus, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(COMPUTE_TIERS, "default", TINY_TIERS)
+    monkeypatch.setattr(training, "training_speed", lambda *a, **k: pytest.fail("measured under several replicas"))
+
+    class Two:
+        num_replicas_in_sync = 2
+
+    cfg = make_config("default", time_budget=1.0, seq_len=16)
+    chosen = training.size_for_budget(cfg, 40, Two(), RunPaths(tmp_path / "run"), resume=False)
+    assert chosen.to_dict() == sized(cfg, None).to_dict() and chosen.units == 12  # 20,000 * 60 s: second tier

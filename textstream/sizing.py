@@ -1,0 +1,72 @@
+"""The model a time budget buys: compute tiers, and the pure rule that picks one from a measured speed.
+
+A minute buys different compute on different machines (the same 1x384 LSTM
+trains at ~11,000 characters/s on one 2-core machine and ~35,000 on
+another), so a preset tuned for minutes is wrong somewhere. Instead, a run of
+a preset with compute tiers and a ``--time-budget`` leaves the tiers' fields
+unset (None) unless the caller gives them (``config.make_config``); before it
+starts, ``train`` times a few training steps of the ``REFERENCE`` shape on
+this machine (``model.training_speed``; the seconds count in the budget) and
+``sized`` fills the fields in from the tier that many reference characters
+(speed x budget seconds) reach. The chosen values and the measured speed are
+written to config.json, so resuming never measures again. No TensorFlow here.
+
+    cfg = make_config("default", time_budget=5)       # units, batch_size, ... None
+    cfg = sized(cfg, chars_per_s=11_000)              # 11,000 * 300 = 3.3 M reference characters
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# The shape whose training speed measures the machine: the old 5-minute default, which the issue
+# timed at 10,300-12,500 chars/s on a 2-core AVX2 machine and which trains ~3x faster with AVX-512.
+REFERENCE = dict(layers=1, units=384, batch_size=32, seq_len=100)
+# (minimum reference characters, overrides): the last tier whose minimum is reached applies. Chosen
+# on the training text only (README "Model quality"): little compute buys a narrower, faster LSTM
+# that sees more characters; much compute a wider one with more dropout, as it sees the corpus often.
+COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
+    "default": [
+        (0.0, dict(units=256, batch_size=32, seq_len=16, dropout=0.1, lr=4e-3)),
+        (15e6, dict(units=384, batch_size=32, seq_len=32, dropout=0.25, lr=4e-3)),
+        (30e6, dict(units=512, batch_size=64, seq_len=50, dropout=0.5, lr=4e-3)),
+    ],
+}
+NOMINAL_CHARS_PER_S = 20_000.0  # the reference speed assumed where none is measured (several replicas)
+
+
+def tier_fields(preset: str) -> list[str]:
+    """The fields ``preset``'s tiers choose (sorted; empty without tiers)."""
+    return sorted({k for _, tier in COMPUTE_TIERS.get(preset, []) for k in tier})
+
+
+SIZED = frozenset(k for preset in COMPUTE_TIERS for k in tier_fields(preset))
+
+
+def compute_tier(preset: str, reference_chars: float) -> dict[str, Any]:
+    """The overrides of ``preset``'s last tier whose minimum ``reference_chars`` reaches ({} without tiers)."""
+    chosen: dict[str, Any] = {}
+    for minimum, tier in COMPUTE_TIERS.get(preset, []):
+        if reference_chars >= minimum:
+            chosen = tier
+    return dict(chosen)
+
+
+def sized(cfg, chars_per_s: float | None):
+    """``cfg`` (a ``TrainConfig``) with its unset fields chosen by the compute its time budget buys.
+
+    ``chars_per_s``: the training speed of the ``REFERENCE`` shape measured on
+    this machine (None: not measured; ``NOMINAL_CHARS_PER_S`` is assumed).
+    Times the budget's seconds, it is the characters that shape would see,
+    which picks the tier (``compute_tier``); fields the tier does not name
+    take the dataclass defaults. The measured speed is kept in the config
+    (``probe_chars_per_s``). A config with nothing unset comes back as it is.
+    """
+    if not cfg.unsized:
+        return cfg
+    rate = NOMINAL_CHARS_PER_S if chars_per_s is None else float(chars_per_s)
+    tier = compute_tier(cfg.preset, rate * cfg.time_budget * 60)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    chosen = {k: tier.get(k, defaults[k]) for k in cfg.unsized}
+    measured = None if chars_per_s is None else round(rate, 1)
+    return dataclasses.replace(cfg, **chosen, probe_chars_per_s=measured).check()

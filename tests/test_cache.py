@@ -151,6 +151,22 @@ def test_cache_info_clean_and_prune(tmp_path, dead_pid, live_pid, monkeypatch, c
     assert capsys.readouterr().err == "textstream: --days must be a number >= 0 (got -1.0)\n"
 
 
+def test_a_cache_that_is_not_a_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "none"
+    monkeypatch.setenv("TEXTSTREAM_CACHE", str(missing))
+    assert main(["cache"]) == 0  # nothing cached yet: not an error
+    assert capsys.readouterr().out == f"{missing}: 0 bytes in 0 entries\n"
+    afile = tmp_path / "file"
+    afile.write_text("not a cache")
+    monkeypatch.setenv("TEXTSTREAM_CACHE", str(afile))
+    for argv in (["cache"], ["cache", "clean", "--all"], ["cache", "prune", "--days", "0"]):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"textstream: {afile}: the cache is not a directory (set TEXTSTREAM_CACHE to a " \
+                               f"directory)\n" and captured.out == "", argv
+    assert afile.read_text() == "not a cache"
+
+
 def _size(out: str) -> str:
     return out.splitlines()[0].rsplit(", ", 1)[1].rstrip(")")
 

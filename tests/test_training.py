@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,38 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(corpus, tmp_path):
     assert "--resume" in err and "stopped at step" in err
     step = int(err.split("stopped at step ")[1].split(";")[0])
     assert RunPaths(run).checkpoints("last").joinpath(f"ckpt-{step}.index").exists()
+
+
+BUSY_MAIN_THREAD = """
+import sys
+import tensorflow as tf
+from textstream.cli.train import stop_requests
+
+@tf.function
+def spin():  # minutes in one TensorFlow call: no Python signal handler runs meanwhile
+    return tf.while_loop(lambda i: i < 10 ** 12, lambda i: i + 1, [tf.constant(0, tf.int64)])
+
+with stop_requests(lambda: print("first", flush=True)):
+    print("busy", flush=True)
+    spin()
+"""
+
+
+def test_a_second_signal_stops_even_while_tensorflow_holds_the_main_thread(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_MAIN_THREAD], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.stdout.readline() == "busy\n"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None  # the first asks the loop to stop; it cannot see it yet, and nothing is forced
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - started < 30
+    assert err.strip().splitlines()[-1] == ("textstream: stopped at once (a second signal while TensorFlow was busy); "
+                                            "--resume continues from the last checkpoint")
+    assert "Traceback" not in err
 
 
 def test_second_train_into_a_run_in_use_is_refused(corpus, tmp_path, capsys):

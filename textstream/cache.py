@@ -75,6 +75,8 @@ def inventory(root: Path | None = None) -> list[Entry]:
     """Everything in the cache ``root`` (default: ``corpus.cache_dir()``), in path order; [] when there is none."""
     root = Path(root) if root is not None else cache_dir()
     if not root.is_dir():
+        if root.exists() or root.is_symlink():
+            raise TextstreamError(f"{root}: the cache is not a directory (set TEXTSTREAM_CACHE to a directory)")
         return []
     names = _registry_names()
     entries: list[Entry] = []

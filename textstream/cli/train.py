@@ -9,11 +9,14 @@ its end (``console.Unbroken``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Callable, Iterator
 
 from textstream.cli.options import add_setting_arguments
 from textstream.config import GROUPS, RUN, TrainConfig, make_config, options
@@ -173,25 +176,79 @@ def _train(args: argparse.Namespace, cfg: TrainConfig) -> int:
 
     run_dir = _run_dir(args)
     console = _console()
+    ui = ProgressUI()
+    display = TrainDisplay(console, live=sys.stderr.isatty(), before_start=ui.close)
+    try:
+        with stop_requests(lambda: console.print("[yellow]stopping: saving a checkpoint...[/yellow]")) as stop:
+            from textstream.training import train
+
+            train(cfg, args.sources, run_dir, resume=args.resume, resume_from=args.resume_from or "last",
+                  on_event=display, should_stop=stop.is_set, on_progress=ui, strategy=args.strategy)
+    finally:
+        ui.close()
+        display.close()
+    return 0
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HARD_STOP_GRACE_S = 2.0  # after a second signal, how long the main thread has to stop on its own
+
+
+@contextlib.contextmanager
+def stop_requests(on_first: Callable[[], None]) -> Iterator[threading.Event]:
+    """An event set by the first SIGINT/SIGTERM (the loop saves a checkpoint and stops); a second one ends the process.
+
+    Python runs signal handlers in the main thread between bytecodes, so while
+    TensorFlow holds it (compiling, or one long step: minutes with absurd
+    windows) neither signal would be seen. The C-level handler also writes
+    each signal to a wakeup pipe that a watcher thread reads: on the second,
+    if the main thread has not stopped within ``HARD_STOP_GRACE_S``, the
+    process exits at once with 128 + the signal (as a kill would: the run
+    resumes from its last checkpoint; stale temporaries are removed then).
+    """
     stop = threading.Event()
 
     def request_stop(signum, frame):
         if stop.is_set():  # a second Ctrl-C: give up at once
             raise KeyboardInterrupt
         stop.set()
-        console.print("[yellow]stopping: saving a checkpoint...[/yellow]")
+        on_first()
 
-    old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    ui = ProgressUI()
-    display = TrainDisplay(console, live=sys.stderr.isatty(), before_start=ui.close)
+    old = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    old_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    done = threading.Event()  # set once the main thread has left: then nothing is forced
+    watcher = threading.Thread(target=_hard_stop_on_second, args=(read_end, done), daemon=True,
+                               name="stop-watcher")
+    watcher.start()
     try:
-        from textstream.training import train
-
-        train(cfg, args.sources, run_dir, resume=args.resume, resume_from=args.resume_from or "last",
-              on_event=display, should_stop=stop.is_set, on_progress=ui, strategy=args.strategy)
+        yield stop
     finally:
-        ui.close()
-        display.close()
+        done.set()
+        signal.set_wakeup_fd(old_fd)
         for s, h in old.items():
             signal.signal(s, h)
-    return 0
+        os.close(write_end)  # the watcher reads end-of-file and returns
+        watcher.join(timeout=1.0)
+        os.close(read_end)
+
+
+def _hard_stop_on_second(read_end: int, done: threading.Event) -> None:
+    seen = 0
+    while True:
+        try:
+            data = os.read(read_end, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signum in STOP_SIGNALS:
+                seen += 1
+                if seen >= 2:
+                    if done.wait(HARD_STOP_GRACE_S):  # the main thread's KeyboardInterrupt came first
+                        return
+                    os.write(2, b"textstream: stopped at once (a second signal while TensorFlow was busy); "
+                                b"--resume continues from the last checkpoint\n")
+                    os._exit(128 + signum)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from textstream.config import make_config
-from textstream.model import OneHot, build_model, lstm_weights, training_speed
+from textstream.model import OneHot, build_model, lstm_weights
+from textstream.trainstep import training_speed
 
 
 def test_input_is_integer_ids_and_encoding_happens_inside():

@@ -22,8 +22,6 @@ sigmoid, no recurrent dropout, no unroll, bias on).
 """
 from __future__ import annotations
 
-import time
-
 from textstream._tf import tf, tf_keras
 from textstream.config import TrainConfig
 
@@ -164,36 +162,6 @@ def build_model(cfg: TrainConfig, vocab_size: int, *, input_mode: str = "auto") 
                      input_mode=input_mode)
     model(tf.zeros([1, 1], tf.int32))
     return model
-
-
-def training_speed(vocab_size: int, *, layers: int, units: int, batch_size: int, seq_len: int,
-                   seconds: float = 2.0) -> float:
-    """Characters per second of one training step of this shape (forward, backward, Adam) here, now.
-
-    Random ids; the first two steps (tracing, compiling, settling) are not
-    timed, then steps run until ``seconds`` have passed (at least two).
-    """
-    model = CharLSTM(vocab_size, layers_=layers, units=units, name="speed_probe")
-    model(tf.zeros([1, 1], tf.int32))
-    optimizer = tf_keras.optimizers.Adam(1e-3, global_clipnorm=1.0)
-    optimizer.build(model.trainable_variables)
-    ids = tf.random.stateless_uniform([batch_size, seq_len + 1], [0, 0], maxval=vocab_size, dtype=tf.int32)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            logits = model(ids[:, :-1], training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ids[:, 1:], logits))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    step(), step()
-    n, t0 = 0, time.monotonic()
-    while n < 2 or time.monotonic() - t0 < seconds:
-        float(step())
-        n += 1
-    return n * batch_size * seq_len / (time.monotonic() - t0)
 
 
 def lstm_weights(model: CharLSTM) -> list[dict]:

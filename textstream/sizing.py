@@ -6,7 +6,7 @@ another), so a preset tuned for minutes is wrong somewhere. Instead, a run of
 a preset with compute tiers and a ``--time-budget`` leaves the tiers' fields
 unset (None) unless the caller gives them (``config.make_config``); before it
 starts, ``train`` times a few training steps of the ``REFERENCE`` shape on
-this machine (``model.training_speed``; the seconds count in the budget) and
+this machine (``trainstep.training_speed``; the seconds count in the budget) and
 ``sized`` fills the fields in from the tier that many reference characters
 (speed x budget seconds) reach. The chosen values and the measured speed are
 written to config.json, so resuming never measures again. No TensorFlow here.

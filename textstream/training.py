@@ -33,14 +33,13 @@ from textstream.errors import Interrupted, NoSpace, TextstreamError
 from textstream.evaluation import IdStream, score, train_context
 from textstream.fsutil import space_checked
 from textstream.generate import Generator
-from textstream.model import training_speed
 from textstream.pipeline import TokenFile
 from textstream.preparation import Prepared, load_prepared, prepare
 from textstream.run import RunLock, RunPaths
 from textstream.runstart import NewRun
 from textstream.schedule import Every, Meter, Plan
 from textstream.sizing import REFERENCE, sized
-from textstream.trainstep import build_state, distributed_batches, make_train_step, make_windows
+from textstream.trainstep import build_state, distributed_batches, make_train_step, make_windows, training_speed
 from textstream.vocab import TokenChoice, Vocab
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split

@@ -5,6 +5,8 @@ and, where it matters, a ``tf.distribute`` strategy.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from textstream._tf import tf, tf_keras
@@ -95,3 +97,25 @@ def distributed_batches(strategy, windows, batch_size: int, start: int, end: int
                        replicas_per_pipeline=ctx.num_replicas_in_sync // ctx.num_input_pipelines)
 
     return iter(strategy.distribute_datasets_from_function(make))
+
+
+def training_speed(vocab_size: int, *, seconds: float = 2.0, **shape) -> float:
+    """Characters per second of the training step (``make_train_step``) of this shape here, now.
+
+    ``shape``: ``TrainConfig`` fields (``sizing.REFERENCE``: layers, units,
+    batch_size, seq_len), dropout off, no distribution. One batch of random
+    ids, repeated; the first two steps (tracing, compiling, settling) are not
+    timed, then steps run until ``seconds`` have passed (at least two).
+    """
+    cfg = TrainConfig(**shape, dropout=0.0)
+    strategy = tf.distribute.get_strategy()
+    train_step = make_train_step(cfg, build_state(cfg, vocab_size, strategy), strategy)
+    ids = tf.random.stateless_uniform([cfg.batch_size, cfg.seq_len + 1], [0, 0], maxval=vocab_size, dtype=tf.int32)
+    batches = iter(tf.data.Dataset.from_tensors((ids[:, :-1], ids[:, 1:])).repeat())
+    go = tf.constant(0.0)
+    train_step(batches, go), train_step(batches, go)
+    n, t0 = 0, time.monotonic()
+    while n < 2 or time.monotonic() - t0 < seconds:
+        float(train_step(batches, go)[0])
+        n += 1
+    return n * cfg.batch_size * cfg.seq_len / (time.monotonic() - t0)

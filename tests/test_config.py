@@ -147,8 +147,11 @@ def test_old_config_json_still_loads(tmp_path):
     d["extra"] = {}  # written before TrainConfig.extra was removed
     d["step"] = d.pop("stride") + 2  # written before the window stride was renamed
     path = tmp_path / "config.json"
+    del d["ema"]  # written before weight averaging: trained without it, so resumed without it
     path.write_text(json.dumps(d))
-    assert TrainConfig.load(path).stride == 5
+    loaded = TrainConfig.load(path)
+    assert loaded.stride == 5 and loaded.ema == 0.0
+    assert make_config("tiny").ema == 0.999 and make_config("seed").ema == 0.0  # the original had none
 
 
 def test_resume_may_change_the_length_and_the_samples_only():

@@ -107,14 +107,57 @@ def test_events_of_a_run_that_stops_between_epochs(corpus, tmp_path):
 def test_resume_is_exact(corpus, tmp_path, objective, dropout, carry):
     cfg = dict(objective=objective, dropout=dropout, layers=2, samples=False, carry_state=carry)
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(make_config("tiny", steps=24, **cfg), [corpus], straight)
+    whole = train(make_config("tiny", steps=24, **cfg), [corpus], straight)
     train(make_config("tiny", steps=12, **cfg), [corpus], split)
     resumed = TrainConfig.load(split / "config.json")
     resumed.steps = 24
-    train(resumed, [], split, resume=True)
+    assert resumed.ema  # the default: checkpoints hold the weights' average, and the training weights beside it
+    again = train(resumed, [], split, resume=True)
     assert RunPaths(split).read_data().sources == (str(corpus),)  # a resume keeps the run's sources
-    for a, b in zip(weights(straight), weights(split)):
+    for a, b in zip(weights(straight), weights(split)):  # the averages
         np.testing.assert_allclose(a, b, atol=1e-6)
+    assert again.weights_sha256 == whole.weights_sha256  # the training weights
+
+
+def test_the_weight_average_follows_the_weights_with_a_warm_up():
+    """After t steps, average = m * average + (1 - m) * weights with m = min(ema, (1 + t) / (10 + t))."""
+    import tensorflow as tf
+    from textstream.trainstep import build_state, make_train_step
+    cfg = make_config("tiny", steps=2, ema=0.2)
+    strategy = tf.distribute.get_strategy()
+    state = build_state(cfg, 12, strategy)
+    train_step = make_train_step(cfg, state, strategy)
+    ids = tf.random.stateless_uniform([cfg.batch_size, cfg.seq_len + 1], [1, 2], maxval=12, dtype=tf.int32)
+    batches = iter(tf.data.Dataset.from_tensors((ids[:, :-1], ids[:, 1:])).repeat())
+    average = [w.numpy() for w in state.model.trainable_variables]  # it starts at the initial weights
+    for t, m in ((1, 2 / 11), (2, 0.2)):  # then the warm-up's 3/12 is above ema=0.2: the cap
+        train_step(batches, tf.constant(0.0))
+        state.step.assign(t)
+        now = [w.numpy() for w in state.model.trainable_variables]
+        average = [m * a + (1 - m) * w for a, w in zip(average, now)]
+        for a, b in zip(average, state.shadow):
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6)
+        assert not all(np.allclose(a, w) for a, w in zip(average, now))
+
+
+def test_checkpoints_hold_the_average_and_resume_the_training_weights(corpus, tmp_path):
+    from textstream.checkpoint import Checkpoints, resume_point
+    from textstream.trainstep import build_state
+    import tensorflow as tf
+    run = tmp_path / "run"
+    summary = train(make_config("tiny", steps=8, samples=False), [corpus], run)
+    cfg, vocab = TrainConfig.load(run / "config.json"), RunPaths(run).read_vocab()
+    state = build_state(cfg, vocab.size, tf.distribute.get_strategy())
+    Checkpoints(state, run / "checkpoints").resume(resume_point(RunPaths(run)))
+    saved = [w.numpy() for w in load_model(run, "last")[2].trainable_variables]  # what readers load
+    for a, b in zip(saved, state.shadow):  # the average, kept aside while training goes on
+        np.testing.assert_array_equal(a, b.numpy())
+    from textstream.checkpoint import weights_sha256
+    assert weights_sha256(state.model) == summary.weights_sha256  # the training weights, back in the model
+    assert not all(np.array_equal(a, w.numpy()) for a, w in zip(saved, state.model.trainable_variables))
+    with state.averaged():
+        for a, w in zip(saved, state.model.trainable_variables):
+            np.testing.assert_array_equal(a, w.numpy())
 
 
 def test_carried_state_is_the_state_after_the_rows_text(corpus, tmp_path):

@@ -4,8 +4,11 @@
     RUN_DIR/checkpoints/best/   the state with the lowest validation loss so far
 
 A checkpoint holds a ``TrainState`` under fixed names: ``model``,
-``optimizer``, ``step``, ``best_val_nats`` and, with ``carry_state``,
-``carried_state``. ``CheckpointManager`` writes the data files first and
+``optimizer``, ``step``, ``best_val_nats``, with ``carry_state``
+``carried_state`` and, with ``ema``, ``shadow``. With weight averaging a
+checkpoint is written with the average in ``model`` (what every reader of a
+checkpoint loads: generation, eval, export) and the training weights in
+``shadow``; ``Checkpoints.resume`` swaps them back. ``CheckpointManager`` writes the data files first and
 the small ``checkpoint`` state file last, by rename, so a crash during a save
 leaves the previous checkpoint in force. Right after, the chief writes the
 model's step weights beside it (``ckpt-N.step.npz``, see
@@ -29,7 +32,7 @@ import hashlib
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,11 +60,44 @@ class TrainState:
     step: Any  # tf.Variable int64: optimizer steps taken
     best_val_nats: Any  # tf.Variable float64: the lowest validation loss so far (inf before any)
     carried_state: Any = None  # tf.Variable (layers, 2, batch, units) with carry_state, else None
+    # with ema: one tf.Variable per trainable model variable: the weights' moving average while training,
+    # the training weights inside ``averaged`` (so in a checkpoint)
+    shadow: Any = None
+    _swapped: bool = field(default=False, init=False, repr=False)
 
     def objects(self) -> dict[str, Any]:
         """The tracked objects under the names a checkpoint stores them."""
-        names = ("model", "optimizer", "step", "best_val_nats", "carried_state")
+        names = ("model", "optimizer", "step", "best_val_nats", "carried_state", "shadow")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Inside: the model holds the weight average and ``shadow`` the training weights (exact swaps).
+
+        Without an average, or already inside, it changes nothing. Validation,
+        samples and every save run inside, so they see the average.
+        """
+        if self.shadow is None or self._swapped:
+            yield
+            return
+        self._exchange()
+        self._swapped = True
+        try:
+            yield
+        finally:
+            self._exchange()
+            self._swapped = False
+
+    def restored(self) -> None:
+        """After a checkpoint (written inside ``averaged``) is restored: the training weights back in the model."""
+        if self.shadow is not None:
+            self._exchange()
+
+    def _exchange(self) -> None:
+        for weight, mean in zip(self.model.trainable_variables, self.shadow):
+            held = tf.identity(weight)
+            weight.assign(mean)
+            mean.assign(held)
 
     @property
     def step_number(self) -> int:
@@ -104,6 +140,7 @@ class Checkpoints:
         except (tf.errors.OpError, AssertionError, ValueError) as e:
             raise TextstreamError(f"{point.start.prefix}: cannot resume from checkpoint ({_first_line(e)}); "
                                   f"does config.json or vocab.json still describe this run?") from None
+        self.state.restored()
         held = recorded_best(point.best)
         if held is not None and held < float(self.state.best_val_nats.numpy()):
             self.state.best_val_nats.assign(held)
@@ -121,17 +158,18 @@ class Checkpoints:
         manager = self._managers[which]
         name = f"ckpt-{self.state.step_number}"
         directory = self.directory / which
-        try:
-            with space_checked(directory / name, needed=self.size()):
-                prefix = manager.save(checkpoint_number=self.state.step_number)
-        except NoSpace:
-            remove_partial_save(directory, name, current=manager.latest_checkpoint)
-            raise
-        if self.step_weights:
+        with self.state.averaged():  # readers of a checkpoint load the average (see the module)
             try:
-                stepweights.write(step_weights_of(self.state.model), prefix)
-            except OSError:
-                pass
+                with space_checked(directory / name, needed=self.size()):
+                    prefix = manager.save(checkpoint_number=self.state.step_number)
+            except NoSpace:
+                remove_partial_save(directory, name, current=manager.latest_checkpoint)
+                raise
+            if self.step_weights:
+                try:
+                    stepweights.write(step_weights_of(self.state.model), prefix)
+                except OSError:
+                    pass
         return prefix
 
     def saved(self, which: str) -> str | None:

@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": dict(
         lowercase=True, layers=1, units=128, dropout=0.0, embedding=0, seq_len=60, stride=3,
         objective="next", optimizer="rmsprop", lr=0.01, clipnorm=0.0, batch_size=1024,
-        warmup_steps=0, schedule="constant", epochs=60,
+        warmup_steps=0, schedule="constant", epochs=60, ema=0.0,
     ),
     # The dataclass defaults; with a time budget, the model the budget buys on this machine
     # (textstream/sizing.py, chosen by measurement: README "Model quality").
@@ -236,6 +236,9 @@ class TrainConfig:
     schedule: str = setting("cosine", "cosine: decay to lr * --min-lr-ratio over the run's planned steps or "
                                       "time budget", group=OPTIMISATION, choices=SCHEDULES)
     min_lr_ratio: float = setting(0.05, "cosine: decay to lr * R", group=OPTIMISATION, ge=0, le=1, metavar="R")
+    ema: float = setting(0.999, "keep a moving average of the weights, momentum M (0: off; default {default}); "
+                                "validation, checkpoints and generation use the average", group=OPTIMISATION,
+                         ge=0, lt=1, metavar="M")
     # the first one set wins: steps, then time_budget, then epochs
     epochs: int | None = setting(20, group=LENGTH, resume=True, ge=1)
     steps: int | None = setting(None, group=LENGTH, resume=True, ge=1)
@@ -330,6 +333,8 @@ class TrainConfig:
             d = {**d, "stride": d["step"]}
         if "tokens" not in d:  # written before byte tokens: a run of characters
             d = {**d, "tokens": "chars"}
+        if "ema" not in d:  # written before weight averaging: a run without it
+            d = {**d, "ema": 0.0}
         kwargs = {k: v for k, v in d.items() if k in options(cls)}
         if isinstance(kwargs.get("temperatures"), list):
             kwargs["temperatures"] = tuple(kwargs["temperatures"])

@@ -244,19 +244,20 @@ class Trainer:
         previous "last" and finds this epoch's model already in "best".
         """
         cfg = self.cfg
-        val = self.validation()
-        best = val is not None and val.nats_per_char < float(self.state.best_val_nats.numpy())
-        if best:
-            self.state.best_val_nats.assign(val.nats_per_char)
-            self.save("best", "best")
-        self.save("last", "epoch" if number is not None else "end")
-        event = events.EpochEnd(number=number, step=step, epoch=self.windows.epoch_of(step, cfg.batch_size),
-                                val=val, best=best)
-        if val is not None:
-            self.log.write(event.to_dict())
-        self.emit(event)
-        if self.chief and cfg.samples and number is not None and number % cfg.sample_every == 0:
-            self.emit(self.samples(number, step))
+        with self.state.averaged():  # validation, checkpoints and samples see the weights' average (--ema)
+            val = self.validation()
+            best = val is not None and val.nats_per_char < float(self.state.best_val_nats.numpy())
+            if best:
+                self.state.best_val_nats.assign(val.nats_per_char)
+                self.save("best", "best")
+            self.save("last", "epoch" if number is not None else "end")
+            event = events.EpochEnd(number=number, step=step, epoch=self.windows.epoch_of(step, cfg.batch_size),
+                                    val=val, best=best)
+            if val is not None:
+                self.log.write(event.to_dict())
+            self.emit(event)
+            if self.chief and cfg.samples and number is not None and number % cfg.sample_every == 0:
+                self.emit(self.samples(number, step))
 
     def finish(self, step: int, stop: str, wall_s: float) -> events.Finished:
         cfg, rate = self.cfg, self.meter.steady_rate

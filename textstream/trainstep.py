@@ -47,7 +47,11 @@ def build_state(cfg: TrainConfig, vocab_size: int, strategy) -> TrainState:
             # same on every replica (each replica reads and writes its own rows)
             carried = tf.Variable(tf.zeros([cfg.layers, 2, cfg.batch_size, cfg.units]), trainable=False,
                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA, name="carried_state")
-    return TrainState(model, optimizer, step, best, carried)
+        shadow = None
+        if cfg.ema:  # the weights' moving average, starting at the initial weights
+            shadow = [tf.Variable(w.read_value(), trainable=False, name=f"shadow_{i}")
+                      for i, w in enumerate(model.trainable_variables)]
+    return TrainState(model, optimizer, step, best, carried, shadow)
 
 
 def make_train_step(cfg: TrainConfig, state: TrainState, strategy):
@@ -77,12 +81,25 @@ def make_train_step(cfg: TrainConfig, state: TrainState, strategy):
             carried.assign(tf.distribute.get_replica_context().all_gather(new_state, axis=2))
         return loss, tf.identity(stop)
 
+    def update_average():
+        """``average <- m * average + (1 - m) * weights``, m = min(ema, (1 + t) / (10 + t)) after t steps.
+
+        The momentum's warm-up (as ``tf.train.ExponentialMovingAverage``'s
+        ``num_updates``) lets a short run's average follow its weights.
+        """
+        t = tf.cast(state.step, tf.float32) + 1.0
+        m = tf.minimum(tf.constant(cfg.ema, tf.float32), (1.0 + t) / (10.0 + t))
+        for mean, weight in zip(state.shadow, model.trainable_variables):
+            mean.assign(m * mean + (1.0 - m) * weight)
+
     @tf.function
     def train_step(batches, stop):
         """One step; ``stop`` (0 or 1) is summed over replicas so every worker stops at the same step."""
         batch = next(batches)
         reset = batch[2] if carried is not None else tf.zeros([0])
         loss, stop = strategy.run(replica_step, args=(batch[0], batch[1], reset, stop))
+        if state.shadow is not None:
+            update_average()
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None))
 

@@ -1,6 +1,6 @@
 """How much context a trained run uses: its validation loss scored with the state carried from N characters back.
 
-    python tools/context_reach.py RUN_DIR [--contexts 0,16,32,64,512] [--checkpoint best]
+    python tools/context_reach.py RUN_DIR [--contexts 0,16,32,64,128] [--checkpoint best]
 
 ``textstream eval`` carries the LSTM state through the whole validation text
 (every character has at least 512 characters before it, the way generation
@@ -30,7 +30,7 @@ from textstream.run import RunPaths  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--contexts", default="0,16,32,64,128,512",
+    p.add_argument("--contexts", default="0,16,32,64,128",
                    help="comma-separated context lengths N (default %(default)s)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--max-chars", type=int, default=200_000,
@@ -53,11 +53,10 @@ def main(argv=None) -> int:
         return 2
     n = min(len(stream.body), max(1, args.max_chars))
     rows = []
-    for c in contexts + [DEFAULT_BURN_IN]:
-        strips = 64 if c == DEFAULT_BURN_IN else max(1, n // max(c, 16))
+    as_eval = (DEFAULT_BURN_IN, 64, f"{DEFAULT_BURN_IN}+ (as eval, 64 strips)")
+    for c, strips, label in [(c, max(1, n // max(c, 16)), f"{c} to {c + max(c, 16)}") for c in contexts] + [as_eval]:
         s = score(model, cfg.objective, cfg.seq_len, stream, batch_size=strips, burn_in=c, vocab=vocab,
                   max_targets=n)
-        label = f"{c}+ (as eval, 64 strips)" if c == DEFAULT_BURN_IN else f"{c} to {c + max(c, 16)}"
         rows.append({"context": label, "burn_in": c, "strips": strips, "nats_per_char": round(s.nats_per_char, 4)})
         print(f"context {label:>24}: {s.nats_per_char:.4f} nats/char over {s.chars:,} characters", flush=True)
     print(json.dumps({"run": str(args.run_dir), "checkpoint": args.checkpoint, "seq_len": cfg.seq_len,

@@ -7,7 +7,8 @@ from textstream import training
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
 from textstream.run import RunPaths
-from textstream.sizing import COMPUTE_TIERS, NOMINAL_CHARS_PER_S, REFERENCE, SIZED, compute_tier, sized, tier_fields
+from textstream.sizing import (COMPUTE_TIERS, NOMINAL_CHARS_PER_S, PASS_DROPOUT, REFERENCE, SIZED, compute_tier,
+                               pass_dropout, sized, tier_fields)
 from textstream.training import train
 
 from test_training import corpus  # noqa: F401  (the fixture)
@@ -68,6 +69,32 @@ def test_sized_keeps_what_the_caller_gave_and_what_is_set():
     assert sized(done, 123.0) is done  # nothing unset: no change, no speed recorded
 
 
+def test_pass_dropout_rises_with_the_passes():
+    for preset, steps in PASS_DROPOUT.items():
+        assert pass_dropout(preset, 0.0) == 0.0
+        assert [m for m, _ in steps] == sorted(m for m, _ in steps) and [d for _, d in steps] == sorted(d for _, d in steps)
+        for minimum, dropout in steps:
+            assert pass_dropout(preset, minimum) == dropout and pass_dropout(preset, minimum * 0.999) < dropout
+    assert pass_dropout("tiny", 1e9) == 0.0
+
+
+def test_a_small_corpus_seen_often_gets_more_dropout():
+    """The same compute on a corpus it will see many times: the tier's dropout, raised by ``pass_dropout``."""
+    cfg = make_config("default", time_budget=5)
+    (minimum, raised), = PASS_DROPOUT["default"]
+    speed = COMPUTE_TIERS["default"][0][0] / 300 + 1000.0  # the first tier: 300,000 reference characters
+    tier = compute_tier("default", speed * 300)
+    assert tier["dropout"] < raised
+    assert sized(cfg, speed).dropout == tier["dropout"]  # corpus size unknown
+    assert sized(cfg, speed, train_chars=int(speed * 300 / (minimum * 0.99))).dropout == tier["dropout"] < raised
+    often = sized(cfg, speed, train_chars=int(speed * 300 / (minimum * 0.99)) // 2)  # twice the passes
+    assert often.dropout == raised and often.units == tier["units"]  # only the dropout moves
+    given = make_config("default", time_budget=5, dropout=0.05)
+    assert sized(given, speed, train_chars=10).dropout == 0.05  # the caller's value is kept
+    top = COMPUTE_TIERS["default"][-1]  # a tier whose own dropout is higher keeps it
+    assert sized(cfg, top[0] / 300 + 1, train_chars=10).dropout == max(top[1]["dropout"], raised)
+
+
 def test_without_a_measurement_the_nominal_speed_decides():
     cfg = make_config("default", time_budget=5)
     assert sized(cfg, None).to_dict() == sized(cfg, NOMINAL_CHARS_PER_S).to_dict() | {"probe_chars_per_s": None}
@@ -113,6 +140,12 @@ def test_several_replicas_assume_the_nominal_speed(corpus, tmp_path, monkeypatch
     class Two:
         num_replicas_in_sync = 2
 
+    class Corpus:
+        train_chars = 10**9
+
+        class vocab:
+            size = 40
+
     cfg = make_config("default", time_budget=1.0, seq_len=16)
-    chosen = training.size_for_budget(cfg, 40, Two(), RunPaths(tmp_path / "run"), resume=False)
+    chosen = training.size_for_budget(cfg, Corpus(), Two(), RunPaths(tmp_path / "run"), resume=False)
     assert chosen.to_dict() == sized(cfg, None).to_dict() and chosen.units == 12  # 20,000 * 60 s: second tier

@@ -32,6 +32,13 @@ COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
         (30e6, dict(units=512, batch_size=64, seq_len=50, dropout=0.5, lr=4e-3)),
     ],
 }
+# (minimum passes, dropout): a run that will see its training text many times (reference characters
+# over training characters) needs more dropout than its tier's, whose were chosen on corpora of ~1 MB
+# at ~6 passes; the larger of the two applies. Dev, 5 min (README): 0.4 over 0.25 helped at ~11 passes
+# (nietzsche) and hurt at ~6 (tinyshakespeare).
+PASS_DROPOUT: dict[str, list[tuple[float, float]]] = {
+    "default": [(8.0, 0.4)],
+}
 NOMINAL_CHARS_PER_S = 20_000.0  # the reference speed assumed where none is measured (several replicas)
 
 
@@ -52,20 +59,30 @@ def compute_tier(preset: str, reference_chars: float) -> dict[str, Any]:
     return dict(chosen)
 
 
-def sized(cfg, chars_per_s: float | None):
+def pass_dropout(preset: str, passes: float) -> float:
+    """The least dropout ``passes`` over the training text call for (0.0 below every threshold)."""
+    return max([d for minimum, d in PASS_DROPOUT.get(preset, []) if passes >= minimum], default=0.0)
+
+
+def sized(cfg, chars_per_s: float | None, train_chars: int | None = None):
     """``cfg`` (a ``TrainConfig``) with its unset fields chosen by the compute its time budget buys.
 
     ``chars_per_s``: the training speed of the ``REFERENCE`` shape measured on
     this machine (None: not measured; ``NOMINAL_CHARS_PER_S`` is assumed).
     Times the budget's seconds, it is the characters that shape would see,
     which picks the tier (``compute_tier``); fields the tier does not name
-    take the dataclass defaults. The measured speed is kept in the config
-    (``probe_chars_per_s``). A config with nothing unset comes back as it is.
+    take the dataclass defaults. Over ``train_chars`` (the training split's
+    size; None: unknown), it is the passes the run will make, which can raise
+    the tier's dropout (``pass_dropout``). The measured speed is kept in the
+    config (``probe_chars_per_s``). A config with nothing unset comes back as it is.
     """
     if not cfg.unsized:
         return cfg
     rate = NOMINAL_CHARS_PER_S if chars_per_s is None else float(chars_per_s)
-    tier = compute_tier(cfg.preset, rate * cfg.time_budget * 60)
+    reference_chars = rate * cfg.time_budget * 60
+    tier = compute_tier(cfg.preset, reference_chars)
+    if train_chars and "dropout" in tier:
+        tier["dropout"] = max(tier["dropout"], pass_dropout(cfg.preset, reference_chars / train_chars))
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
     chosen = {k: tier.get(k, defaults[k]) for k in cfg.unsized}
     measured = None if chars_per_s is None else round(rate, 1)

@@ -86,7 +86,7 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
         if resume:
             _check_same_vocab(paths, corpus.vocab)
         started = time.monotonic()  # a time budget counts from here: sizing's measurement is part of it
-        cfg = size_for_budget(cfg, corpus.vocab.size, strategy, paths, resume)
+        cfg = size_for_budget(cfg, corpus, strategy, paths, resume)
         if not resume and chief:
             paths.write_config(cfg)
             paths.write_vocab(corpus.vocab)
@@ -127,7 +127,7 @@ def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool,
     return corpus, [str(s) for s in sources]
 
 
-def size_for_budget(cfg: TrainConfig, vocab_size: int, strategy, paths: RunPaths, resume: bool) -> TrainConfig:
+def size_for_budget(cfg: TrainConfig, corpus: Prepared, strategy, paths: RunPaths, resume: bool) -> TrainConfig:
     """``cfg`` with the fields its time budget chooses filled in (``sizing``), measuring this machine's speed.
 
     Several replicas would each measure their own speed: they all assume the
@@ -139,8 +139,8 @@ def size_for_budget(cfg: TrainConfig, vocab_size: int, strategy, paths: RunPaths
         raise TextstreamError(f"{paths.config}: {', '.join(cfg.unsized)} not set: not a config train wrote")
     speed = None
     if strategy.num_replicas_in_sync == 1:
-        speed = training_speed(vocab_size, **REFERENCE)
-    return sized(cfg, speed)
+        speed = training_speed(corpus.vocab.size, **REFERENCE)
+    return sized(cfg, speed, corpus.train_chars)
 
 
 def _check_same_vocab(paths: RunPaths, vocab: Vocab) -> None:

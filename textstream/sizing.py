@@ -29,7 +29,7 @@ COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
     "default": [
         (0.0, dict(units=256, batch_size=128, seq_len=16, dropout=0.1, lr=8e-3)),
         (3.5e6, dict(units=384, batch_size=128, seq_len=16, dropout=0.25, lr=8e-3)),
-        (30e6, dict(units=512, batch_size=64, seq_len=50, dropout=0.5, lr=4e-3)),
+        (30e6, dict(units=512, batch_size=128, seq_len=16, dropout=0.5, lr=8e-3)),
     ],
 }
 # (minimum passes, dropout): a run that will see its training text many times (reference characters

@@ -8,11 +8,14 @@ unset (None) unless the caller gives them (``config.make_config``); before it
 starts, ``train`` times a few training steps of the ``REFERENCE`` shape on
 this machine (``trainstep.training_speed``; the seconds count in the budget) and
 ``sized`` fills the fields in from the tier that many reference characters
-(speed x budget seconds) reach. The chosen values and the measured speed are
+(speed x budget seconds) reach; over the training text's size, those
+characters are the passes the run will make, which can raise the tier's
+dropout (``PASS_DROPOUT``). The chosen values and the measured speed are
 written to config.json, so resuming never measures again. No TensorFlow here.
 
     cfg = make_config("default", time_budget=5)       # units, batch_size, ... None
-    cfg = sized(cfg, chars_per_s=11_000)              # 11,000 * 300 = 3.3 M reference characters
+    chosen = sized(cfg, chars_per_s=11_000)           # 11,000 * 300 = 3.3 M reference characters
+    often = sized(cfg, 11_000, train_chars=300_000)   # the same over 300,000 characters, 11 passes: dropout 0.4
 """
 from __future__ import annotations
 

@@ -104,6 +104,38 @@ def test_score_equals_scoring_each_character_alone_from_its_documented_context(t
     assert nats == pytest.approx(total, rel=1e-5)
 
 
+def test_train_keeps_the_weights_of_the_lowest_val_estimate_as_nanogpts_checkpoint(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch", reason="the nanoGPT baseline's torch is not installed here "
+                                               "(see tools/nanogpt_baseline.py for its venv)")
+    directory = Path(os.environ.get("NANOGPT_DIR", nb.DEFAULT_NANOGPT_DIR))
+    if not (directory / "model.py").is_file():
+        pytest.skip(f"no nanoGPT checkout at {directory} (set NANOGPT_DIR)")
+    nanogpt = nb.load_nanogpt(directory)
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT * 3)
+    train, val, chars = nb.load_split(path, 0.3)
+    cfg = nb.NanoConfig(n_layer=1, n_head=2, n_embd=16, eval_iters=2)
+    model, optimizer = nb.build(torch, nanogpt, cfg, len(chars))
+    vals = iter([3.0, 1.0, 2.0, 2.5])  # estimates at iterations 0, 2, 4 and the end (5): the lowest at 2
+    seen = {}
+
+    def estimate(torch_, model_, batches, eval_iters):
+        v = next(vals)
+        seen[v] = {k: t.detach().clone() for k, t in model_.state_dict().items()}
+        return {"train": v, "val": v}
+
+    monkeypatch.setattr(nb, "estimate_loss", estimate)
+    result = nb.train(torch, model, optimizer, nb.Batches(torch, cfg, train, val), cfg, iters=5, seconds=None,
+                      eval_interval=2, log=lambda msg: None)
+    assert result.best == {"iter": 2, "train": 1.0, "val": 1.0} and result.estimate["iter"] == 5
+    assert all(torch.equal(result.best_state[k], seen[1.0][k]) for k in seen[1.0])
+    assert not torch.equal(result.best_state["lm_head.weight"], model.state_dict()["lm_head.weight"])
+    vals = iter([2.0])  # only the last estimate: the final weights, nothing kept apart
+    result = nb.train(torch, model, optimizer, nb.Batches(torch, cfg, train, val), cfg, iters=2, seconds=None,
+                      eval_interval=0, log=lambda msg: None)
+    assert result.best["iter"] == 2 and result.best_state is None
+
+
 class FakeTorch:
     """Just the thread-count calls of torch."""
 

@@ -60,10 +60,14 @@ Scores:
 - ``nanogpt_estimate``: train.py's ``estimate_loss``: the mean loss of
   ``--eval-iters`` random batches of 12 x 64 from each split, so every
   context length from 1 to 64 equally; the README's "loss 1.88" is this
-  figure (eval_iters 20) after 2000 iterations. ``--eval-interval`` also
-  prints it during training (nanoGPT: every 250 iterations; default here: in
-  ``--iters`` mode only, as in budget mode it would cost training time and
-  change the random batches).
+  figure (eval_iters 20) after 2000 iterations. As train.py with the
+  config's ``always_save_checkpoint = False``, it runs every
+  ``--eval-interval`` iterations (250) and at the end (its time counts in a
+  budget, and its random batches move the training batches, as in nanoGPT),
+  and the weights of the lowest val estimate are kept (nanoGPT's
+  ``ckpt.pt``): ``val_nats_per_char`` scores those (``kept_iter``), as
+  ``textstream eval`` scores the ``best`` checkpoint;
+  ``final_val_nats_per_char`` scores the last weights.
 
 ``chars_per_s``: characters of training input per second (batch * block per
 iteration) over the time spent in training steps, the first two steps left
@@ -284,6 +288,8 @@ class TrainResult:
     wall_s: float  # the loop, evaluations included
     chars_per_s: float
     estimate: dict | None  # the last nanoGPT-style estimate: {"iter", "train", "val"}
+    best: dict | None = None  # the estimate with the lowest val loss (train.py's checkpoint), if any
+    best_state: dict | None = None  # the weights at ``best`` (None where they are the final ones)
 
 
 def train(torch, model, optimizer, batches: Batches, cfg: NanoConfig, *, iters: int | None,
@@ -298,6 +304,18 @@ def train(torch, model, optimizer, batches: Batches, cfg: NanoConfig, *, iters: 
     x, y = batches.get("train")
     t_begin = time.monotonic()
     it, train_s, timed, estimate, last_log = 0, 0.0, 0, None, t_begin
+    best, best_state = None, None
+
+    def evaluate():
+        """train.py: estimate, and keep the weights when the val estimate is the lowest yet (its ckpt.pt)."""
+        nonlocal best, best_state
+        found = {"iter": it, **estimate_loss(torch, model, batches, cfg.eval_iters)}
+        log(f"step {it}: train loss {found['train']:.4f}, val loss {found['val']:.4f}")
+        if best is None or found["val"] < best["val"]:
+            best = found
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return found
+
     while True:
         elapsed = time.monotonic() - t_begin
         if seconds is not None and elapsed >= seconds:
@@ -306,8 +324,7 @@ def train(torch, model, optimizer, batches: Batches, cfg: NanoConfig, *, iters: 
         for group in optimizer.param_groups:
             group["lr"] = lr
         if eval_interval and it % eval_interval == 0:
-            estimate = {"iter": it, **estimate_loss(torch, model, batches, cfg.eval_iters)}
-            log(f"step {it}: train loss {estimate['train']:.4f}, val loss {estimate['val']:.4f}")
+            estimate = evaluate()
         if iters is not None and it >= iters:
             break
         t0 = time.monotonic()
@@ -329,10 +346,10 @@ def train(torch, model, optimizer, batches: Batches, cfg: NanoConfig, *, iters: 
             last_log = now
             log(f"iter {it}: loss {loss.item():.4f}, lr {lr:.2e}, {now - t_begin:.0f} s, threads {n_threads}")
     if estimate is None or estimate["iter"] != it:
-        estimate = {"iter": it, **estimate_loss(torch, model, batches, cfg.eval_iters)}
-        log(f"step {it}: train loss {estimate['train']:.4f}, val loss {estimate['val']:.4f}")
+        estimate = evaluate()
     rate = cfg.batch_size * cfg.block_size * timed / train_s if train_s > 0 else 0.0
-    return TrainResult(it, train_s, time.monotonic() - t_begin, rate, estimate)
+    return TrainResult(it, train_s, time.monotonic() - t_begin, rate, estimate, best,
+                       None if best is estimate else best_state)
 
 
 def score(torch, model, train: np.ndarray, val: np.ndarray, block: int = 64, stride: int = 32,
@@ -385,8 +402,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1, help="tail of the file held out (default 0.1)")
     p.add_argument("--nanogpt-dir", type=Path, default=Path(os.environ.get("NANOGPT_DIR", DEFAULT_NANOGPT_DIR)),
                    help="a nanoGPT checkout (default: $NANOGPT_DIR, else /work/nanogpt)")
-    p.add_argument("--eval-interval", type=int, help="nanoGPT-style estimate every N iterations "
-                   "(default 250 with --iters, as nanoGPT; 0 with --minutes: only at the end)")
+    p.add_argument("--eval-interval", type=int, default=250, help="nanoGPT's estimate every N iterations, keeping "
+                   "the weights of the lowest val estimate as train.py's checkpoint (default 250, as nanoGPT; "
+                   "0: only at the end, the final weights)")
     p.add_argument("--eval-iters", type=int, default=NanoConfig.eval_iters, help="batches per estimate (default 20)")
     p.add_argument("--seed", type=int, default=NanoConfig.seed)
     p.add_argument("--threads", default="auto", help="torch threads: a number, or auto (default): all cores "
@@ -424,15 +442,20 @@ def main(argv=None) -> int:
     threads = Threads(torch, cores, auto=args.threads == "auto")
     model, optimizer = build(torch, nanogpt, cfg, len(chars))
     load_start = os.getloadavg()[0]
-    interval = args.eval_interval if args.eval_interval is not None else (250 if args.iters else 0)
+    interval = args.eval_interval
     result = train(torch, model, optimizer, Batches(torch, cfg, train_ids, val_ids), cfg, iters=args.iters,
                    seconds=None if args.minutes is None else args.minutes * 60, eval_interval=interval,
                    threads=threads, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     load_end = os.getloadavg()[0]
     t0 = time.monotonic()
     nats, count, ctx = score(torch, model, train_ids, val_ids, cfg.block_size, cfg.block_size // 2)
+    final = round(nats / count, 4)
+    if result.best_state is not None:  # train.py's ckpt.pt: the weights of its lowest val estimate
+        model.load_state_dict(result.best_state)
+        nats, count, ctx = score(torch, model, train_ids, val_ids, cfg.block_size, cfg.block_size // 2)
     report = {"corpus": str(args.corpus), "minutes": args.minutes, "iters": result.iters,
               "val_nats_per_char": round(nats / count, 4), "val_bits_per_char": round(nats / count / math.log(2), 4),
+              "kept_iter": result.best["iter"] if result.best else result.iters, "final_val_nats_per_char": final,
               "val_chars": count, "context_chars": list(ctx), "train_chars": len(train_ids),
               "train_chars_seen": result.iters * cfg.batch_size * cfg.block_size,
               "chars_per_s": round(result.chars_per_s), "train_s": round(result.train_s, 1),
@@ -456,7 +479,8 @@ def print_summary(args: argparse.Namespace, report: dict) -> None:
     print(f"nanoGPT CPU config: {report['val_nats_per_char']:.4f} nats/char ({report['val_bits_per_char']:.4f} "
           f"bits/char) on {report['val_chars']:,} validation characters after {length}: {report['iters']:,} "
           f"iterations, {report['train_chars_seen']:,} training characters, {report['chars_per_s']:,} chars/s "
-          f"(steps by threads: {report['steps_by_threads']})")
+          f"(steps by threads: {report['steps_by_threads']}); the weights kept at iteration {report['kept_iter']:,} "
+          f"(the last: {report['final_val_nats_per_char']:.4f})")
     est = report["nanogpt_estimate"]
     print(f"nanoGPT's own estimate (eval_iters {est['eval_iters']}) at step {est['iter']}: "
           f"train loss {est['train']:.4f}, val loss {est['val']:.4f}")

@@ -71,7 +71,8 @@ def test_get_lr_is_nanogpts_warmup_then_cosine_over_iterations_or_the_budget_spe
     assert nb.get_lr(cfg, 500, None, 1.2) == pytest.approx(1e-4)
 
 
-def test_score_equals_scoring_each_character_alone_from_its_documented_context(tmp_path):
+def torch_nanogpt_and_split(tmp_path):
+    """torch, the nanoGPT checkout's model module and a small split; skips without either."""
     torch = pytest.importorskip("torch", reason="the nanoGPT baseline's torch is not installed here "
                                                "(see tools/nanogpt_baseline.py for its venv)")
     directory = Path(os.environ.get("NANOGPT_DIR", nb.DEFAULT_NANOGPT_DIR))
@@ -81,6 +82,11 @@ def test_score_equals_scoring_each_character_alone_from_its_documented_context(t
     path = tmp_path / "t.txt"
     path.write_text(TEXT * 3)
     train, val, chars = nb.load_split(path, 0.3)
+    return torch, nanogpt, train, val, chars
+
+
+def test_score_equals_scoring_each_character_alone_from_its_documented_context(tmp_path):
+    torch, nanogpt, train, val, chars = torch_nanogpt_and_split(tmp_path)
     torch.manual_seed(0)
     cfg = nb.NanoConfig(n_layer=1, n_head=2, n_embd=16, eval_iters=2)
     model = nanogpt.GPT(nanogpt.GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, bias=False,
@@ -105,15 +111,7 @@ def test_score_equals_scoring_each_character_alone_from_its_documented_context(t
 
 
 def test_train_keeps_the_weights_of_the_lowest_val_estimate_as_nanogpts_checkpoint(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch", reason="the nanoGPT baseline's torch is not installed here "
-                                               "(see tools/nanogpt_baseline.py for its venv)")
-    directory = Path(os.environ.get("NANOGPT_DIR", nb.DEFAULT_NANOGPT_DIR))
-    if not (directory / "model.py").is_file():
-        pytest.skip(f"no nanoGPT checkout at {directory} (set NANOGPT_DIR)")
-    nanogpt = nb.load_nanogpt(directory)
-    path = tmp_path / "t.txt"
-    path.write_text(TEXT * 3)
-    train, val, chars = nb.load_split(path, 0.3)
+    torch, nanogpt, train, val, chars = torch_nanogpt_and_split(tmp_path)
     cfg = nb.NanoConfig(n_layer=1, n_head=2, n_embd=16, eval_iters=2)
     model, optimizer = nb.build(torch, nanogpt, cfg, len(chars))
     vals = iter([3.0, 1.0, 2.0, 2.5])  # estimates at iterations 0, 2, 4 and the end (5): the lowest at 2

@@ -53,6 +53,38 @@ def test_dropout_only_in_training(dropout):
         assert not np.allclose(model(ids, training=True), model(ids, training=True))
 
 
+@pytest.mark.parametrize("input_mode, layers, embedding", [("gather", 1, 0), ("onehot", 2, 0), ("gather", 2, 5)])
+def test_weight_dropout_is_the_model_with_masked_recurrent_weights(input_mode, layers, embedding):
+    """In training, each layer runs with its recurrent kernel masked (one mask for the whole batch); else unchanged."""
+    from textstream._tf import tf
+
+    p = 0.4
+    cfg = make_config("tiny", layers=layers, embedding=embedding, units=12)
+    plain = build_model(cfg, 9, input_mode=input_mode)
+    dropped = build_model(make_config("tiny", layers=layers, embedding=embedding, units=12, weight_dropout=p), 9,
+                          input_mode=input_mode)
+    dropped.set_weights(plain.get_weights())
+    ids = tf.constant(np.random.default_rng(1).integers(0, 9, (3, 11)), tf.int32)
+    np.testing.assert_array_equal(dropped(ids).numpy(), plain(ids).numpy())  # inference: the weights as they are
+    # the masks the next training call draws: one uniform draw per layer, the recurrent kernel's shape, in order
+    rng = tf.random.Generator.from_state(dropped.rng.state.numpy(), dropped.rng.algorithm)
+    masks = [(rng.uniform([12, 48]) >= p).numpy() for _ in range(layers)]
+    assert 0.4 < np.mean([m.mean() for m in masks]) < 0.8
+    reference = build_model(cfg, 9, input_mode=input_mode)
+    reference.set_weights(plain.get_weights())
+    for lstm, mask in zip(reference.lstms, masks):
+        lstm.cell.recurrent_kernel.assign(np.where(mask, lstm.cell.recurrent_kernel.numpy() / (1 - p), 0))
+    with tf.GradientTape() as tape:
+        trained = dropped(ids, training=True)
+        loss = tf.reduce_sum(trained ** 2)
+    np.testing.assert_allclose(trained.numpy(), reference(ids).numpy(), rtol=1e-5, atol=1e-6)
+    grads = tape.gradient(loss, [lstm.cell.recurrent_kernel for lstm in dropped.lstms])
+    for g, mask in zip(grads, masks):  # a dropped weight gets no gradient; the kept ones do
+        g = np.asarray(tf.convert_to_tensor(g))
+        assert np.all(g[~mask] == 0) and np.count_nonzero(g[mask]) > 0.9 * mask.sum()
+    assert not np.allclose(dropped(ids, training=True), trained)  # a new mask each batch
+
+
 # --- layer 0's input: a row gather of the kernel, the same function as the one-hot product -----------
 def _loss_and_grads(model, ids, targets):
     from textstream._tf import tf

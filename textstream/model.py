@@ -59,20 +59,30 @@ def kernel_rows(table, ids):
     return tf.gather(table, ids), grad
 
 
-def gathered_lstm(lstm, ids, initial_state=None):
+def gathered_lstm(lstm, ids, initial_state=None, recurrent=None):
     """Run Keras LSTM layer ``lstm`` (built for one-hot input) on ``ids`` by row gather: ``(output, h, c)``.
 
     The same function as ``lstm(one_hot(ids))``: the input projection of step t
-    is ``kernel[ids[:, t]]``, gathered for all steps at once, and the
-    recurrence is Keras's own loop (``backend.rnn``) with tf-keras's LSTM step
-    (the same sums in the same order).
+    is ``kernel[ids[:, t]]``, gathered for all steps at once, then
+    ``lstm_recurrence``.
+    """
+    projected = kernel_rows(tf.convert_to_tensor(lstm.cell.kernel), tf.cast(ids, tf.int32))  # (B, T, 4U)
+    return lstm_recurrence(lstm, projected, initial_state, recurrent)
+
+
+def lstm_recurrence(lstm, projected, initial_state=None, recurrent=None):
+    """Keras LSTM layer ``lstm``'s recurrence over its input projection ``projected`` (B, T, 4U): ``(output, h, c)``.
+
+    Keras's own loop (``backend.rnn``) with tf-keras's LSTM step (the same
+    sums in the same order). ``recurrent``: the recurrent kernel to use
+    instead of the layer's (its weight-dropped copy in training).
     """
     cell = lstm.cell
-    ids = tf.cast(ids, tf.int32)
-    projected = kernel_rows(tf.convert_to_tensor(cell.kernel), ids)  # (B, T, 4U)
-    recurrent, bias = tf.convert_to_tensor(cell.recurrent_kernel), tf.convert_to_tensor(cell.bias)
+    bias = tf.convert_to_tensor(cell.bias)
+    if recurrent is None:
+        recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
     if initial_state is None:
-        zeros = tf.zeros([tf.shape(ids)[0], cell.units], projected.dtype)
+        zeros = tf.zeros([tf.shape(projected)[0], cell.units], projected.dtype)
         initial_state = [zeros, zeros]
 
     def step(x, states):
@@ -83,7 +93,7 @@ def gathered_lstm(lstm, ids, initial_state=None):
         return h, [h, c]
 
     last, outputs, (h, c) = tf_keras.backend.rnn(step, projected, list(initial_state), unroll=False,
-                                                 input_length=ids.shape[1],
+                                                 input_length=projected.shape[1],
                                                  return_all_outputs=lstm.return_sequences)
     return (outputs if lstm.return_sequences else last), h, c
 
@@ -104,7 +114,7 @@ class CharLSTM(tf_keras.Model):
     """
 
     def __init__(self, vocab_size: int, *, layers_: int = 1, units: int = 128, dropout: float = 0.0,
-                 embedding: int = 0, last_only: bool = False, seed: int = 0, input_mode: str = "auto",
+                 weight_dropout: float = 0.0, embedding: int = 0, last_only: bool = False, seed: int = 0, input_mode: str = "auto",
                  name: str = "char_lstm"):
         super().__init__(name=name)
         if input_mode not in INPUT_MODES:
@@ -127,9 +137,10 @@ class CharLSTM(tf_keras.Model):
         if self.input_mode == "gather":
             self.lstms[0].build((None, None, self.vocab_size))  # its weights; the layer itself is not called
         self.dropout = float(dropout)
+        self.weight_dropout = float(weight_dropout)
         # Dropout masks come from a tracked generator, so its state is part of every
         # checkpoint and a resumed run draws the same masks as an uninterrupted one.
-        self.rng = tf.random.Generator.from_seed(seed) if dropout else None
+        self.rng = tf.random.Generator.from_seed(seed) if dropout or weight_dropout else None
         self.head = layers.Dense(vocab_size, name="logits")
 
     def call(self, ids, states=None, return_state=False, training=False):
@@ -137,18 +148,34 @@ class CharLSTM(tf_keras.Model):
         x = ids
         for i, lstm in enumerate(self.lstms):
             initial = None if states is None else list(states[i])
+            recurrent = self._dropped_recurrent(lstm) if training and self.weight_dropout else None
             if i == 0 and self.input_mode == "gather":
-                x, h, c = gathered_lstm(lstm, ids, initial)
+                x, h, c = gathered_lstm(lstm, ids, initial, recurrent)
             else:
                 if i == 0:
                     x = self.encode(ids)
-                x, h, c = lstm(x, initial_state=initial, training=training)
+                if recurrent is None:
+                    x, h, c = lstm(x, initial_state=initial, training=training)
+                else:  # the layer's own call (cuDNN where it can) would use its undropped weights
+                    projected = tf.einsum("bti,ij->btj", x, tf.convert_to_tensor(lstm.cell.kernel))
+                    x, h, c = lstm_recurrence(lstm, projected, initial, recurrent)
             new_states.append((h, c))
-            if training and self.rng is not None:
+            if training and self.dropout:
                 keep = self.rng.uniform(tf.shape(x)) >= self.dropout
                 x = tf.where(keep, x / (1.0 - self.dropout), tf.zeros_like(x))
         logits = tf.cast(self.head(x), tf.float32)
         return (logits, new_states) if return_state else logits
+
+    def _dropped_recurrent(self, lstm):
+        """``lstm``'s recurrent kernel with a fraction ``weight_dropout`` of its entries zeroed (the rest scaled).
+
+        DropConnect on the hidden-to-hidden weights (AWD-LSTM): one mask per
+        layer and batch, shared by every window and step of it, so the
+        recurrence is regularised without noise on the state.
+        """
+        kernel = tf.convert_to_tensor(lstm.cell.recurrent_kernel)
+        keep = self.rng.uniform(tf.shape(kernel)) >= self.weight_dropout
+        return tf.where(keep, kernel / (1.0 - self.weight_dropout), tf.zeros_like(kernel))
 
     def zero_states(self, batch: int):
         z = tf.zeros([batch, self.units])
@@ -158,6 +185,7 @@ class CharLSTM(tf_keras.Model):
 def build_model(cfg: TrainConfig, vocab_size: int, *, input_mode: str = "auto") -> CharLSTM:
     """The training model for ``cfg``, with its weights created (call it on ids once)."""
     model = CharLSTM(vocab_size, layers_=cfg.layers, units=cfg.units, dropout=cfg.dropout,
+                     weight_dropout=cfg.weight_dropout,
                      embedding=cfg.embedding, last_only=cfg.objective == "next", seed=cfg.seed,
                      input_mode=input_mode)
     model(tf.zeros([1, 1], tf.int32))

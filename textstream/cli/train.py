@@ -99,7 +99,9 @@ class TrainDisplay:
         self.console.print(
             f"[bold]{'resuming' if event.resumed else 'training'}[/bold] preset {c['preset']}: "
             f"{c['layers']}x LSTM({c['units']}), seq {c['seq_len']}, objective {c['objective']}, "
-            f"batch {c['batch_size']}, {c['optimizer']} lr {c['lr']:g}; {what} "
+            f"batch {c['batch_size']}, {c['optimizer']} lr {c['lr']:g}, dropout {c['dropout']:g}"
+            + (f", weight dropout {c['weight_dropout']:g}" if c.get('weight_dropout') else "")
+            + f"; {what} "
             f"({event.steps_per_epoch:.1f} steps/epoch), from step {event.step:,}")
         if self.live:
             from rich.progress import BarColumn, Progress, TextColumn

@@ -59,6 +59,7 @@ BAD_SETTINGS = [
     (["--min-lr-ratio", "nan"], "--min-lr-ratio must be in [0, 1] (got nan)"),
     (["--min-lr-ratio", "2"], "--min-lr-ratio must be in [0, 1] (got 2.0)"),
     (["--dropout", "nan"], "--dropout must be in [0, 1) (got nan)"),
+    (["--weight-dropout", "1"], "--weight-dropout must be in [0, 1) (got 1.0)"),
     (["--clipnorm", "inf"], "--clipnorm must be >= 0 and finite (got inf)"),
     (["--time-budget", "nan"], "--time-budget must be > 0 minutes and finite (got nan)"),
     (["--time-budget", "inf"], "--time-budget must be > 0 minutes and finite (got inf)"),

@@ -111,11 +111,13 @@ class CharLSTM(tf_keras.Model):
     ``last_only=True`` (the ``next`` objective) returns logits for the final
     position only, shape ``(B, V)``; otherwise ``(B, T, V)``. ``input_mode``
     (one-hot input only): ``gather``, ``onehot`` or ``auto`` (see the module).
+    In training only, ``dropout`` drops outputs of every layer and
+    ``weight_dropout`` entries of every recurrent kernel (``_dropped_recurrent``).
     """
 
     def __init__(self, vocab_size: int, *, layers_: int = 1, units: int = 128, dropout: float = 0.0,
-                 weight_dropout: float = 0.0, embedding: int = 0, last_only: bool = False, seed: int = 0, input_mode: str = "auto",
-                 name: str = "char_lstm"):
+                 weight_dropout: float = 0.0, embedding: int = 0, last_only: bool = False, seed: int = 0,
+                 input_mode: str = "auto", name: str = "char_lstm"):
         super().__init__(name=name)
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES} (got {input_mode!r})")

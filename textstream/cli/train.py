@@ -96,13 +96,13 @@ class TrainDisplay:
         c = event.config
         total = event.total_steps
         what = f"{total:,} steps" if total else f"{event.time_budget_s / 60:g} min"
+        model = [f"{c['layers']}x LSTM({c['units']})", f"seq {c['seq_len']}", f"objective {c['objective']}",
+                 f"batch {c['batch_size']}", f"{c['optimizer']} lr {c['lr']:g}", f"dropout {c['dropout']:g}"]
+        if c.get("weight_dropout"):
+            model.append(f"weight dropout {c['weight_dropout']:g}")
         self.console.print(
             f"[bold]{'resuming' if event.resumed else 'training'}[/bold] preset {c['preset']}: "
-            f"{c['layers']}x LSTM({c['units']}), seq {c['seq_len']}, objective {c['objective']}, "
-            f"batch {c['batch_size']}, {c['optimizer']} lr {c['lr']:g}, dropout {c['dropout']:g}"
-            + (f", weight dropout {c['weight_dropout']:g}" if c.get('weight_dropout') else "")
-            + f"; {what} "
-            f"({event.steps_per_epoch:.1f} steps/epoch), from step {event.step:,}")
+            f"{', '.join(model)}; {what} ({event.steps_per_epoch:.1f} steps/epoch), from step {event.step:,}")
         if self.live:
             from rich.progress import BarColumn, Progress, TextColumn
 

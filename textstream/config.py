@@ -208,9 +208,8 @@ class TrainConfig:
     units: int | None = setting(384, "LSTM width", group=MODEL, ge=1)
     dropout: float | None = setting(0.15, "dropout between LSTM layers and before the head", group=MODEL, ge=0,
                                     lt=1)
-    weight_dropout: float | None = setting(0.0, "in training, drop this fraction of each layer's recurrent weights "
-                                                "(DropConnect: one mask per batch)", group=MODEL, ge=0, lt=1,
-                                           metavar="P")
+    weight_dropout: float = setting(0.0, "in training, drop this fraction of each layer's recurrent weights "
+                                         "(DropConnect: one mask per batch)", group=MODEL, ge=0, lt=1, metavar="P")
     embedding: int = setting(0, "learned embedding width (0: one-hot input)", group=MODEL, ge=0, metavar="N")
     seq_len: int | None = setting(100, "characters of input per window", group=DATA, ge=1)
     stride: int = setting(3, "characters between window starts for --objective next (--step: deprecated alias)",

@@ -176,8 +176,8 @@ def nanogpt_run(runner: Runner, corpus: str, minutes: float) -> dict:
     out, load = runner.timed(cmd)
     base = last_json(out)
     keep = ("val_nats_per_char", "val_bits_per_char", "val_chars", "train_chars_seen", "iters", "chars_per_s",
-            "kept_iter", "final_val_nats_per_char", "context_chars", "nanogpt_estimate", "params", "threads", "steps_by_threads", "torch",
-            "nanogpt_model_sha256")
+            "kept_iter", "final_val_nats_per_char", "context_chars", "nanogpt_estimate", "params", "threads",
+            "steps_by_threads", "torch", "nanogpt_model_sha256")
     run = {"method": "nanogpt", "loadavg": load, "model": "4x4x128 transformer, block 64, batch 12"}
     run |= {k: base[k] for k in keep}
     if args.sample:

@@ -442,17 +442,19 @@ def main(argv=None) -> int:
     threads = Threads(torch, cores, auto=args.threads == "auto")
     model, optimizer = build(torch, nanogpt, cfg, len(chars))
     load_start = os.getloadavg()[0]
-    interval = args.eval_interval
     result = train(torch, model, optimizer, Batches(torch, cfg, train_ids, val_ids), cfg, iters=args.iters,
-                   seconds=None if args.minutes is None else args.minutes * 60, eval_interval=interval,
+                   seconds=None if args.minutes is None else args.minutes * 60, eval_interval=args.eval_interval,
                    threads=threads, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     load_end = os.getloadavg()[0]
     t0 = time.monotonic()
-    nats, count, ctx = score(torch, model, train_ids, val_ids, cfg.block_size, cfg.block_size // 2)
+    def scored():
+        return score(torch, model, train_ids, val_ids, cfg.block_size, cfg.block_size // 2)
+
+    nats, count, ctx = scored()
     final = round(nats / count, 4)
     if result.best_state is not None:  # train.py's ckpt.pt: the weights of its lowest val estimate
         model.load_state_dict(result.best_state)
-        nats, count, ctx = score(torch, model, train_ids, val_ids, cfg.block_size, cfg.block_size // 2)
+        nats, count, ctx = scored()
     report = {"corpus": str(args.corpus), "minutes": args.minutes, "iters": result.iters,
               "val_nats_per_char": round(nats / count, 4), "val_bits_per_char": round(nats / count / math.log(2), 4),
               "kept_iter": result.best["iter"] if result.best else result.iters, "final_val_nats_per_char": final,

@@ -148,9 +148,11 @@ def test_old_config_json_still_loads(tmp_path):
     d["step"] = d.pop("stride") + 2  # written before the window stride was renamed
     path = tmp_path / "config.json"
     del d["ema"]  # written before weight averaging: trained without it, so resumed without it
+    del d["dropout_mask"]  # written before per-window dropout masks: a new mask every step
     path.write_text(json.dumps(d))
     loaded = TrainConfig.load(path)
-    assert loaded.stride == 5 and loaded.ema == 0.0
+    assert loaded.stride == 5 and loaded.ema == 0.0 and loaded.dropout_mask == "step"
+    assert make_config("tiny").dropout_mask == "window"
     assert make_config("tiny").ema == 0.999 and make_config("seed").ema == 0.0  # the original had none
 
 

@@ -53,6 +53,38 @@ def test_dropout_only_in_training(dropout):
         assert not np.allclose(model(ids, training=True), model(ids, training=True))
 
 
+@pytest.mark.parametrize("per_window", [True, False])
+def test_dropped_zeroes_a_fraction_and_scales_the_rest(per_window):
+    from textstream._tf import tf
+    from textstream.model import dropped
+
+    p = 0.25
+    out = dropped(tf.ones([40, 9, 30]), p, tf.random.Generator.from_seed(3), per_window=per_window).numpy()
+    assert set(np.unique(out)) == {0.0, np.float32(1 / (1 - p))}
+    assert 0.2 < np.mean(out == 0) < 0.3
+    same_every_step = all(np.array_equal(out[:, t], out[:, 0]) for t in range(9))
+    assert same_every_step == per_window  # per window: a unit is dropped at all of a window's steps or none
+    rows = dropped(tf.ones([40, 30]), p, tf.random.Generator.from_seed(3), per_window=per_window).numpy()
+    assert 0.15 < np.mean(rows == 0) < 0.35  # one step (the next objective's last output): a mask per entry
+
+
+@pytest.mark.parametrize("mask, layers", [("window", 1), ("window", 2), ("step", 2)])
+def test_dropout_in_training_is_the_model_with_masked_outputs(mask, layers):
+    """Each layer's output is multiplied by its mask / (1 - p), drawn in order from the model's generator."""
+    from textstream._tf import tf
+
+    p, batch, steps, units = 0.3, 3, 11, 12
+    model = build_model(make_config("tiny", layers=layers, units=units, dropout=p, dropout_mask=mask), 9)
+    ids = tf.constant(np.random.default_rng(2).integers(0, 9, (batch, steps)), tf.int32)
+    rng = tf.random.Generator.from_state(model.rng.state.numpy(), model.rng.algorithm)
+    shape = [batch, 1 if mask == "window" else steps, units]
+    masks = [(rng.uniform(shape) >= p).numpy() for _ in range(layers)]
+    x = model.encode(ids)
+    for lstm, m in zip(model.lstms, masks):
+        x = tf.where(m, lstm(x)[0] / (1 - p), 0.0)
+    np.testing.assert_allclose(model(ids, training=True).numpy(), model.head(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("input_mode, layers, embedding", [("gather", 1, 0), ("onehot", 2, 0), ("gather", 2, 5)])
 def test_weight_dropout_is_the_model_with_masked_recurrent_weights(input_mode, layers, embedding):
     """In training, each layer runs with its recurrent kernel masked (one mask for the whole batch); else unchanged."""

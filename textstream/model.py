@@ -23,7 +23,7 @@ sigmoid, no recurrent dropout, no unroll, bias on).
 from __future__ import annotations
 
 from textstream._tf import tf, tf_keras
-from textstream.config import TrainConfig
+from textstream.config import DROPOUT_MASKS, TrainConfig
 
 layers = tf_keras.layers
 INPUT_MODES = ("gather", "onehot", "auto")
@@ -103,6 +103,21 @@ def default_input_mode() -> str:
     return "onehot" if tf.config.list_logical_devices("GPU") else "gather"
 
 
+def dropped(x, rate: float, rng, *, per_window: bool):
+    """``x`` with a fraction ``rate`` of its entries zeroed and the rest scaled by 1 / (1 - rate) (dropout).
+
+    ``per_window`` (``x`` of shape (B, T, U)): one mask per window and unit,
+    the same at every step, so a dropped unit is dropped for the whole window
+    (variational dropout, Gal & Ghahramani 2016); otherwise a new mask for
+    every entry. ``rng``: the ``tf.random.Generator`` the masks come from.
+    """
+    shape = tf.shape(x)
+    if per_window and x.shape.rank == 3:
+        shape = tf.stack([shape[0], 1, shape[2]])
+    keep = rng.uniform(shape) >= rate
+    return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
+
+
 class CharLSTM(tf_keras.Model):
     """Input encoding (one-hot or embedding) -> stacked LSTM -> Dense logits.
 
@@ -111,12 +126,13 @@ class CharLSTM(tf_keras.Model):
     ``last_only=True`` (the ``next`` objective) returns logits for the final
     position only, shape ``(B, V)``; otherwise ``(B, T, V)``. ``input_mode``
     (one-hot input only): ``gather``, ``onehot`` or ``auto`` (see the module).
-    In training only, ``dropout`` drops outputs of every layer and
-    ``weight_dropout`` entries of every recurrent kernel (``_dropped_recurrent``).
+    In training only, ``dropout`` drops outputs of every layer (``dropped``:
+    with ``dropout_mask="window"`` the same units at every step of a window)
+    and ``weight_dropout`` entries of every recurrent kernel (``_dropped_recurrent``).
     """
 
     def __init__(self, vocab_size: int, *, layers_: int = 1, units: int = 128, dropout: float = 0.0,
-                 weight_dropout: float = 0.0, embedding: int = 0, last_only: bool = False, seed: int = 0,
+                 dropout_mask: str = "window", weight_dropout: float = 0.0, embedding: int = 0, last_only: bool = False, seed: int = 0,
                  input_mode: str = "auto", name: str = "char_lstm"):
         super().__init__(name=name)
         if input_mode not in INPUT_MODES:
@@ -139,6 +155,9 @@ class CharLSTM(tf_keras.Model):
         if self.input_mode == "gather":
             self.lstms[0].build((None, None, self.vocab_size))  # its weights; the layer itself is not called
         self.dropout = float(dropout)
+        if dropout_mask not in DROPOUT_MASKS:
+            raise ValueError(f"dropout_mask must be one of {DROPOUT_MASKS} (got {dropout_mask!r})")
+        self.dropout_mask = dropout_mask
         self.weight_dropout = float(weight_dropout)
         # Dropout masks come from a tracked generator, so its state is part of every
         # checkpoint and a resumed run draws the same masks as an uninterrupted one.
@@ -163,8 +182,7 @@ class CharLSTM(tf_keras.Model):
                     x, h, c = lstm_recurrence(lstm, projected, initial, recurrent)
             new_states.append((h, c))
             if training and self.dropout:
-                keep = self.rng.uniform(tf.shape(x)) >= self.dropout
-                x = tf.where(keep, x / (1.0 - self.dropout), tf.zeros_like(x))
+                x = dropped(x, self.dropout, self.rng, per_window=self.dropout_mask == "window")
         logits = tf.cast(self.head(x), tf.float32)
         return (logits, new_states) if return_state else logits
 
@@ -187,7 +205,7 @@ class CharLSTM(tf_keras.Model):
 def build_model(cfg: TrainConfig, vocab_size: int, *, input_mode: str = "auto") -> CharLSTM:
     """The training model for ``cfg``, with its weights created (call it on ids once)."""
     model = CharLSTM(vocab_size, layers_=cfg.layers, units=cfg.units, dropout=cfg.dropout,
-                     weight_dropout=cfg.weight_dropout,
+                     dropout_mask=cfg.dropout_mask, weight_dropout=cfg.weight_dropout,
                      embedding=cfg.embedding, last_only=cfg.objective == "next", seed=cfg.seed,
                      input_mode=input_mode)
     model(tf.zeros([1, 1], tf.int32))

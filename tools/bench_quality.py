@@ -136,8 +136,13 @@ def textstream_run(runner: Runner, corpus: str, minutes: float, preset: str, run
     end = [r for r in records if r["kind"] == "end"][-1]
     c = json.loads((run_dir / "config.json").read_text())
     model = (f"{c['layers']}x{c['units']} batch {c['batch_size']} dropout {c['dropout']} lr {c['lr']} "
-             f"seq {c['seq_len']}" + (f" weight dropout {c['weight_dropout']}" if c.get("weight_dropout") else "")
-             + (" carry-state" if c.get("carry_state") else ""))
+             f"seq {c['seq_len']}")
+    if c.get("dropout") and c.get("dropout_mask", "step") != "window":
+        model += f" dropout mask {c.get('dropout_mask', 'step')}"
+    if c.get("weight_dropout"):
+        model += f" weight dropout {c['weight_dropout']}"
+    if c.get("carry_state"):
+        model += " carry-state"
     run = {"method": preset, "val_nats_per_char": round(result["nats_per_char"], 4),
            "val_bits_per_char": round(result["bits_per_char"], 4), "val_chars": result["chars"],
            "train_chars_seen": end["train_chars_seen"], "steps": end["step"],

@@ -131,6 +131,7 @@ def test_settings_out_of_range_or_of_the_wrong_type(overrides, message):
     ('{"lr": NaN}', r"config.json: lr must be > 0 and finite \(got nan\)"),
     ('{"temperatures": "hot"}', r"config.json: temperatures must be a list of numbers"),
     ('{"max_vocab": 2.5}', r"config.json: max_vocab must be an integer \(got 2.5\)"),
+    ('{"dropout_mask": "time"}', r"config.json: dropout_mask must be one of"),
     ('{"objective": "next", "carry_state": true}', r"config.json: --carry-state needs --objective sequence"),
     ("{not json", r"config.json: not a textstream config \("),
 ])
@@ -148,11 +149,10 @@ def test_old_config_json_still_loads(tmp_path):
     d["step"] = d.pop("stride") + 2  # written before the window stride was renamed
     path = tmp_path / "config.json"
     del d["ema"]  # written before weight averaging: trained without it, so resumed without it
-    del d["dropout_mask"]  # written before per-window dropout masks: a new mask every step
+    del d["dropout_mask"]  # written before the option: a new mask every step, still the default
     path.write_text(json.dumps(d))
     loaded = TrainConfig.load(path)
     assert loaded.stride == 5 and loaded.ema == 0.0 and loaded.dropout_mask == "step"
-    assert make_config("tiny").dropout_mask == "window"
     assert make_config("tiny").ema == 0.999 and make_config("seed").ema == 0.0  # the original had none
 
 

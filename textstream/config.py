@@ -28,7 +28,7 @@ OBJECTIVES = ("sequence", "next")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine")
 ERRORS = ("strict", "replace")  # invalid UTF-8 in a source: fail with the offset, or read it as U+FFFD
-DROPOUT_MASKS = ("window", "step")  # dropout's mask: one per window (shared by its steps), or one per step
+DROPOUT_MASKS = ("step", "window")  # dropout's mask: a new one every step, or one per window (shared by its steps)
 TOKENS = ("auto", "chars", "bytes")  # what an id stands for (auto: chosen from the text's characters)
 
 # CLI flag groups, in the order ``train --help`` shows them; PREPARE's flags are also ``prepare``'s.
@@ -209,8 +209,8 @@ class TrainConfig:
     units: int | None = setting(384, "LSTM width", group=MODEL, ge=1)
     dropout: float | None = setting(0.15, "dropout between LSTM layers and before the head", group=MODEL, ge=0,
                                     lt=1)
-    dropout_mask: str = setting("window", "window: one dropout mask per window, the same units dropped at every "
-                                          "step (variational dropout; default); step: a new mask every step",
+    dropout_mask: str = setting("step", "step: a new dropout mask every step (default); window: one mask per "
+                                        "window, the same units dropped at all its steps (variational dropout)",
                                 group=MODEL, choices=DROPOUT_MASKS)
     weight_dropout: float = setting(0.0, "in training, drop this fraction of each layer's recurrent weights "
                                          "(DropConnect: one mask per batch)", group=MODEL, ge=0, lt=1, metavar="P")
@@ -341,8 +341,6 @@ class TrainConfig:
             d = {**d, "tokens": "chars"}
         if "ema" not in d:  # written before weight averaging: a run without it
             d = {**d, "ema": 0.0}
-        if "dropout_mask" not in d:  # written before per-window masks: a new mask every step
-            d = {**d, "dropout_mask": "step"}
         kwargs = {k: v for k, v in d.items() if k in options(cls)}
         if isinstance(kwargs.get("temperatures"), list):
             kwargs["temperatures"] = tuple(kwargs["temperatures"])

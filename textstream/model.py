@@ -132,7 +132,7 @@ class CharLSTM(tf_keras.Model):
     """
 
     def __init__(self, vocab_size: int, *, layers_: int = 1, units: int = 128, dropout: float = 0.0,
-                 dropout_mask: str = "window", weight_dropout: float = 0.0, embedding: int = 0,
+                 dropout_mask: str = "step", weight_dropout: float = 0.0, embedding: int = 0,
                  last_only: bool = False, seed: int = 0, input_mode: str = "auto", name: str = "char_lstm"):
         super().__init__(name=name)
         if input_mode not in INPUT_MODES:

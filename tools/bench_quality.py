@@ -137,8 +137,8 @@ def textstream_run(runner: Runner, corpus: str, minutes: float, preset: str, run
     c = json.loads((run_dir / "config.json").read_text())
     model = (f"{c['layers']}x{c['units']} batch {c['batch_size']} dropout {c['dropout']} lr {c['lr']} "
              f"seq {c['seq_len']}")
-    if c.get("dropout") and c.get("dropout_mask", "step") != "window":
-        model += f" dropout mask {c.get('dropout_mask', 'step')}"
+    if c.get("dropout") and c.get("dropout_mask", "step") != "step":
+        model += f" dropout mask {c['dropout_mask']}"
     if c.get("weight_dropout"):
         model += f" weight dropout {c['weight_dropout']}"
     if c.get("carry_state"):

@@ -103,9 +103,9 @@ def test_events_of_a_run_that_stops_between_epochs(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("objective,dropout,mask,weight_dropout,carry", [
-    ("sequence", 0.0, "window", 0.0, False), ("sequence", 0.3, "window", 0.0, False),
-    ("sequence", 0.3, "step", 0.0, False), ("sequence", 0.0, "window", 0.4, False),
-    ("next", 0.0, "window", 0.0, False), ("sequence", 0.3, "window", 0.0, True)])
+    ("sequence", 0.0, "step", 0.0, False), ("sequence", 0.3, "step", 0.0, False),
+    ("sequence", 0.3, "window", 0.0, False), ("sequence", 0.0, "step", 0.4, False),
+    ("next", 0.0, "step", 0.0, False), ("sequence", 0.3, "window", 0.0, True)])
 def test_resume_is_exact(corpus, tmp_path, objective, dropout, mask, weight_dropout, carry):
     cfg = dict(objective=objective, dropout=dropout, dropout_mask=mask, weight_dropout=weight_dropout, layers=2,
                samples=False, carry_state=carry)

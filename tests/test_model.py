@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from textstream.config import make_config
-from textstream.model import OneHot, build_model, lstm_weights
-from textstream.trainstep import training_speed
+from textstream.model import OneHot, build_model, lstm_weights, product
+from textstream.trainstep import bfloat16_speedup, training_speed
 
 
 def test_input_is_integer_ids_and_encoding_happens_inside():
@@ -183,3 +183,62 @@ def test_a_visible_gpu_keeps_the_keras_layer_and_its_cudnn_kernel(monkeypatch):
 def test_training_speed_is_characters_per_second_of_a_real_step():
     rate = training_speed(11, layers=1, units=4, batch_size=2, seq_len=3, seconds=0.0)
     assert rate > 0 and rate == rate and rate != float("inf")
+
+
+def test_product_with_bfloat16_operands_rounds_them_and_returns_float32():
+    from textstream._tf import tf
+
+    rng = np.random.default_rng(4)
+    x, kernel = rng.normal(size=(5, 3, 40)).astype(np.float32), rng.normal(size=(40, 24)).astype(np.float32)
+    exact = product(tf.constant(x), tf.constant(kernel)).numpy()
+    np.testing.assert_allclose(exact, np.einsum("bti,ij->btj", x, kernel), rtol=1e-5, atol=1e-5)
+    mixed = product(tf.constant(x), tf.constant(kernel), tf.bfloat16)
+    assert mixed.dtype == tf.float32
+    rounded = [tf.cast(tf.cast(a, tf.bfloat16), tf.float32).numpy().astype(np.float64) for a in (x, kernel)]
+    expected = np.einsum("bti,ij->btj", *rounded)  # the rounded operands' exact product, then one more rounding
+    np.testing.assert_allclose(mixed.numpy(), expected, rtol=2 ** -7, atol=1e-3)
+    assert np.abs(mixed.numpy() - exact).max() > 1e-3  # the operands were rounded
+    rows = product(tf.constant(x[:, 0]), tf.constant(kernel), tf.bfloat16).numpy()  # rank 2: the recurrent product
+    np.testing.assert_array_equal(rows, mixed.numpy()[:, 0])
+
+
+@pytest.mark.parametrize("input_mode, layers, embedding, objective", [
+    ("gather", 1, 0, "sequence"), ("onehot", 2, 0, "sequence"), ("gather", 2, 5, "sequence"), ("gather", 2, 0, "next")])
+def test_bfloat16_products_only_in_training_and_gradients_stay_float32(input_mode, layers, embedding, objective):
+    """Mixed precision: training's logits are close to float32's but not equal; inference is float32's exactly."""
+    from textstream._tf import tf
+
+    def made(precision):
+        cfg = make_config("tiny", layers=layers, embedding=embedding, units=24, objective=objective,
+                          precision=precision)
+        return build_model(cfg, 9, input_mode=input_mode)
+
+    plain, mixed = made("float32"), made("bfloat16")
+    assert mixed.precision == "bfloat16" and all(w.dtype == tf.float32 for w in mixed.weights)
+    weights = [np.random.default_rng(i).normal(0, 0.4, w.shape).astype(np.float32)
+               for i, w in enumerate(plain.get_weights())]
+    plain.set_weights(weights)
+    mixed.set_weights(weights)
+    ids = tf.constant(np.random.default_rng(5).integers(0, 9, (4, 13)), tf.int32)
+    np.testing.assert_array_equal(mixed(ids).numpy(), plain(ids).numpy())  # inference: float32
+
+    def trained(model):
+        with tf.GradientTape() as tape:
+            logits = model(ids, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(ids[:, -logits.shape[1]:]
+                                                                                 if logits.shape.rank == 3
+                                                                                 else ids[:, -1], logits))
+        return logits.numpy(), [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+
+    (logits, grads), (exact, exact_grads) = trained(mixed), trained(plain)
+    gap = np.abs(logits - exact).max()
+    assert 1e-4 < gap < 0.03 * np.abs(exact).max()
+    for g, e in zip(grads, exact_grads):
+        assert g.dtype == tf.float32
+        cosine = float(tf.reduce_sum(g * e) / (tf.norm(g) * tf.norm(e)))
+        assert cosine > 0.99
+
+
+def test_bfloat16_speedup_is_a_positive_ratio():
+    ratio = bfloat16_speedup(units=8, batch=2, steps=2, repeats=1)
+    assert 0 < ratio < float("inf")

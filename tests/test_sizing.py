@@ -7,8 +7,8 @@ from textstream import training
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
 from textstream.run import RunPaths
-from textstream.sizing import (COMPUTE_TIERS, NOMINAL_CHARS_PER_S, PASS_DROPOUT, REFERENCE, SIZED, compute_tier,
-                               pass_dropout, sized, tier_fields)
+from textstream.sizing import (BFLOAT16_MIN_SPEEDUP, COMPUTE_TIERS, NOMINAL_CHARS_PER_S, PASS_DROPOUT, REFERENCE,
+                               SIZED, compute_tier, pass_dropout, precision_for, sized, tier_fields)
 from textstream.training import train
 
 from test_training import corpus  # noqa: F401  (the fixture)
@@ -120,13 +120,17 @@ def test_a_budget_run_records_its_choice_and_resume_keeps_it(corpus, tmp_path, m
     monkeypatch.setitem(COMPUTE_TIERS, "default", TINY_TIERS)
     calls = []
     monkeypatch.setattr(training, "training_speed", lambda vocab_size, **shape: calls.append(shape) or 5000.0)
+    monkeypatch.setattr(training, "bfloat16_speedup", lambda: 1.87)
     run = tmp_path / "run"
     cfg = make_config("default", time_budget=0.02, seq_len=16, samples=False)  # 5000 * 1.2 s: the first tier
+    assert cfg.precision == "auto"
     summary = train(cfg, [corpus], run)
-    assert calls == [REFERENCE] and summary.step > 0
+    assert calls == [{**REFERENCE, "precision": "bfloat16"}] and summary.step > 0  # timed as the run will train
     saved = RunPaths(run).read_config()
     assert (saved.units, saved.batch_size, saved.dropout, saved.probe_chars_per_s) == (8, 4, 0.0, 5000.0)
+    assert (saved.precision, saved.bfloat16_speedup) == ("bfloat16", 1.87)
     monkeypatch.setattr(training, "training_speed", lambda *a, **k: pytest.fail("a resume measured again"))
+    monkeypatch.setattr(training, "bfloat16_speedup", lambda: pytest.fail("a resume timed the precisions again"))
     monkeypatch.setitem(COMPUTE_TIERS, "default", TINY_TIERS[::-1])  # whatever the tiers say now
     train(saved.resumed({"time_budget": 0.01}), [], run, resume=True)
     again = RunPaths(run).read_config()
@@ -136,6 +140,7 @@ def test_a_budget_run_records_its_choice_and_resume_keeps_it(corpus, tmp_path, m
 def test_several_replicas_assume_the_nominal_speed(corpus, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(COMPUTE_TIERS, "default", TINY_TIERS)
     monkeypatch.setattr(training, "training_speed", lambda *a, **k: pytest.fail("measured under several replicas"))
+    monkeypatch.setattr(training, "bfloat16_speedup", lambda: pytest.fail("timed under several replicas"))
 
     class Two:
         num_replicas_in_sync = 2
@@ -147,5 +152,37 @@ def test_several_replicas_assume_the_nominal_speed(corpus, tmp_path, monkeypatch
             size = 40
 
     cfg = make_config("default", time_budget=1.0, seq_len=16)
-    chosen = training.size_for_budget(cfg, Corpus(), Two(), RunPaths(tmp_path / "run"), resume=False)
+    paths = RunPaths(tmp_path / "run")
+    chosen = training.size_for_budget(cfg, Corpus(), Two(), paths, resume=False)
     assert chosen.to_dict() == sized(cfg, None).to_dict() and chosen.units == 12  # 20,000 * 60 s: second tier
+    # every worker would time its own machine: all train in float32
+    assert training.resolve_precision(cfg, Two(), paths, resume=False).precision == "float32"
+
+
+def test_precision_auto_is_bfloat16_where_it_is_clearly_faster():
+    assert precision_for(None) == "float32"  # not measured (several replicas, a GPU)
+    assert precision_for(0.4) == "float32"  # emulated: slower
+    assert precision_for(BFLOAT16_MIN_SPEEDUP - 0.01) == "float32"
+    assert precision_for(BFLOAT16_MIN_SPEEDUP) == precision_for(1.9) == "bfloat16"
+
+
+@pytest.mark.parametrize("speedup, precision", [(1.9, "bfloat16"), (0.6, "float32")])
+def test_a_run_resolves_precision_auto_once_and_records_it(corpus, tmp_path, monkeypatch, speedup,  # noqa: F811
+                                                          precision):
+    monkeypatch.setattr(training, "bfloat16_speedup", lambda: speedup)
+    run = tmp_path / "run"
+    train(make_config("tiny", steps=3, precision="auto", samples=False), [corpus], run)
+    saved = RunPaths(run).read_config()
+    assert (saved.precision, saved.bfloat16_speedup) == (precision, speedup)
+    auto = saved.to_dict() | {"precision": "auto"}  # a config.json train did not write
+    (run / "config.json").write_text(json.dumps(auto))
+    with pytest.raises(TextstreamError, match=r"config.json: precision auto not resolved: not a config train wrote"):
+        train(TrainConfig.load(run / "config.json").resumed({"steps": 6}), [], run, resume=True)
+
+
+def test_explicit_precisions_are_not_timed(corpus, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(training, "bfloat16_speedup", lambda: pytest.fail("timed an explicit precision"))
+    for precision in ("float32", "bfloat16"):
+        train(make_config("tiny", steps=2, precision=precision, samples=False), [corpus], tmp_path / precision)
+        saved = RunPaths(tmp_path / precision).read_config()
+        assert (saved.precision, saved.bfloat16_speedup) == (precision, None)

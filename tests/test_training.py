@@ -102,13 +102,14 @@ def test_events_of_a_run_that_stops_between_epochs(corpus, tmp_path):
     assert logged[-2] == end.to_dict() and logged[-2]["kind"] == "val"
 
 
-@pytest.mark.parametrize("objective,dropout,mask,weight_dropout,carry", [
-    ("sequence", 0.0, "step", 0.0, False), ("sequence", 0.3, "step", 0.0, False),
-    ("sequence", 0.3, "window", 0.0, False), ("sequence", 0.0, "step", 0.4, False),
-    ("next", 0.0, "step", 0.0, False), ("sequence", 0.3, "window", 0.0, True)])
-def test_resume_is_exact(corpus, tmp_path, objective, dropout, mask, weight_dropout, carry):
+@pytest.mark.parametrize("objective,dropout,mask,weight_dropout,carry,precision", [
+    ("sequence", 0.0, "step", 0.0, False, "float32"), ("sequence", 0.3, "step", 0.0, False, "float32"),
+    ("sequence", 0.3, "window", 0.0, False, "float32"), ("sequence", 0.0, "step", 0.4, False, "float32"),
+    ("next", 0.0, "step", 0.0, False, "float32"), ("sequence", 0.3, "window", 0.0, True, "float32"),
+    ("sequence", 0.3, "step", 0.0, False, "bfloat16"), ("next", 0.0, "step", 0.0, False, "bfloat16")])
+def test_resume_is_exact(corpus, tmp_path, objective, dropout, mask, weight_dropout, carry, precision):
     cfg = dict(objective=objective, dropout=dropout, dropout_mask=mask, weight_dropout=weight_dropout, layers=2,
-               samples=False, carry_state=carry)
+               samples=False, carry_state=carry, precision=precision)
     straight, split = tmp_path / "straight", tmp_path / "split"
     whole = train(make_config("tiny", steps=24, **cfg), [corpus], straight)
     train(make_config("tiny", steps=12, **cfg), [corpus], split)

@@ -29,6 +29,8 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine")
 ERRORS = ("strict", "replace")  # invalid UTF-8 in a source: fail with the offset, or read it as U+FFFD
 DROPOUT_MASKS = ("step", "window")  # dropout's mask: a new one every step, or one per window (shared by its steps)
+MATMUL_PRECISIONS = ("float32", "bfloat16")  # the operands of the LSTM's matrix products in training
+PRECISIONS = ("auto", *MATMUL_PRECISIONS)  # auto: the faster of the two on this machine, chosen when a run starts
 TOKENS = ("auto", "chars", "bytes")  # what an id stands for (auto: chosen from the text's characters)
 
 # CLI flag groups, in the order ``train --help`` shows them; PREPARE's flags are also ``prepare``'s.
@@ -43,14 +45,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": dict(
         lowercase=True, layers=1, units=128, dropout=0.0, embedding=0, seq_len=60, stride=3,
         objective="next", optimizer="rmsprop", lr=0.01, clipnorm=0.0, batch_size=1024,
-        warmup_steps=0, schedule="constant", epochs=60, ema=0.0,
+        warmup_steps=0, schedule="constant", epochs=60, ema=0.0, precision="float32",
     ),
     # The dataclass defaults; with a time budget, the model the budget buys on this machine
     # (textstream/sizing.py, chosen by measurement: README "Model quality").
     "default": dict(),
     # For tests and smoke runs: seconds on a CPU.
     "tiny": dict(layers=1, units=16, seq_len=16, batch_size=8, dropout=0.0, schedule="constant", epochs=1,
-                 sample_chars=40),
+                 sample_chars=40, precision="float32"),
 }
 
 @dataclass(frozen=True)
@@ -242,6 +244,11 @@ class TrainConfig:
     schedule: str = setting("cosine", "cosine: decay to lr * --min-lr-ratio over the run's planned steps or "
                                       "time budget", group=OPTIMISATION, choices=SCHEDULES)
     min_lr_ratio: float = setting(0.05, "cosine: decay to lr * R", group=OPTIMISATION, ge=0, le=1, metavar="R")
+    precision: str = setting("auto", "the operands of the LSTM's matrix products in training: float32, bfloat16 "
+                                     "(mixed precision: about twice as fast on CPUs with bfloat16 instructions; "
+                                     "sums, state and weights stay float32, inference is float32) or auto (the "
+                                     "faster here, timed when a run starts; default)", group=OPTIMISATION,
+                             choices=PRECISIONS)
     ema: float = setting(0.999, "keep a moving average of the weights, momentum M (0: off; default {default}); "
                                 "validation, checkpoints and generation use the average", group=OPTIMISATION,
                          ge=0, lt=1, metavar="M")
@@ -259,6 +266,9 @@ class TrainConfig:
                                               resume=True, ge=0, cli=False)
     probe_chars_per_s: float | None = setting(None, "the reference shape's training speed measured at the start "
                                                     "(chars/s) that sized the model", ge=0, cli=False)
+    bfloat16_speedup: float | None = setting(None, "how many times faster the matrix products ran with bfloat16 "
+                                                   "operands when the run started (--precision auto)", ge=0,
+                                             cli=False)
 
     def check(self, where: str | None = None) -> "TrainConfig":
         """This config, after checking every field's type and range; raises one line naming the flag.
@@ -341,6 +351,8 @@ class TrainConfig:
             d = {**d, "tokens": "chars"}
         if "ema" not in d:  # written before weight averaging: a run without it
             d = {**d, "ema": 0.0}
+        if "precision" not in d:  # written before mixed precision: a float32 run
+            d = {**d, "precision": "float32"}
         kwargs = {k: v for k, v in d.items() if k in options(cls)}
         if isinstance(kwargs.get("temperatures"), list):
             kwargs["temperatures"] = tuple(kwargs["temperatures"])

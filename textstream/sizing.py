@@ -10,7 +10,9 @@ this machine (``trainstep.training_speed``; the seconds count in the budget) and
 ``sized`` fills the fields in from the tier that many reference characters
 (speed x budget seconds) reach; over the training text's size, those
 characters are the passes the run will make, which can raise the tier's
-dropout (``PASS_DROPOUT``). The chosen values and the measured speed are
+dropout (``PASS_DROPOUT``). The step is timed in the precision the run
+will train in (``precision_for`` picks it first, from the measured
+``trainstep.bfloat16_speedup``). The chosen values and the measured speeds are
 written to config.json, so resuming never measures again. No TensorFlow here.
 
     cfg = make_config("default", time_budget=5)       # units, batch_size, ... None
@@ -42,6 +44,9 @@ COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
 PASS_DROPOUT: dict[str, list[tuple[float, float]]] = {
     "default": [(8.0, 0.4)],
 }
+# The least bfloat16_speedup (trainstep) at which a run with --precision auto trains with bfloat16
+# operands: 1.9x on AVX512-BF16 (AMD EPYC here); below 1 where the CPU emulates them.
+BFLOAT16_MIN_SPEEDUP = 1.3
 NOMINAL_CHARS_PER_S = 20_000.0  # the reference speed assumed where none is measured (several replicas)
 
 
@@ -65,6 +70,11 @@ def compute_tier(preset: str, reference_chars: float) -> dict[str, Any]:
 def pass_dropout(preset: str, passes: float) -> float:
     """The least dropout ``passes`` over the training text call for (0.0 below every threshold)."""
     return max([d for minimum, d in PASS_DROPOUT.get(preset, []) if passes >= minimum], default=0.0)
+
+
+def precision_for(speedup: float | None) -> str:
+    """The precision of a run whose matrix products are ``speedup`` times faster in bfloat16 (None: not measured)."""
+    return "bfloat16" if speedup is not None and speedup >= BFLOAT16_MIN_SPEEDUP else "float32"
 
 
 def sized(cfg, chars_per_s: float | None, train_chars: int | None = None):

@@ -17,6 +17,7 @@ loop; only the chief writes the run directory and emits events.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -38,8 +39,10 @@ from textstream.preparation import Prepared, load_prepared, prepare
 from textstream.run import RunLock, RunPaths
 from textstream.runstart import NewRun
 from textstream.schedule import Every, Meter, Plan
-from textstream.sizing import REFERENCE, sized
-from textstream.trainstep import build_state, distributed_batches, make_train_step, make_windows, training_speed
+from textstream.model import default_input_mode, resolved_precision
+from textstream.sizing import REFERENCE, precision_for, sized
+from textstream.trainstep import (bfloat16_speedup, build_state, distributed_batches, make_train_step, make_windows,
+                                  training_speed)
 from textstream.vocab import TokenChoice, Vocab
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split
@@ -86,7 +89,7 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
         if resume:
             _check_same_vocab(paths, corpus.vocab)
         started = time.monotonic()  # a time budget counts from here: sizing's measurement is part of it
-        cfg = size_for_budget(cfg, corpus, strategy, paths, resume)
+        cfg = size_for_budget(resolve_precision(cfg, strategy, paths, resume), corpus, strategy, paths, resume)
         if not resume and chief:
             paths.write_config(cfg)
             paths.write_vocab(corpus.vocab)
@@ -127,6 +130,22 @@ def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool,
     return corpus, [str(s) for s in sources]
 
 
+def resolve_precision(cfg: TrainConfig, strategy, paths: RunPaths, resume: bool) -> TrainConfig:
+    """``cfg`` with ``precision`` auto replaced by the faster one here (``sizing.precision_for``), timed now.
+
+    Several replicas (each worker would time its own machine), or a GPU
+    (whose cuDNN kernel is float32), train in float32.
+    """
+    if cfg.precision != "auto":
+        return cfg
+    if resume:
+        raise TextstreamError(f"{paths.config}: precision auto not resolved: not a config train wrote")
+    speedup = None
+    if strategy.num_replicas_in_sync == 1 and default_input_mode() == "gather":
+        speedup = round(bfloat16_speedup(), 2)
+    return dataclasses.replace(cfg, precision=precision_for(speedup), bfloat16_speedup=speedup)
+
+
 def size_for_budget(cfg: TrainConfig, corpus: Prepared, strategy, paths: RunPaths, resume: bool) -> TrainConfig:
     """``cfg`` with the fields its time budget chooses filled in (``sizing``), measuring this machine's speed.
 
@@ -139,7 +158,7 @@ def size_for_budget(cfg: TrainConfig, corpus: Prepared, strategy, paths: RunPath
         raise TextstreamError(f"{paths.config}: {', '.join(cfg.unsized)} not set: not a config train wrote")
     speed = None
     if strategy.num_replicas_in_sync == 1:
-        speed = training_speed(corpus.vocab.size, **REFERENCE)
+        speed = training_speed(corpus.vocab.size, **REFERENCE, precision=resolved_precision(cfg))
     return sized(cfg, speed, corpus.train_chars)
 
 

@@ -143,11 +143,14 @@ def textstream_run(runner: Runner, corpus: str, minutes: float, preset: str, run
         model += f" weight dropout {c['weight_dropout']}"
     if c.get("carry_state"):
         model += " carry-state"
+    if c.get("precision") == "bfloat16":
+        model += " bf16"
     run = {"method": preset, "val_nats_per_char": round(result["nats_per_char"], 4),
            "val_bits_per_char": round(result["bits_per_char"], 4), "val_chars": result["chars"],
            "train_chars_seen": end["train_chars_seen"], "steps": end["step"],
            "chars_per_s": round(end["char_steps_per_s"] or 0), "loadavg": load, "model": model,
-           "probe_chars_per_s": c.get("probe_chars_per_s")}
+           "probe_chars_per_s": c.get("probe_chars_per_s"), "precision": c.get("precision", "float32"),
+           "bfloat16_speedup": c.get("bfloat16_speedup")}
     if args.sample:
         run["sample"] = runner.run([py, "-m", "textstream", "generate", str(run_dir), "-n", str(args.sample),
                                     "--temperature", "0.5", "--seed", "0"]).stdout

@@ -101,6 +101,8 @@ class TrainDisplay:
                  f"dropout {c['dropout']:g}" + (f" (a mask per {c['dropout_mask']})" if c['dropout'] else "")]
         if c.get("weight_dropout"):
             model.append(f"weight dropout {c['weight_dropout']:g}")
+        if c.get("precision") == "bfloat16":
+            model.append("bfloat16 products")
         self.console.print(
             f"[bold]{'resuming' if event.resumed else 'training'}[/bold] preset {c['preset']}: "
             f"{', '.join(model)}; {what} ({event.steps_per_epoch:.1f} steps/epoch), from step {event.step:,}")

@@ -20,8 +20,8 @@ either way and compute the same function. The LSTM layers keep the
 arguments that make tf-keras pick the fused cuDNN kernel on a GPU (tanh,
 sigmoid, no recurrent dropout, no unroll, bias on).
 
-``precision="bfloat16"`` (mixed precision, training only): every layer's
-matrix products (the input projection of layers after the first, and the
+``precision="bfloat16"`` (mixed precision, training only): the LSTM layers'
+matrix products (every input projection but layer 0's row gather, and the
 recurrent product at every step) take bfloat16 operands, about twice as fast
 on CPUs with bfloat16 instructions (AVX512-BF16, AMX); their results, the
 gates, the cell state, the head, the gradients' sums and the weights stay
@@ -235,7 +235,7 @@ class CharLSTM(tf_keras.Model):
 
 
 def resolved_precision(cfg: TrainConfig) -> str:
-    """``cfg.precision``, with ``auto`` (chosen when a run starts: ``trainstep.resolve_precision``) as float32."""
+    """``cfg.precision``, with ``auto`` (chosen when a run starts: ``training.resolve_precision``) as float32."""
     return "float32" if cfg.precision == "auto" else cfg.precision
 
 

@@ -45,7 +45,7 @@ PASS_DROPOUT: dict[str, list[tuple[float, float]]] = {
     "default": [(8.0, 0.4)],
 }
 # The least bfloat16_speedup (trainstep) at which a run with --precision auto trains with bfloat16
-# operands: 1.9x on AVX512-BF16 (AMD EPYC here); below 1 where the CPU emulates them.
+# operands: 1.5x to 1.9x with AVX512-BF16 (AMD EPYC here, as runs start); below 1 where the CPU emulates them.
 BFLOAT16_MIN_SPEEDUP = 1.3
 NOMINAL_CHARS_PER_S = 20_000.0  # the reference speed assumed where none is measured (several replicas)
 

@@ -133,6 +133,7 @@ def test_settings_out_of_range_or_of_the_wrong_type(overrides, message):
     ('{"max_vocab": 2.5}', r"config.json: max_vocab must be an integer \(got 2.5\)"),
     ('{"dropout_mask": "time"}', r"config.json: dropout_mask must be one of"),
     ('{"precision": "float16"}', r"config.json: precision must be one of auto, float32, bfloat16"),
+    ('{"window_phases": "shuffled"}', r"config.json: window_phases must be one of cycle, random"),
     ('{"objective": "next", "carry_state": true}', r"config.json: --carry-state needs --objective sequence"),
     ("{not json", r"config.json: not a textstream config \("),
 ])
@@ -152,10 +153,12 @@ def test_old_config_json_still_loads(tmp_path):
     del d["ema"]  # written before weight averaging: trained without it, so resumed without it
     del d["dropout_mask"]  # written before the option: a new mask every step, still the default
     del d["precision"], d["bfloat16_speedup"]  # written before mixed precision: trained in float32
+    del d["window_phases"]  # written before the phase cycle: its epochs' phases were drawn one by one
     path.write_text(json.dumps(d))
     loaded = TrainConfig.load(path)
     assert loaded.stride == 5 and loaded.ema == 0.0 and loaded.dropout_mask == "step"
     assert loaded.precision == "float32" and loaded.bfloat16_speedup is None
+    assert loaded.window_phases == "random" and make_config("default").window_phases == "cycle"
     assert make_config("tiny").ema == 0.999 and make_config("seed").ema == 0.0  # the original had none
     # the original example and the smoke-test preset compute in float32; the default is timed when a run starts
     assert (make_config("seed").precision, make_config("tiny").precision) == ("float32", "float32")

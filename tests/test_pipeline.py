@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from textstream.errors import TextstreamError
-from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset, permute
+from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset, permute, window_phase
 
 
 @pytest.fixture
@@ -69,6 +69,27 @@ def test_sequence_windows_tile_the_text_with_a_per_epoch_phase(token_file):
         assert np.array_equal(starts, np.arange(w.count) * 50 + phase)
         assert starts[-1] + 51 <= 5003
     assert len(phases) > 1
+
+
+@pytest.mark.parametrize("period", [1, 2, 7, 16, 50])
+def test_cycled_phases_use_every_offset_once_per_period_epochs(period):
+    for seed in (0, 3):
+        phases = [window_phase(seed, e, period) for e in range(3 * period)]
+        for block in range(3):
+            assert sorted(phases[block * period:(block + 1) * period]) == list(range(period))
+    if period >= 7:  # and each block in its own order
+        assert [window_phase(0, e, period) for e in range(period)] != \
+            [window_phase(0, e, period) for e in range(period, 2 * period)]
+        assert [window_phase(0, e, period) for e in range(period)] != [window_phase(1, e, period) for e in range(period)]
+
+
+def test_random_phases_are_the_ones_runs_drew_before_the_cycle():
+    # seed 0, 16-character windows: what every run before the cycle trained on (8 distinct offsets in 16 epochs),
+    # so a run whose config.json predates the cycle (window_phases: random) resumes on the same windows
+    assert [window_phase(0, e, 16, "random") for e in range(16)] == [1, 1, 9, 8, 9, 10, 6, 6, 6, 7, 7, 15, 7, 10,
+                                                                       14, 15]
+    with pytest.raises(ValueError, match="phases must be one of"):
+        window_phase(0, 0, 16, "shuffled")
 
 
 def test_batches_are_deterministic_under_a_seed(token_file):
@@ -147,6 +168,18 @@ def test_strips_carry_each_row_through_consecutive_windows(positions):
                 assert np.array_equal(x[row], ids[a + 10 * j:a + 10 * j + 10])
                 assert np.array_equal(y[row], ids[a + 10 * j + 1:a + 10 * j + 11])
     assert s.epoch_of(k, 4) == 1.0 and s.steps_for_epochs(2, 4) == 2 * k
+
+
+@pytest.mark.parametrize("phases", ["cycle", "random"])
+def test_windows_and_strips_shift_by_their_phases(positions, phases):
+    tokens, _ = positions
+    w = Windows(tokens, seq_len=13, objective="sequence", seed=5, phases=phases)
+    s = CarriedWindows(tokens, seq_len=10, batch_size=4, seed=3, phases=phases)
+    for epoch in range(30):
+        assert int(np.sort(w.starts(epoch * w.count + np.arange(w.count)))[0]) == window_phase(5, epoch, 13, phases)
+        x, _, _ = s.batch(epoch * s.steps_per_epoch, 4)  # ids are positions: a row's first id is where it starts
+        assert sorted(int(a) % s.strip for a in x[:, 0]) == [window_phase(3, epoch, 10, phases)] * 4
+    assert Windows(tokens, 13, "next", stride=3, phases=phases).phase(5) == 0  # overlapping windows: no phase
 
 
 def test_strips_shards_and_dataset(token_file):

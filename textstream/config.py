@@ -31,7 +31,8 @@ ERRORS = ("strict", "replace")  # invalid UTF-8 in a source: fail with the offse
 DROPOUT_MASKS = ("step", "window")  # dropout's mask: a new one every step, or one per window (shared by its steps)
 MATMUL_PRECISIONS = ("float32", "bfloat16")  # the operands of the LSTM's matrix products in training
 PRECISIONS = ("auto", *MATMUL_PRECISIONS)  # auto: the faster of the two on this machine, chosen when a run starts
-TOKENS = ("auto", "chars", "bytes")  # what an id stands for (auto: chosen from the text's characters)
+TOKENS = ("auto", "chars", "bytes")
+WINDOW_PHASES = ("cycle", "random")  # textstream.pipeline.PHASES (not imported: it would load numpy for --help)  # what an id stands for (auto: chosen from the text's characters)
 
 # CLI flag groups, in the order ``train --help`` shows them; PREPARE's flags are also ``prepare``'s.
 MODEL, DATA, OPTIMISATION, LENGTH, RUN, PREPARE = (
@@ -223,6 +224,9 @@ class TrainConfig:
     objective: str = setting("sequence", "sequence: every position predicts its next character; "
                                          "next: only the last one (the original)", group=DATA, choices=OBJECTIVES)
     batch_size: int | None = setting(32, "windows per step", group=DATA, ge=1)
+    window_phases: str = setting("cycle", "how each epoch shifts where windows start: cycle (every offset once "
+                                          "in each seq-len epochs; default) or random (drawn per epoch, may "
+                                          "repeat: runs before the cycle)", group=DATA, choices=WINDOW_PHASES)
     carry_state: bool = setting(False, "carry the LSTM state from each window to the next one of its strip "
                                        "(truncated backpropagation through time; sequence objective)", group=DATA)
     lowercase: bool = setting(False, "lowercase the text", group=PREPARE, switch=True)
@@ -353,6 +357,8 @@ class TrainConfig:
             d = {**d, "ema": 0.0}
         if "precision" not in d:  # written before mixed precision: a float32 run
             d = {**d, "precision": "float32"}
+        if "window_phases" not in d:  # written before the phase cycle: its epochs' phases were drawn
+            d = {**d, "window_phases": "random"}
         kwargs = {k: v for k, v in d.items() if k in options(cls)}
         if isinstance(kwargs.get("temperatures"), list):
             kwargs["temperatures"] = tuple(kwargs["temperatures"])

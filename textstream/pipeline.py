@@ -66,6 +66,27 @@ def epoch_key(seed: int, epoch: int) -> int:
         return int(_mix(np.array([(seed & 0xFFFFFFFF) << 32 | (epoch & 0xFFFFFFFF)], dtype=np.uint64))[0] >> np.uint64(1))
 
 
+PHASES = ("cycle", "random")
+
+
+def window_phase(seed: int, epoch: int, period: int, phases: str = "cycle") -> int:
+    """The offset in ``[0, period)`` by which epoch ``epoch`` shifts its tiling of windows ``period`` long.
+
+    ``cycle``: every offset once in each block of ``period`` epochs (a keyed
+    permutation per block), so a window's exact characters, and the context
+    each of them is predicted from, come back only after ``period`` epochs.
+    ``random`` (runs before the cycle): each epoch's offset drawn on its own,
+    which repeats offsets within a few epochs (the first 16 epochs of seed 0
+    with 16-character windows used 8 of the 16).
+    """
+    if phases == "random":
+        return epoch_key(seed ^ 0x5EED, epoch) % period
+    if phases != "cycle":
+        raise ValueError(f"phases must be one of {PHASES} (got {phases!r})")
+    block, i = divmod(int(epoch), period)
+    return int(permute(np.array([i], dtype=np.int64), period, epoch_key(seed ^ 0x5EED, block))[0])
+
+
 class TokenFile:
     """Random-access reads of ids from a raw little-endian token file."""
 
@@ -117,7 +138,7 @@ class Windows:
     """The training windows of one token file for one objective.
 
     ``sequence``: windows of ``seq_len + 1`` ids start every ``seq_len`` ids,
-    shifted by a per-epoch phase in ``[0, seq_len)``; inputs are the first
+    shifted by a per-epoch phase in ``[0, seq_len)`` (``window_phase``; ``phases``); inputs are the first
     ``seq_len`` ids, targets the same slice shifted by one.
     ``next`` (the original): windows start every ``stride`` ids; inputs are
     ``seq_len`` ids, the target is the one after them.
@@ -128,6 +149,7 @@ class Windows:
     objective: str = "sequence"
     stride: int = 3
     seed: int = 0
+    phases: str = "cycle"
     carry = False  # batches are (inputs, targets); see ``CarriedWindows`` for carried state
 
     def __post_init__(self) -> None:
@@ -144,7 +166,7 @@ class Windows:
     def phase(self, epoch: int) -> int:
         if self.objective == "next":
             return 0
-        return epoch_key(self.seed ^ 0x5EED, epoch) % self.seq_len
+        return window_phase(self.seed, epoch, self.seq_len, self.phases)
 
     def starts(self, positions: np.ndarray) -> np.ndarray:
         """Start offsets of the windows at global stream ``positions`` (epoch * count + rank)."""
@@ -184,7 +206,7 @@ class CarriedWindows:
 
     As char-rnn does: each epoch cuts the token file into ``batch_size`` strips
     of ``L = len // batch_size`` ids, shifted by a per-epoch phase in
-    ``[0, seq_len)``; batch row ``r`` reads its strip window after window, so
+    ``[0, seq_len)`` (``window_phase``); batch row ``r`` reads its strip window after window, so
     the LSTM state a row ends one step with is the right start for its next
     step. Rows take the strips in a per-epoch shuffled order. ``batch`` also
     returns ``reset``, 1.0 for rows whose state must start from zero (the
@@ -196,6 +218,7 @@ class CarriedWindows:
     seq_len: int
     batch_size: int
     seed: int = 0
+    phases: str = "cycle"
     objective = "sequence"
     carry = True
 
@@ -210,7 +233,7 @@ class CarriedWindows:
         self.count = self.steps_per_epoch * b
 
     def phase(self, epoch: int) -> int:
-        return epoch_key(self.seed ^ 0x5EED, epoch) % self.seq_len
+        return window_phase(self.seed, epoch, self.seq_len, self.phases)
 
     def batch(self, step: int, batch_size: int, shard: int = 0, num_shards: int = 1):
         """``(inputs, targets, reset)`` of global ``step``: int32 ``(b, seq_len)`` twice and float32 ``(b,)``."""

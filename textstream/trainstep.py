@@ -29,8 +29,8 @@ def make_optimizer(cfg: TrainConfig):
 
 def make_windows(cfg: TrainConfig, tokens: TokenFile) -> Windows | CarriedWindows:
     if cfg.carry_state:
-        return CarriedWindows(tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
-    return Windows(tokens, cfg.seq_len, cfg.objective, cfg.stride, cfg.seed)
+        return CarriedWindows(tokens, cfg.seq_len, cfg.batch_size, cfg.seed, cfg.window_phases)
+    return Windows(tokens, cfg.seq_len, cfg.objective, cfg.stride, cfg.seed, cfg.window_phases)
 
 
 def build_state(cfg: TrainConfig, vocab_size: int, strategy) -> TrainState:

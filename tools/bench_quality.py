@@ -143,6 +143,8 @@ def textstream_run(runner: Runner, corpus: str, minutes: float, preset: str, run
         model += f" weight dropout {c['weight_dropout']}"
     if c.get("carry_state"):
         model += " carry-state"
+    if c.get("window_phases", "random") == "random" and c.get("objective") == "sequence":
+        model += " random phases"
     if c.get("precision") == "bfloat16":
         model += " bf16"
     run = {"method": preset, "val_nats_per_char": round(result["nats_per_char"], 4),

@@ -31,8 +31,9 @@ ERRORS = ("strict", "replace")  # invalid UTF-8 in a source: fail with the offse
 DROPOUT_MASKS = ("step", "window")  # dropout's mask: a new one every step, or one per window (shared by its steps)
 MATMUL_PRECISIONS = ("float32", "bfloat16")  # the operands of the LSTM's matrix products in training
 PRECISIONS = ("auto", *MATMUL_PRECISIONS)  # auto: the faster of the two on this machine, chosen when a run starts
-TOKENS = ("auto", "chars", "bytes")
-WINDOW_PHASES = ("cycle", "random")  # textstream.pipeline.PHASES (not imported: it would load numpy for --help)  # what an id stands for (auto: chosen from the text's characters)
+TOKENS = ("auto", "chars", "bytes")  # what an id stands for (auto: chosen from the text's characters)
+# how each epoch offsets its windows (textstream.pipeline.window_phase): every offset once per cycle, or drawn
+WINDOW_PHASES = ("cycle", "random")
 
 # CLI flag groups, in the order ``train --help`` shows them; PREPARE's flags are also ``prepare``'s.
 MODEL, DATA, OPTIMISATION, LENGTH, RUN, PREPARE = (

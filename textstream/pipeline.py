@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from textstream.config import WINDOW_PHASES
 from textstream.errors import TextstreamError
 
 
@@ -66,9 +67,6 @@ def epoch_key(seed: int, epoch: int) -> int:
         return int(_mix(np.array([(seed & 0xFFFFFFFF) << 32 | (epoch & 0xFFFFFFFF)], dtype=np.uint64))[0] >> np.uint64(1))
 
 
-PHASES = ("cycle", "random")
-
-
 def window_phase(seed: int, epoch: int, period: int, phases: str = "cycle") -> int:
     """The offset in ``[0, period)`` by which epoch ``epoch`` shifts its tiling of windows ``period`` long.
 
@@ -82,7 +80,7 @@ def window_phase(seed: int, epoch: int, period: int, phases: str = "cycle") -> i
     if phases == "random":
         return epoch_key(seed ^ 0x5EED, epoch) % period
     if phases != "cycle":
-        raise ValueError(f"phases must be one of {PHASES} (got {phases!r})")
+        raise ValueError(f"phases must be one of {WINDOW_PHASES} (got {phases!r})")
     block, i = divmod(int(epoch), period)
     return int(permute(np.array([i], dtype=np.int64), period, epoch_key(seed ^ 0x5EED, block))[0])
 
@@ -138,8 +136,9 @@ class Windows:
     """The training windows of one token file for one objective.
 
     ``sequence``: windows of ``seq_len + 1`` ids start every ``seq_len`` ids,
-    shifted by a per-epoch phase in ``[0, seq_len)`` (``window_phase``; ``phases``); inputs are the first
-    ``seq_len`` ids, targets the same slice shifted by one.
+    shifted by a per-epoch phase in ``[0, seq_len)`` (``window_phase`` with
+    ``phases``); inputs are the first ``seq_len`` ids, targets the same slice
+    shifted by one.
     ``next`` (the original): windows start every ``stride`` ids; inputs are
     ``seq_len`` ids, the target is the one after them.
     """

@@ -78,9 +78,9 @@ def test_cycled_phases_use_every_offset_once_per_period_epochs(period):
         for block in range(3):
             assert sorted(phases[block * period:(block + 1) * period]) == list(range(period))
     if period >= 7:  # and each block in its own order
-        assert [window_phase(0, e, period) for e in range(period)] != \
-            [window_phase(0, e, period) for e in range(period, 2 * period)]
-        assert [window_phase(0, e, period) for e in range(period)] != [window_phase(1, e, period) for e in range(period)]
+        first = [window_phase(0, e, period) for e in range(period)]
+        assert first != [window_phase(0, e, period) for e in range(period, 2 * period)]
+        assert first != [window_phase(1, e, period) for e in range(period)]
 
 
 def test_random_phases_are_the_ones_runs_drew_before_the_cycle():

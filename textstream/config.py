@@ -225,8 +225,8 @@ class TrainConfig:
     objective: str = setting("sequence", "sequence: every position predicts its next character; "
                                          "next: only the last one (the original)", group=DATA, choices=OBJECTIVES)
     batch_size: int | None = setting(32, "windows per step", group=DATA, ge=1)
-    window_phases: str = setting("cycle", "how each epoch shifts where windows start: cycle (every offset once "
-                                          "in each seq-len epochs; default) or random (drawn per epoch, may "
+    window_phases: str = setting("cycle", "how each epoch shifts where windows start: cycle (each offset once "
+                                          "per --seq-len epochs; default) or random (drawn per epoch, may "
                                           "repeat: runs before the cycle)", group=DATA, choices=WINDOW_PHASES)
     carry_state: bool = setting(False, "carry the LSTM state from each window to the next one of its strip "
                                        "(truncated backpropagation through time; sequence objective)", group=DATA)

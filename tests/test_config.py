@@ -154,11 +154,13 @@ def test_old_config_json_still_loads(tmp_path):
     del d["dropout_mask"]  # written before the option: a new mask every step, still the default
     del d["precision"], d["bfloat16_speedup"]  # written before mixed precision: trained in float32
     del d["window_phases"]  # written before the phase cycle: its epochs' phases were drawn one by one
+    del d["weight_decay"]  # written before the option: trained without it
     path.write_text(json.dumps(d))
     loaded = TrainConfig.load(path)
     assert loaded.stride == 5 and loaded.ema == 0.0 and loaded.dropout_mask == "step"
     assert loaded.precision == "float32" and loaded.bfloat16_speedup is None
     assert loaded.window_phases == "random" and make_config("default").window_phases == "cycle"
+    assert loaded.weight_decay == 0.0 and make_config("default").weight_decay == 0.0  # the third tier's: sizing
     assert make_config("tiny").ema == 0.999 and make_config("seed").ema == 0.0  # the original had none
     # the original example and the smoke-test preset compute in float32; the default is timed when a run starts
     assert (make_config("seed").precision, make_config("tiny").precision) == ("float32", "float32")

@@ -243,6 +243,9 @@ class TrainConfig:
                                     "(replace)", group=PREPARE, choices=ERRORS)
     optimizer: str = setting("adam", group=OPTIMISATION, choices=OPTIMIZERS)
     lr: float | None = setting(4e-3, "learning rate (the peak, with a schedule)", group=OPTIMISATION, gt=0)
+    weight_decay: float | None = setting(0.0, "decoupled weight decay (AdamW) of the weight matrices: every step "
+                                               "takes lr * D * w off each of them (0: off)", group=OPTIMISATION,
+                                         ge=0, lt=1, metavar="D")
     clipnorm: float = setting(1.0, "clip gradients to this global norm (0: off)", group=OPTIMISATION, ge=0)
     warmup_steps: int = setting(0, "raise the learning rate linearly over the first N steps", group=OPTIMISATION,
                                 ge=0, metavar="N")

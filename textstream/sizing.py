@@ -29,12 +29,13 @@ from typing import Any
 REFERENCE = dict(layers=1, units=384, batch_size=32, seq_len=100)
 # (minimum reference characters, overrides): the last tier whose minimum is reached applies. Chosen
 # on the training text only (README "Model quality"): little compute buys a narrower, faster LSTM
-# that sees more characters; much compute a wider one with more dropout, as it sees the corpus often.
+# that sees more characters; much compute a wider one with more dropout and weight decay, as it sees the
+# corpus often.
 COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
     "default": [
         (0.0, dict(units=256, batch_size=128, seq_len=16, dropout=0.1, lr=8e-3)),
         (3.5e6, dict(units=384, batch_size=128, seq_len=16, dropout=0.25, lr=8e-3)),
-        (30e6, dict(units=512, batch_size=128, seq_len=16, dropout=0.5, lr=8e-3)),
+        (30e6, dict(units=512, batch_size=128, seq_len=16, dropout=0.5, lr=8e-3, weight_decay=0.02)),
     ],
 }
 # (minimum passes, dropout): a run that will see its training text many times (reference characters

@@ -18,6 +18,8 @@ from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
 
 def make_optimizer(cfg: TrainConfig):
     kw = {"learning_rate": cfg.lr}
+    if cfg.weight_decay:
+        kw["weight_decay"] = cfg.weight_decay  # decoupled, as AdamW: w -= lr * weight_decay * w before the update
     if cfg.clipnorm:
         kw["global_clipnorm"] = cfg.clipnorm
     if cfg.optimizer == "adam":
@@ -38,6 +40,8 @@ def build_state(cfg: TrainConfig, vocab_size: int, strategy) -> TrainState:
     with strategy.scope():
         model = build_model(cfg, vocab_size)
         optimizer = make_optimizer(cfg)
+        if cfg.weight_decay:  # the weight matrices only, as nanoGPT's AdamW: biases keep their values
+            optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_val_nats")

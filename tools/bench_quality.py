@@ -141,6 +141,8 @@ def textstream_run(runner: Runner, corpus: str, minutes: float, preset: str, run
         model += f" dropout mask {c['dropout_mask']}"
     if c.get("weight_dropout"):
         model += f" weight dropout {c['weight_dropout']}"
+    if c.get("weight_decay"):
+        model += f" weight decay {c['weight_decay']}"
     if c.get("carry_state"):
         model += " carry-state"
     if c.get("window_phases", "random") == "random" and c.get("objective") == "sequence":

@@ -99,6 +99,8 @@ class TrainDisplay:
         model = [f"{c['layers']}x LSTM({c['units']})", f"seq {c['seq_len']}", f"objective {c['objective']}",
                  f"batch {c['batch_size']}", f"{c['optimizer']} lr {c['lr']:g}",
                  f"dropout {c['dropout']:g}" + (f" (a mask per {c['dropout_mask']})" if c['dropout'] else "")]
+        if c.get("weight_decay"):
+            model.append(f"weight decay {c['weight_decay']:g}")
         if c.get("weight_dropout"):
             model.append(f"weight dropout {c['weight_dropout']:g}")
         if c.get("precision") == "bfloat16":

@@ -16,17 +16,27 @@ from textstream.model import build_model, product
 from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
 
 
-def make_optimizer(cfg: TrainConfig):
+def make_optimizer(cfg: TrainConfig, variables=()):
+    """``cfg``'s optimizer, not yet built, for ``variables`` (the ones it will update).
+
+    With ``weight_decay`` (decoupled, as AdamW: ``w -= lr * weight_decay * w``
+    before each update) only the weight matrices decay: the vectors among
+    ``variables`` (biases) are excluded, as nanoGPT's AdamW does.
+    """
     kw = {"learning_rate": cfg.lr}
     if cfg.weight_decay:
-        kw["weight_decay"] = cfg.weight_decay  # decoupled, as AdamW: w -= lr * weight_decay * w before the update
+        kw["weight_decay"] = cfg.weight_decay
     if cfg.clipnorm:
         kw["global_clipnorm"] = cfg.clipnorm
     if cfg.optimizer == "adam":
-        return tf_keras.optimizers.Adam(**kw)
-    if cfg.optimizer == "rmsprop":
-        return tf_keras.optimizers.RMSprop(**kw)
-    return tf_keras.optimizers.SGD(momentum=0.9, **kw)
+        optimizer = tf_keras.optimizers.Adam(**kw)
+    elif cfg.optimizer == "rmsprop":
+        optimizer = tf_keras.optimizers.RMSprop(**kw)
+    else:
+        optimizer = tf_keras.optimizers.SGD(momentum=0.9, **kw)
+    if cfg.weight_decay:
+        optimizer.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) < 2])
+    return optimizer
 
 
 def make_windows(cfg: TrainConfig, tokens: TokenFile) -> Windows | CarriedWindows:
@@ -39,9 +49,7 @@ def build_state(cfg: TrainConfig, vocab_size: int, strategy) -> TrainState:
     """The model, its optimizer and the counters, created in ``strategy``'s scope."""
     with strategy.scope():
         model = build_model(cfg, vocab_size)
-        optimizer = make_optimizer(cfg)
-        if cfg.weight_decay:  # the weight matrices only, as nanoGPT's AdamW: biases keep their values
-            optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
+        optimizer = make_optimizer(cfg, model.trainable_variables)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_val_nats")

@@ -63,7 +63,7 @@ def functional_model(model, cfg: TrainConfig):
     for mine, theirs in zip(lstms, model.lstms):
         mine.set_weights(theirs.get_weights())
     head.set_weights(model.head.get_weights())
-    out.compile(optimizer=make_optimizer(cfg),
+    out.compile(optimizer=make_optimizer(cfg, out.trainable_variables),
                 loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return out
 

@@ -7,6 +7,7 @@ from textstream import training
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
 from textstream.run import RunPaths
+from textstream.schedule import lr_at
 from textstream.sizing import (BFLOAT16_MIN_SPEEDUP, COMPUTE_TIERS, NOMINAL_CHARS_PER_S, PASS_DROPOUT, REFERENCE,
                                SIZED, compute_tier, pass_dropout, precision_for, sized, tier_fields)
 from textstream.training import train
@@ -98,6 +99,18 @@ def test_a_small_corpus_seen_often_gets_more_dropout():
 def test_without_a_measurement_the_nominal_speed_decides():
     cfg = make_config("default", time_budget=5)
     assert sized(cfg, None).to_dict() == sized(cfg, NOMINAL_CHARS_PER_S).to_dict() | {"probe_chars_per_s": None}
+
+
+def test_the_top_tier_keeps_a_high_learning_rate_floor():
+    """The third tier's cosine ends at its own floor; the lower tiers' and runs without a budget at the default."""
+    top_minimum, top = COMPUTE_TIERS["default"][-1]
+    cfg = sized(make_config("default", time_budget=30), top_minimum / 1800 + 1)
+    assert cfg.min_lr_ratio == top["min_lr_ratio"] > TrainConfig.min_lr_ratio
+    assert lr_at(cfg, 10**6, None, progress=1.0) == pytest.approx(cfg.lr * top["min_lr_ratio"])
+    assert lr_at(cfg, 0, None, progress=0.0) == pytest.approx(cfg.lr)
+    assert sized(make_config("default", time_budget=5), 1.0).min_lr_ratio == TrainConfig.min_lr_ratio
+    assert make_config("default", epochs=3).min_lr_ratio == TrainConfig.min_lr_ratio
+    assert sized(make_config("default", time_budget=30, min_lr_ratio=0.1), 1e9).min_lr_ratio == 0.1
 
 
 def test_unset_fields_are_refused_outside_a_budget_run(tmp_path):

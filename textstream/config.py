@@ -251,7 +251,8 @@ class TrainConfig:
                                 ge=0, metavar="N")
     schedule: str = setting("cosine", "cosine: decay to lr * --min-lr-ratio over the run's planned steps or "
                                       "time budget", group=OPTIMISATION, choices=SCHEDULES)
-    min_lr_ratio: float = setting(0.05, "cosine: decay to lr * R", group=OPTIMISATION, ge=0, le=1, metavar="R")
+    min_lr_ratio: float | None = setting(0.05, "cosine: decay to lr * R (the floor)", group=OPTIMISATION, ge=0, le=1,
+                                         metavar="R")
     precision: str = setting("auto", "the operands of the LSTM's matrix products in training: float32, bfloat16 "
                                      "(mixed precision: about twice as fast on CPUs with bfloat16 instructions; "
                                      "sums, state and weights stay float32, inference is float32) or auto (the "

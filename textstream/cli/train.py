@@ -97,7 +97,8 @@ class TrainDisplay:
         total = event.total_steps
         what = f"{total:,} steps" if total else f"{event.time_budget_s / 60:g} min"
         model = [f"{c['layers']}x LSTM({c['units']})", f"seq {c['seq_len']}", f"objective {c['objective']}",
-                 f"batch {c['batch_size']}", f"{c['optimizer']} lr {c['lr']:g}",
+                 f"batch {c['batch_size']}", f"{c['optimizer']} lr {c['lr']:g}" + (
+                     f" (cosine to {c['min_lr_ratio']:g}x)" if c.get("schedule") == "cosine" else ""),
                  f"dropout {c['dropout']:g}" + (f" (a mask per {c['dropout_mask']})" if c['dropout'] else "")]
         if c.get("weight_decay"):
             model.append(f"weight decay {c['weight_decay']:g}")

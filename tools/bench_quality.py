@@ -143,8 +143,8 @@ def textstream_run(runner: Runner, corpus: str, minutes: float, preset: str, run
         model += f" weight dropout {c['weight_dropout']}"
     if c.get("weight_decay"):
         model += f" weight decay {c['weight_decay']}"
-    if c.get("schedule", "cosine") == "cosine" and c.get("min_lr_ratio", 0.05) != 0.05:
-        model += f" lr floor {c['min_lr_ratio']}"
+    if c.get("schedule") == "cosine":  # where the schedule ends, as `train`'s header says it
+        model += f" cosine to {c['min_lr_ratio']:g}x"
     if c.get("carry_state"):
         model += " carry-state"
     if c.get("window_phases", "random") == "random" and c.get("objective") == "sequence":

@@ -82,7 +82,7 @@ def test_pass_dropout_rises_with_the_passes():
 def test_a_small_corpus_seen_often_gets_more_dropout():
     """The same compute on a corpus it will see many times: the tier's dropout, raised by ``pass_dropout``."""
     cfg = make_config("default", time_budget=5)
-    (minimum, raised), = PASS_DROPOUT["default"]
+    minimum, raised = PASS_DROPOUT["default"][0]
     speed = COMPUTE_TIERS["default"][0][0] / 300 + 1000.0  # the first tier: 300,000 reference characters
     tier = compute_tier("default", speed * 300)
     assert tier["dropout"] < raised
@@ -92,8 +92,24 @@ def test_a_small_corpus_seen_often_gets_more_dropout():
     assert often.dropout == raised and often.units == tier["units"]  # only the dropout moves
     given = make_config("default", time_budget=5, dropout=0.05)
     assert sized(given, speed, train_chars=10).dropout == 0.05  # the caller's value is kept
-    top = COMPUTE_TIERS["default"][-1]  # a tier whose own dropout is higher keeps it
-    assert sized(cfg, top[0] / 300 + 1, train_chars=10).dropout == max(top[1]["dropout"], raised)
+    top = COMPUTE_TIERS["default"][-1]  # the top tier: its own dropout, or more for a corpus seen very often
+    most = PASS_DROPOUT["default"][-1][1]
+    assert sized(cfg, top[0] / 300 + 1, train_chars=10).dropout == max(top[1]["dropout"], most)
+
+
+def test_the_top_tier_raises_its_dropout_only_for_a_corpus_seen_very_often():
+    """30 minutes at ~20,000 chars/s: ~18 reference passes over 2 MB keep the tier's 0.4.
+
+    ~36 over 1 MB and ~67 over 0.54 MB get 0.5.
+    """
+    cfg = make_config("default", time_budget=30)
+    top_minimum, top = COMPUTE_TIERS["default"][-1]
+    speed = 20_000.0
+    assert speed * 1800 >= top_minimum
+    kinyarwanda, nietzsche = sized(cfg, speed, train_chars=2_028_000), sized(cfg, speed, train_chars=541_000)
+    assert (kinyarwanda.units, nietzsche.units) == (top["units"], top["units"])
+    assert kinyarwanda.dropout == top["dropout"] == 0.4
+    assert nietzsche.dropout == sized(cfg, speed, train_chars=1_004_000).dropout == 0.5
 
 
 def test_without_a_measurement_the_nominal_speed_decides():

@@ -43,8 +43,8 @@ COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
 # (minimum passes, dropout): a run that will see its training text many times (reference characters
 # over training characters) needs more dropout than its tier's, whose were chosen on corpora of ~1 MB
 # at ~6 passes; the larger of the two applies. Dev, 5 min (README): 0.4 over 0.25 helped at ~11 passes
-# (nietzsche) and hurt at ~6 (tinyshakespeare). Dev, 30 min, the third tier: 0.4 over 0.5 took 0.010 off
-# at ~20 reference passes (kinyarwanda-bible) and was 0.001 behind at ~40 (tinyshakespeare).
+# (nietzsche) and hurt at ~6 (tinyshakespeare). Dev, 30 min, the third tier: 0.4 over 0.5 took 0.012 off
+# at ~20 reference passes (kinyarwanda-bible) and ended 0.003 behind at ~40 (tinyshakespeare).
 PASS_DROPOUT: dict[str, list[tuple[float, float]]] = {
     "default": [(8.0, 0.4), (25.0, 0.5)],
 }

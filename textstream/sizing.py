@@ -33,7 +33,7 @@ REFERENCE = dict(layers=1, units=384, batch_size=32, seq_len=100)
 # corpus often, whose learning rate stays high (its cosine ends at 0.7 of the peak, not 0.05): there the
 # weights' average (--ema) does the annealing, and a low rate late in the run memorises the text. Its
 # peak is 1.2e-2, not 8e-3 (dev, 30 min: 1.2152 against 1.2166 on kinyarwanda-bible, the two at the
-# same time; 1.3840 against 1.3889 on tinyshakespeare, 8e-3 measured five hours earlier).
+# same time; 1.3840 against 1.3889 on tinyshakespeare, 8e-3 measured four hours earlier).
 COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
     "default": [
         (0.0, dict(units=256, batch_size=128, seq_len=16, dropout=0.1, lr=8e-3)),

@@ -129,6 +129,18 @@ def test_the_top_tier_keeps_a_high_learning_rate_floor():
     assert sized(make_config("default", time_budget=30, min_lr_ratio=0.1), 1e9).min_lr_ratio == 0.1
 
 
+def test_the_top_tier_averages_the_weights_over_more_steps():
+    """The third tier's --ema is its own; lower tiers and runs without a budget keep the default; a given one wins."""
+    top_minimum, top = COMPUTE_TIERS["default"][-1]
+    cfg = sized(make_config("default", time_budget=30), top_minimum / 1800 + 1)
+    assert cfg.ema == top["ema"] > TrainConfig.ema
+    assert sized(make_config("default", time_budget=5), 1.0).ema == TrainConfig.ema
+    assert make_config("default", epochs=3).ema == TrainConfig.ema
+    assert sized(make_config("default", time_budget=30, ema=0.0), 1e9).ema == 0.0  # off, as asked
+    assert sized(make_config("default", time_budget=30, ema=0.99), 1e9).ema == 0.99
+    assert make_config("seed", time_budget=30).ema == 0.0  # no tiers: the preset's own
+
+
 def test_unset_fields_are_refused_outside_a_budget_run(tmp_path):
     with pytest.raises(TextstreamError, match=r"^--units must be set \(an integer\); only a --time-budget run"):
         TrainConfig(units=None).check()

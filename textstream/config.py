@@ -258,9 +258,10 @@ class TrainConfig:
                                      "sums, state and weights stay float32, inference is float32) or auto (the "
                                      "faster here, timed when a run starts; default)", group=OPTIMISATION,
                              choices=PRECISIONS)
-    ema: float = setting(0.999, "keep a moving average of the weights, momentum M (0: off; default {default}); "
-                                "validation, checkpoints and generation use the average", group=OPTIMISATION,
-                         ge=0, lt=1, metavar="M")
+    ema: float | None = setting(0.999, "keep a moving average of the weights, momentum M (0: off; default "
+                                       "{default}, or a --time-budget run's compute tier's); validation, "
+                                       "checkpoints and generation use the average",
+                                group=OPTIMISATION, ge=0, lt=1, metavar="M")
     # the first one set wins: steps, then time_budget, then epochs
     epochs: int | None = setting(20, group=LENGTH, resume=True, ge=1)
     steps: int | None = setting(None, group=LENGTH, resume=True, ge=1)

@@ -145,6 +145,8 @@ def textstream_run(runner: Runner, corpus: str, minutes: float, preset: str, run
         model += f" weight decay {c['weight_decay']}"
     if c.get("schedule") == "cosine":  # where the schedule ends, as `train`'s header says it
         model += f" cosine to {c['min_lr_ratio']:g}x"
+    if c.get("ema"):
+        model += f" ema {c['ema']:g}"
     if c.get("carry_state"):
         model += " carry-state"
     if c.get("window_phases", "random") == "random" and c.get("objective") == "sequence":

@@ -104,6 +104,8 @@ class TrainDisplay:
             model.append(f"weight decay {c['weight_decay']:g}")
         if c.get("weight_dropout"):
             model.append(f"weight dropout {c['weight_dropout']:g}")
+        if c.get("ema"):
+            model.append(f"weights' average {c['ema']:g}")
         if c.get("precision") == "bfloat16":
             model.append("bfloat16 products")
         self.console.print(

@@ -25,8 +25,8 @@ def make_run(root: Path, text: str = TEXT, *, name: str = "run", scale: float = 
     """A run directory holding a tiny model with random weights; returns its path."""
     from textstream._tf import tf
     from textstream.config import make_config
-    from textstream.model import build_model
-    from textstream.vocab import Vocab
+    from textstream.model.network import build_model
+    from textstream.data.vocab import Vocab
 
     run = Path(root) / name
     run.mkdir(parents=True)
@@ -60,7 +60,7 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gen(tiny_run):
     """``Generator`` for ``tiny_run`` (compiled once for the whole test session)."""
-    from textstream.generate import Generator
+    from textstream.generation.generator import Generator
 
     return Generator.load(tiny_run)
 

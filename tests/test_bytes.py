@@ -6,15 +6,15 @@ import shutil
 import numpy as np
 import pytest
 
-from textstream.checkpoint import load_model
+from textstream.model.checkpoint import load_model
 from textstream.cli import main
 from textstream.config import TrainConfig, make_config
-from textstream.evaluation import IdStream, evaluate, score
-from textstream.generate import Generator
-from textstream.model import build_model
-from textstream.run import RunPaths
-from textstream.training import train
-from textstream.vocab import Vocab
+from textstream.training.evaluation import IdStream, evaluate, score
+from textstream.generation.generator import Generator
+from textstream.model.network import build_model
+from textstream.model.run import RunPaths
+from textstream.training.loop import train
+from textstream.data.vocab import Vocab
 
 from test_training import write_text
 

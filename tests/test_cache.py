@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from textstream import temporaries
-from textstream.cache import inventory
+from textstream.data.cache import inventory
 from textstream.cli import main
 from textstream.fsutil import PendingFile
-from textstream.preparation import prepare
-from textstream.run import RunLock, RunPaths
+from textstream.data.preparation import prepare
+from textstream.model.run import RunLock, RunPaths
 from textstream.temporaries import HOST, TEMPORARY, is_stale
 
 DAY = 86400

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from textstream.cli import main
-from textstream.preparation import load_prepared
+from textstream.data.preparation import load_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "corpora"
@@ -171,7 +171,7 @@ def test_real_corpora_round_trip(tmp_path, capsys, name):
 
 def test_package_names_are_the_functions_whatever_was_imported_first():
     """``textstream.train`` etc. are the functions even after their modules were imported (no name clash)."""
-    code = ("import textstream.training, textstream.evaluation, textstream.preparation, textstream\n"
+    code = ("import textstream.training.loop, textstream.training.evaluation, textstream.data.preparation, textstream\n"
             "from textstream import train, evaluate, prepare\n"
             "assert all(callable(f) and f.__module__.startswith('textstream.') for f in (train, evaluate, prepare))\n"
             "assert textstream.train is train and textstream.prepare is prepare\n")

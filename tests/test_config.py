@@ -8,8 +8,9 @@ import pytest
 
 from textstream.cli import build_parser
 from textstream.cli.options import add_setting_arguments
-from textstream.config import (MODEL, PREPARE, PRESETS, TrainConfig, check_prepare_options,
-                               make_config, options, prepare_options, setting)
+from textstream.config import (MODEL, PREPARE, PRESETS, TrainConfig, check_prepare_options, make_config, options,
+    prepare_options)
+from textstream.settings import setting
 from textstream.errors import TextstreamError
 
 

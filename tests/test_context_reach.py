@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import context_reach  # noqa: E402
 
 from textstream.config import make_config  # noqa: E402
-from textstream.evaluation import evaluate  # noqa: E402
-from textstream.training import train  # noqa: E402
+from textstream.training.evaluation import evaluate  # noqa: E402
+from textstream.training.loop import train  # noqa: E402
 
 
 @pytest.fixture

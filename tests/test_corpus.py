@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from textstream import corpus
+from textstream.data import sources as corpus
 from textstream.errors import TextstreamError
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora"

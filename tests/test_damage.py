@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from textstream.checkpoint import recorded_best
+from textstream.training.checkpoints import recorded_best
 from textstream.cli import main
 from textstream.config import TrainConfig, make_config
 from textstream.errors import Interrupted, TextstreamError
-from textstream.run import RunPaths
-from textstream.series import inspect_series
-from textstream.training import train
-from textstream.vocab import Vocab, vocab_json_problem
+from textstream.model.run import RunPaths
+from textstream.model.series import inspect_series
+from textstream.training.loop import train
+from textstream.data.vocab import Vocab, vocab_json_problem
 
 WORDS = "the cat sat on a mat while the dog ran after a red ball and the bird sang by the river".split()
 CFG = dict(seq_len=16, batch_size=8, samples=False, seed=3)
@@ -189,8 +189,8 @@ def test_generate_never_falls_back_silently_from_a_damaged_best(case, capsys):
 def test_a_resume_never_replaces_best_with_a_worse_model_than_the_one_on_disk(case):
     """"best" on disk holds a lower loss than the run's own record (copied in, or from an earlier run): it stays."""
     from textstream._tf import tf
-    from textstream.checkpoint import Checkpoints
-    from textstream.trainstep import build_state
+    from textstream.training.checkpoints import Checkpoints
+    from textstream.training.update import build_state
 
     paths = RunPaths(case / "run")
     shutil.rmtree(paths.checkpoints("best"))
@@ -204,7 +204,7 @@ def test_a_resume_never_replaces_best_with_a_worse_model_than_the_one_on_disk(ca
 
 # --- the checks themselves, without TensorFlow ----------------------------------------------------------
 def test_the_run_directory_checks_import_no_tensorflow():
-    code = ("import sys; import textstream.series, textstream.run, textstream.runstart, textstream.cli.train; "
+    code = ("import sys; import textstream.model.series, textstream.model.run, textstream.training.runstart, textstream.cli.train; "
             "print(sorted(m for m in ('tensorflow', 'tf_keras') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})

@@ -17,9 +17,9 @@ from textstream._tf import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from textstream.config import make_config
-from textstream.distribute import make_strategy
-from textstream.events import StepLogged
-from textstream.training import train
+from textstream.training.distribute import make_strategy
+from textstream.training.events import StepLogged
+from textstream.training.loop import train
 strategy = make_strategy("mirrored")
 losses = []
 summary = train(make_config("tiny", steps=40, lr=0.01, samples=False), [sys.argv[1]], sys.argv[2],
@@ -51,7 +51,7 @@ def run_workers(tmp_path, corpus, run, steps, resume=False):
 
 @pytest.mark.slow
 def test_two_workers_stay_in_sync_and_resume(tmp_path):
-    from textstream.generate import Generator
+    from textstream.generation.generator import Generator
 
     corpus = write_text(tmp_path / "corpus.txt")
     run = tmp_path / "run"
@@ -72,9 +72,9 @@ from textstream._tf import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from textstream.config import make_config
-from textstream.distribute import make_strategy
-from textstream.checkpoint import load_model
-from textstream.training import train
+from textstream.training.distribute import make_strategy
+from textstream.model.checkpoint import load_model
+from textstream.training.loop import train
 cfg = dict(steps=12, layers=2, carry_state=True, lr=0.01, samples=False)
 train(make_config("tiny", **cfg), [sys.argv[1]], sys.argv[2] + "/one", strategy=make_strategy("one"))
 train(make_config("tiny", **cfg), [sys.argv[1]], sys.argv[2] + "/two", strategy=make_strategy("mirrored"))

@@ -4,10 +4,10 @@ import json
 import pytest
 
 from conftest import TEXT, make_run
-from textstream.checkpoint import load_model
+from textstream.model.checkpoint import load_model
 from textstream.cli import main
 from textstream.errors import TextstreamError
-from textstream.evaluation import IdStream, evaluate, score, source_ids
+from textstream.training.evaluation import IdStream, evaluate, score, source_ids
 
 BODY = TEXT * 30  # ~5,000 characters: several strips of 512 + more
 

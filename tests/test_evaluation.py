@@ -7,8 +7,8 @@ import pytest
 
 from textstream.cli import main
 from textstream.config import make_config
-from textstream.evaluation import IdStream, evaluate, row_spans, score
-from textstream.training import train
+from textstream.training.evaluation import IdStream, evaluate, row_spans, score
+from textstream.training.loop import train
 
 from test_training import write_text
 
@@ -54,7 +54,7 @@ def test_strips_cover_the_text_once_with_burn_in():
 
 @pytest.mark.parametrize("objective", ["sequence", "next"])
 def test_score_equals_a_hand_computation(objective):
-    model = __import__("textstream.model", fromlist=["x"]).build_model(
+    model = __import__("textstream.model.network", fromlist=["x"]).build_model(
         make_config("tiny", objective=objective, seq_len=5, layers=2), 9)
     rng = np.random.default_rng(0)
     ctx, body = rng.integers(0, 9, 5), rng.integers(0, 9, 23)

@@ -21,7 +21,7 @@ from conftest import make_run
 from textstream.cli import main
 from textstream.errors import TextstreamError
 from textstream.export import export_run
-from textstream.sampling import seed_u32
+from textstream.generation.sampling import seed_u32
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIME = "it was the "
@@ -166,10 +166,10 @@ def test_vocabulary_signature_and_asset(saved, tiny_run, artefacts, tiny_gen):
 def test_step_graph_equals_the_step_model_for_other_shapes(tmp_path, kw):
     """In memory (no save): stacked layers and a learned embedding give the step model's logits and greedy text."""
     from textstream._tf import tf
-    from textstream.checkpoint import load_model
+    from textstream.model.checkpoint import load_model
     from textstream.export import vocab_info
     from textstream.export.graph import StepGraph
-    from textstream.generate import Generator
+    from textstream.generation.generator import Generator
 
     cfg, vocab, model = load_model(make_run(tmp_path, **kw))
     graph = StepGraph.from_model(model, vocab_info(cfg, vocab))
@@ -235,7 +235,7 @@ def test_litert_files_give_the_step_model_logits_without_tensorflow(artefacts, t
 # --- Keras ------------------------------------------------------------------------------------
 def test_keras_file_loads_with_stock_tf_keras_and_gives_the_model_logits(artefacts, tiny_run):
     from textstream._tf import tf, tf_keras
-    from textstream.checkpoint import load_model
+    from textstream.model.checkpoint import load_model
 
     _, vocab, model = load_model(tiny_run)
     loaded = tf_keras.models.load_model(artefacts["keras"] / "model.keras")  # no custom_objects
@@ -251,7 +251,7 @@ def test_keras_file_loads_with_stock_tf_keras_and_gives_the_model_logits(artefac
                                 dict(objective="next", seq_len=12, layers=2, units=8)])
 def test_keras_model_of_other_shapes(tmp_path, kw):
     from textstream._tf import tf
-    from textstream.checkpoint import load_model
+    from textstream.model.checkpoint import load_model
     from textstream.export.kerasfile import functional_model
 
     cfg, vocab, model = load_model(make_run(tmp_path, **kw))

@@ -21,8 +21,8 @@ import pytest
 from textstream.cli import generate as cli_generate, main
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
-from textstream.run import RunPaths
-from textstream.training import train
+from textstream.model.run import RunPaths
+from textstream.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the cat sat on a mat while the dog ran after a red ball and the bird sang by the river".split()

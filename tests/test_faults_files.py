@@ -23,7 +23,7 @@ from textstream import fsutil
 from textstream.cli import main
 from textstream.errors import NoSpace, TextstreamError
 from textstream.fsutil import PendingFile, append_bytes, atomic_write_bytes, no_space
-from textstream.run import RunPaths
+from textstream.model.run import RunPaths
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the cat sat on a mat while the dog ran after a red ball by the river".split()
@@ -211,7 +211,7 @@ def test_train_saves_export_and_step_weights_on_a_full_disk(trained, tmp_path, c
     cases = [{"limit": ckpt // 2, "argv": ["train", "-o", str(run), "--resume", "--steps", "12"]},  # the data file
              {"limit": len(metrics) + 20, "argv": ["train", "-o", str(logged), "--resume", "--steps", "12"]},
              {"limit": 1000, "argv": ["train", "-o", str(other), "--resume", "--steps", "12"],
-              "at": "textstream.stepweights.write"},  # once the checkpoint itself is saved
+              "at": "textstream.model.stepweights.write"},  # once the checkpoint itself is saved
              {"limit": 3000, "argv": ["export", str(run), "-o", str(tmp_path / "sm")]},
              {"limit": 3000, "argv": ["export", str(run), "-o", str(tmp_path / "m.tflite"), "--format", "litert"]}]
     save, metrics_line, step_file, savedmodel, litert = limited(cases, {"TEXTSTREAM_CACHE": str(trained[1])})

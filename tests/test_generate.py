@@ -11,12 +11,12 @@ from conftest import TEXT, make_run
 from textstream.cli import main
 from textstream.config import make_config
 from textstream.errors import TextstreamError
-from textstream.generate import Generator
-from textstream.npstep import NumpyStep
-from textstream.step import KMAX, PMAX, StepModel
-from textstream.model import build_model
-from textstream.checkpoint import load_model
-from textstream.vocab import OOV_CHAR, Vocab
+from textstream.generation.generator import Generator
+from textstream.generation.step_np import NumpyStep
+from textstream.generation.step_tf import KMAX, PMAX, StepModel
+from textstream.model.network import build_model
+from textstream.model.checkpoint import load_model
+from textstream.data.vocab import OOV_CHAR, Vocab
 
 PRIME = "it was the "
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +135,7 @@ def test_seeded_text_is_the_same_whatever_the_chunking(gen):
 
 
 def test_stream_chunks_start_small_and_from_model_matches_load(tiny_run, tiny_gen):
-    from textstream.generate import FIRST_K
+    from textstream.generation.generator import FIRST_K
 
     chunks = list(tiny_gen.stream(PRIME, seed=6, n=2000))
     assert len(chunks[0]) <= FIRST_K and len(chunks) > 1  # the first text comes after a short call
@@ -257,7 +257,7 @@ def test_vocab_decode_is_the_join_of_its_characters():
 def test_generation_modules_import_without_tensorflow(tiny_run):
     """``generate`` checks every option (and the prime) before TensorFlow loads."""
     code = ("import sys\n"
-            "import textstream.generate, textstream.backend, textstream.sampling, textstream.cli.generate\n"
+            "import textstream.generation.generator, textstream.generation.backends, textstream.generation.sampling, textstream.cli.generate\n"
             "from textstream.cli import main\n"
             f"for bad in (['--temperature', '-1'], ['-n', '-2'], ['--stop', ''], ['--prime', 'naïve']):\n"
             f"    assert main(['generate', {str(tiny_run)!r}, *bad]) == 2, bad\n"

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from textstream.config import make_config
-from textstream.model import OneHot, build_model, lstm_weights, product
-from textstream.trainstep import bfloat16_speedup, training_speed
+from textstream.model.network import OneHot, build_model, lstm_weights, product
+from textstream.training.update import bfloat16_speedup, training_speed
 
 
 def test_input_is_integer_ids_and_encoding_happens_inside():
@@ -56,7 +56,7 @@ def test_dropout_only_in_training(dropout):
 @pytest.mark.parametrize("per_window", [True, False])
 def test_dropped_zeroes_a_fraction_and_scales_the_rest(per_window):
     from textstream._tf import tf
-    from textstream.model import dropped
+    from textstream.model.network import dropped
 
     p = 0.25
     out = dropped(tf.ones([40, 9, 30]), p, tf.random.Generator.from_seed(3), per_window=per_window).numpy()
@@ -167,7 +167,7 @@ def test_checkpoints_load_whatever_the_input_mode(tmp_path):
 
 
 def test_a_visible_gpu_keeps_the_keras_layer_and_its_cudnn_kernel(monkeypatch):
-    from textstream import model as model_module
+    from textstream.model import network as model_module
     from textstream._tf import tf
 
     assert model_module.default_input_mode() == ("onehot" if tf.config.list_logical_devices("GPU") else "gather")

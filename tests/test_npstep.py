@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from conftest import TEXT, make_run
-from textstream import stepweights
-from textstream.backend import load_backend
-from textstream.checkpoint import latest_checkpoint, load_model, step_weights_of
+from textstream.model import stepweights
+from textstream.generation.backends import load_backend
+from textstream.model.checkpoint import latest_checkpoint, load_model, step_weights_of
 from textstream.config import make_config
 from textstream.errors import TextstreamError
-from textstream.generate import Generator
-from textstream.model import build_model
-from textstream.npstep import NumpyStep, NumpyStreams
-from textstream.run import RunPaths
-from textstream.step import StepModel
+from textstream.generation.generator import Generator
+from textstream.model.network import build_model
+from textstream.generation.step_np import NumpyStep, NumpyStreams
+from textstream.model.run import RunPaths
+from textstream.generation.step_tf import StepModel
 
 PRIME = "it was the "
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +123,7 @@ def test_caller_owned_rows_advance_as_streams_do(pair):
 
 def test_noise_and_filters_equal_the_graph_ops():
     from textstream._tf import tf
-    from textstream import sampling_np, sampling_tf
+    from textstream.generation import sampling_np, sampling_tf
 
     seeds = np.array([0, 1, 0xFFFFFFFF, 12345], np.uint32)
     positions = np.array([0, 7, 0xFFFFFFFE, 99], np.uint32)  # wraps past 2**32 within the block
@@ -148,7 +148,7 @@ def test_noise_and_filters_equal_the_graph_ops():
 
 # --- the step weights file -----------------------------------------------------------------------
 def test_step_weights_are_written_at_every_save_and_old_ones_removed(tmp_path, monkeypatch):
-    from textstream.training import train
+    from textstream.training.loop import train
 
     monkeypatch.setenv("TEXTSTREAM_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "corpus.txt"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from textstream.errors import TextstreamError
-from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset, permute, window_phase
+from textstream.data.pipeline import CarriedWindows, TokenFile, Windows, dataset, permute, window_phase
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import pytest
 
 from textstream import fsutil
 from textstream.errors import TextstreamError
-from textstream.preparation import load_prepared, prepare
+from textstream.data.preparation import load_prepared, prepare
 from textstream.progress import Progress
-from textstream.vocab import OOV_CHAR
+from textstream.data.vocab import OOV_CHAR
 
-from textstream import preparation as tokens
+from textstream.data import preparation as tokens
 
 KINYARWANDA = ("Mbere na mbere Imana yaremye ijuru n’isi.\n"
                "Imana iravuga iti “Habeho umucyo”, umucyo ubaho. Ā ā, ī, ū: inyajwi ndende.\n"
@@ -335,7 +335,7 @@ def test_load_prepared_rejects_other_dirs(tmp_path):
 
 
 def test_no_tensorflow_or_rich_imports():
-    for name in ("preparation", "textio", "corpus", "fsutil", "progress", "vocab"):
+    for name in ("data.preparation", "data.textio", "data.sources", "data.cache", "fsutil", "progress", "data.vocab"):
         mod = importlib.import_module(f"textstream.{name}")
         tree = ast.parse(Path(mod.__file__).read_text())
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from textstream.errors import TextstreamError
-from textstream.sampling import SampleConfig, find_stop, held_back, seed_u32
-from textstream.sampling_tf import choose, gumbel, gumbel_noise, top_k_filter, top_p_filter, uniform, unit
+from textstream.generation.sampling import SampleConfig, find_stop, held_back, seed_u32
+from textstream.generation.sampling_tf import choose, gumbel, gumbel_noise, top_k_filter, top_p_filter, uniform, unit
 
 
 def tf():

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from textstream.config import make_config
-from textstream.schedule import Every, Meter, Plan, lr_at
+from textstream.training.schedule import Every, Meter, Plan, lr_at
 
 
 def test_meter_leaves_the_compiling_steps_out_of_the_speed():

@@ -63,7 +63,7 @@ def test_vectorize_matches_the_original_and_sampler_follows_temperature(monkeypa
 @pytest.mark.slow
 def test_shared_weights_give_the_same_predictions_and_eval_is_exact():
     from textstream.config import make_config
-    from textstream.model import build_model as build_textstream
+    from textstream.model.network import build_model as build_textstream
 
     x, y, chars = sb.vectorize(TEXT, 12, 3)
     v = len(chars)

@@ -202,7 +202,7 @@ def test_a_seeds_text_is_the_same_whatever_else_is_served(tiny_gen):
 
 def test_top_p_of_one_filters_nothing_even_where_the_cumulative_sum_rounds_to_one(tiny_gen):
     from textstream._tf import tf
-    from textstream.sampling_tf import choose
+    from textstream.generation.sampling_tf import choose
 
     # character 1 has probability ~1.5e-8: the mass above it rounds to 1.0 in float32, yet noise can pick it
     logits, noise, t = tf.constant([[0.0, -18.0]]), tf.constant([[0.0, 19.0]]), tf.constant([1.0])
@@ -212,8 +212,8 @@ def test_top_p_of_one_filters_nothing_even_where_the_cumulative_sum_rounds_to_on
 
 
 def test_rows_with_and_without_top_p_share_a_call_exactly(tiny_gen):
-    from textstream.backend import RowBatch
-    from textstream.sampling import seed_u32
+    from textstream.generation.interface import RowBatch
+    from textstream.generation.sampling import seed_u32
 
     backend, prime = tiny_gen.backend, tiny_gen.encode(PRIME)
 
@@ -323,7 +323,7 @@ class SlowBackend:
 
 
 def test_drain_lets_running_streams_finish_and_refuses_new_ones(tiny_gen):
-    from textstream.generate import Generator
+    from textstream.generation.generator import Generator
 
     slow = Generator(SlowBackend(tiny_gen.backend, 0.02), tiny_gen.vocab, data_dir=tiny_gen.data_dir)
     s = ServerThread(slow, max_streams=4, api_key=KEY, call_s=0.02)  # a few characters per 20 ms call
@@ -357,7 +357,7 @@ class BrokenBackend(SlowBackend):
 
 
 def test_an_engine_failure_is_a_503_error_never_a_traceback(tiny_gen, caplog):
-    from textstream.generate import Generator
+    from textstream.generation.generator import Generator
 
     broken = Generator(BrokenBackend(tiny_gen.backend, good=2), tiny_gen.vocab, data_dir=tiny_gen.data_dir)
     s = ServerThread(broken, max_streams=4, api_key=KEY)

@@ -3,14 +3,14 @@ import json
 
 import pytest
 
-from textstream import training
+from textstream.training import loop as training
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
-from textstream.run import RunPaths
-from textstream.schedule import lr_at
+from textstream.model.run import RunPaths
+from textstream.training.schedule import lr_at
 from textstream.sizing import (BFLOAT16_MIN_SPEEDUP, COMPUTE_TIERS, NOMINAL_CHARS_PER_S, PASS_DROPOUT, REFERENCE,
                                SIZED, compute_tier, pass_dropout, precision_for, sized, tier_fields)
-from textstream.training import train
+from textstream.training.loop import train
 
 from test_training import corpus  # noqa: F401  (the fixture)
 

@@ -14,10 +14,10 @@ import pytest
 from textstream.cli import main
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
-from textstream.checkpoint import load_model
-from textstream.events import Checkpointed, EpochEnd, Finished, Prepared, Samples, Started, StepLogged
-from textstream.run import RunLock, RunPaths
-from textstream.training import train
+from textstream.model.checkpoint import load_model
+from textstream.training.events import Checkpointed, EpochEnd, Finished, Prepared, Samples, Started, StepLogged
+from textstream.model.run import RunLock, RunPaths
+from textstream.training.loop import train
 
 WORDS = ("the cat sat on a mat while the dog ran after a red ball and the bird sang "
          "in the old tree by the river as the sun went down over the hill").split()
@@ -128,7 +128,7 @@ def test_weight_decay_shrinks_the_weight_matrices_only():
     """One step with --weight-decay D: each matrix ends lr * D * w below the same step without it; vectors equal."""
     import tensorflow as tf
     import tf_keras
-    from textstream.trainstep import build_state, make_train_step
+    from textstream.training.update import build_state, make_train_step
     strategy = tf.distribute.get_strategy()
     ids = tf.random.stateless_uniform([8, 17], [1, 2], maxval=12, dtype=tf.int32)
     after = {}
@@ -150,7 +150,7 @@ def test_weight_decay_shrinks_the_weight_matrices_only():
 def test_the_weight_average_follows_the_weights_with_a_warm_up():
     """After t steps, average = m * average + (1 - m) * weights with m = min(ema, (1 + t) / (10 + t))."""
     import tensorflow as tf
-    from textstream.trainstep import build_state, make_train_step
+    from textstream.training.update import build_state, make_train_step
     cfg = make_config("tiny", steps=2, ema=0.2)
     strategy = tf.distribute.get_strategy()
     state = build_state(cfg, 12, strategy)
@@ -169,8 +169,8 @@ def test_the_weight_average_follows_the_weights_with_a_warm_up():
 
 
 def test_checkpoints_hold_the_average_and_resume_the_training_weights(corpus, tmp_path):
-    from textstream.checkpoint import Checkpoints, resume_point
-    from textstream.trainstep import build_state
+    from textstream.training.checkpoints import Checkpoints, resume_point
+    from textstream.training.update import build_state
     import tensorflow as tf
     run = tmp_path / "run"
     summary = train(make_config("tiny", steps=8, samples=False), [corpus], run)
@@ -180,7 +180,7 @@ def test_checkpoints_hold_the_average_and_resume_the_training_weights(corpus, tm
     saved = [w.numpy() for w in load_model(run, "last")[2].trainable_variables]  # what readers load
     for a, b in zip(saved, state.shadow):  # the average, kept aside while training goes on
         np.testing.assert_array_equal(a, b.numpy())
-    from textstream.checkpoint import weights_sha256
+    from textstream.model.checkpoint import weights_sha256
     assert weights_sha256(state.model) == summary.weights_sha256  # the training weights, back in the model
     assert not all(np.array_equal(a, w.numpy()) for a, w in zip(saved, state.model.trainable_variables))
     with state.averaged():
@@ -193,8 +193,8 @@ def test_carried_state_is_the_state_after_the_rows_text(corpus, tmp_path):
     reading each row's 5 consecutive windows in one go, from a zero state."""
     import tensorflow as tf
 
-    from textstream.pipeline import CarriedWindows, TokenFile
-    from textstream.preparation import load_prepared
+    from textstream.data.pipeline import CarriedWindows, TokenFile
+    from textstream.data.preparation import load_prepared
 
     run = tmp_path / "run"
     cfg = make_config("tiny", steps=5, layers=2, carry_state=True, optimizer="sgd", lr=1e-30, samples=False)

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from textstream import vocab as vocab_module
+from textstream.data import vocab as vocab_module
 from textstream.cli import main
 from textstream.errors import TextstreamError
-from textstream.preparation import load_prepared, prepare
-from textstream.vocab import (AUTO_MAX_SYMBOLS, OOV_CHAR, ByteDecoder, CharDecoder, TokenChoice, Vocab, choose_tokens,
-                              vocab_for)
+from textstream.data.preparation import load_prepared, prepare
+from textstream.data.vocab import (AUTO_MAX_SYMBOLS, OOV_CHAR, ByteDecoder, CharDecoder, TokenChoice, Vocab,
+    choose_tokens, vocab_for)
 
 ROOT = Path(__file__).resolve().parents[1]
 KINYARWANDA = ROOT / ".." / "shared" / "corpora" / "kinyarwanda-bible.txt"

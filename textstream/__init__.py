@@ -19,16 +19,16 @@ from textstream.errors import TextstreamError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Vocab": "textstream.vocab",
+    "Vocab": "textstream.data.vocab",
     "TrainConfig": "textstream.config",
     "make_config": "textstream.config",
-    "prepare": "textstream.preparation",
-    "Prepared": "textstream.preparation",
-    "train": "textstream.training",
-    "evaluate": "textstream.evaluation",
-    "Generator": "textstream.generate",
-    "Session": "textstream.generate",
-    "load_model": "textstream.checkpoint",
+    "prepare": "textstream.data.preparation",
+    "Prepared": "textstream.data.preparation",
+    "train": "textstream.training.loop",
+    "evaluate": "textstream.training.evaluation",
+    "Generator": "textstream.generation.generator",
+    "Session": "textstream.generation.generator",
+    "load_model": "textstream.model.checkpoint",
 }
 
 __all__ = ["TextstreamError", "__version__", *_LAZY]

@@ -76,7 +76,7 @@ def bits(nats: float, count: int) -> float:
 
 def baseline_bits(run: Path, ids: np.ndarray) -> float:
     """Bits/char of textstream's step model over ``ids`` from the zero state."""
-    from textstream.step import load
+    from textstream.generation.step_tf import load
 
     _, _, step_model = load(run)
     z = step_model.logits(ids[None, :-1])[0].astype(np.float64)
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from textstream.export import export_run
-    from textstream.preparation import load_prepared
-    from textstream.run import RunPaths
+    from textstream.data.preparation import load_prepared
+    from textstream.model.run import RunPaths
 
     ids = load_prepared(RunPaths(args.run).prepared_dir()).ids("val").astype(np.int32)[:args.chars]
     summary: dict = {"chars": int(len(ids) - 1)}

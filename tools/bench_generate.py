@@ -59,7 +59,7 @@ BACKENDS = ("numpy", "tf")
 def corpus_text() -> tuple[str, str]:
     if NIETZSCHE.exists():
         return NIETZSCHE.read_text(encoding="utf-8"), str(NIETZSCHE)
-    from textstream.corpus import default_text
+    from textstream.data.sources import default_text
 
     return default_text(), "textstream default corpus"
 
@@ -67,11 +67,11 @@ def corpus_text() -> tuple[str, str]:
 def make_run(root: Path, preset: str, text: str, scale: float = 2.0, seed: int = 0):
     """A run directory with random weights for ``preset`` over ``text``'s characters: (run, cfg, vocab, model)."""
     from textstream._tf import tf
-    from textstream.checkpoint import save_step_weights, step_weights_of
+    from textstream.model.checkpoint import save_step_weights, step_weights_of
     from textstream.config import make_config
-    from textstream.model import build_model
-    from textstream.run import RunPaths
-    from textstream.vocab import Vocab
+    from textstream.model.network import build_model
+    from textstream.model.run import RunPaths
+    from textstream.data.vocab import Vocab
 
     cfg = make_config(preset)
     body = text.lower() if cfg.lowercase else text
@@ -108,7 +108,7 @@ def best_rate(work, repeats: int = 3) -> tuple[float, float]:
 
 def bench_backend(run: Path, backend: str, prime: str, chars: int, batch_chars: int) -> dict:
     """In-process figures of one backend on one run directory."""
-    from textstream.generate import Generator
+    from textstream.generation.generator import Generator
 
     res: dict = {}
     t0 = time.perf_counter()
@@ -200,9 +200,9 @@ def import_time(run: Path, reps: int = 3) -> dict:
 # --- agreement --------------------------------------------------------------------------------------
 def agreement(run: Path, chars: int, prime: str) -> dict:
     """How often the numpy backend chooses what TensorFlow chooses (see the module docstring)."""
-    from textstream.generate import Generator
-    from textstream.sampling import seed_u32
-    from textstream.sampling_np import choose, gumbel_noise
+    from textstream.generation.generator import Generator
+    from textstream.generation.sampling import seed_u32
+    from textstream.generation.sampling_np import choose, gumbel_noise
 
     tf_gen, np_gen = Generator.load(run, backend="tf"), Generator.load(run, backend="numpy")
     vocab = np_gen.vocab
@@ -254,7 +254,7 @@ def bench_model(preset: str, text: str, tmp: Path, args) -> tuple[dict, Path, st
 
 def bench_target(name: str, run: Path, prime: str, args) -> dict:
     """Cold start, import time, single-stream rates and agreement of both backends on one run directory."""
-    from textstream.generate import Generator
+    from textstream.generation.generator import Generator
 
     cold = cold_start(run, args.cold_reps)
     print(f"[{name}] cold start to the first character ({args.cold_reps} each, `generate --follow`): numpy median "
@@ -324,7 +324,7 @@ def main(argv=None) -> int:
 
 def _prime_of(run: Path) -> str:
     """A 60-character prime from the middle of a trained run's validation text (a newline when there is none)."""
-    from textstream.generate import Generator
+    from textstream.generation.generator import Generator
 
     gen = Generator.load(run, warm=False)
     return gen.default_prime(0)

@@ -57,7 +57,7 @@ def child(threads: int, seconds: float, vocab: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     from textstream.sizing import COMPUTE_TIERS, REFERENCE, precision_for
-    from textstream.trainstep import bfloat16_speedup, training_speed
+    from textstream.training.update import bfloat16_speedup, training_speed
 
     speedup = bfloat16_speedup()
     print(json.dumps({"threads": threads, "bfloat16_speedup": round(speedup, 3), "auto": precision_for(speedup)}),

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("bench_prepare: the second run did not hit the cache")
         out_bytes = sum(f.stat().st_size for f in (work / "out").iterdir())
         # what the same child spends starting up (interpreter, numpy, the CLI): no corpus can go faster
-        startup = run_child([sys.executable, "-c", "import textstream.cli, textstream.preparation, rich.console"], env)
+        startup = run_child([sys.executable, "-c", "import textstream.cli, textstream.data.preparation, rich.console"], env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

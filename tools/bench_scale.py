@@ -79,7 +79,7 @@ def load() -> str:
 
 def default_cache_dir() -> Path:
     sys.path.insert(0, str(ROOT))
-    from textstream.corpus import cache_dir  # no TensorFlow behind this import
+    from textstream.data.sources import cache_dir  # no TensorFlow behind this import
 
     return cache_dir() / "bench-scale"
 
@@ -100,10 +100,10 @@ def input_child(mode: str, vocab_size: int, steps: int, embedding: int) -> None:
     import numpy as np
 
     from textstream._tf import tf
-    from textstream.checkpoint import TrainState
+    from textstream.training.checkpoints import TrainState
     from textstream.config import make_config
-    from textstream.model import build_model
-    from textstream.trainstep import make_optimizer, make_train_step
+    from textstream.model.network import build_model
+    from textstream.training.update import make_optimizer, make_train_step
 
     cfg = make_config("default", embedding=embedding if mode == "embedding" else 0)
     model = build_model(cfg, vocab_size, input_mode="gather" if mode == "embedding" else mode)
@@ -153,8 +153,8 @@ def real_corpus(cache: Path, size_mb: float) -> Path:
 
 
 PREPARE = ("import sys, json\n"
-           "from textstream.preparation import prepare\n"
-           "from textstream.vocab import TokenChoice\n"
+           "from textstream.data.preparation import prepare\n"
+           "from textstream.data.vocab import TokenChoice\n"
            "p = prepare([sys.argv[1]])\n"
            "print(json.dumps({'cached': p.cached, 'choice': TokenChoice.of(p.vocab).line(),\n"
            "                  'vocab_size': p.vocab.size, 'ids_per_char': p.train_tokens / p.train_chars}))")

@@ -65,7 +65,7 @@ class Baseline:
 
     def __init__(self, run: Path, chars: int):
         sys.path.insert(0, str(ROOT))
-        from textstream.generate import Generator
+        from textstream.generation.generator import Generator
 
         self.gen = Generator.load(run, warm=64)
         self.chars = chars

@@ -63,7 +63,7 @@ def seed_batch_size() -> int:
 def default_cache_dir() -> Path:
     """``bench/`` in textstream's cache (``$TEXTSTREAM_CACHE``, ``$XDG_CACHE_HOME/textstream`` or ``~/.cache/textstream``)."""
     sys.path.insert(0, str(ROOT))
-    from textstream.corpus import cache_dir  # no TensorFlow behind this import
+    from textstream.data.sources import cache_dir  # no TensorFlow behind this import
 
     return cache_dir() / "bench"
 

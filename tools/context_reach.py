@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from textstream.checkpoint import load_model  # noqa: E402
+from textstream.model.checkpoint import load_model  # noqa: E402
 from textstream.errors import TextstreamError  # noqa: E402
-from textstream.evaluation import DEFAULT_BURN_IN, run_validation, score  # noqa: E402
-from textstream.run import RunPaths  # noqa: E402
+from textstream.training.evaluation import DEFAULT_BURN_IN, run_validation, score  # noqa: E402
+from textstream.model.run import RunPaths  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -167,7 +167,7 @@ def disk_full(work: Path, env: dict) -> list[dict]:
          dict(names="ckpt-12: cannot write", root=work)),
         ("metrics.jsonl line", {"limit": metrics + 20, "argv": [*resume, str(runs["metrics"])]},
          dict(names="metrics.jsonl: cannot write", root=work)),
-        ("step weights file", {"limit": 1000, "at": "textstream.stepweights.write",
+        ("step weights file", {"limit": 1000, "at": "textstream.model.stepweights.write",
                                "argv": [*resume, str(runs["stepfile"])]},
          dict(names="ckpt-12.step.npz: cannot write", root=work)),
         ("export savedmodel", {"limit": 3000, "argv": ["export", str(base), "-o", str(work / "sm")]},

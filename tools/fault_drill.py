@@ -158,14 +158,14 @@ def started_at(err: str) -> int | None:
 
 def last_step(run: Path) -> int | None:
     """The step of the run's "last" checkpoint on disk (read without TensorFlow), None when it has none."""
-    from textstream.run import RunPaths
+    from textstream.model.run import RunPaths
 
     found = RunPaths(run).series("last")
     return found.step if found.usable else None
 
 
 def end_record(run: Path) -> dict | None:
-    from textstream.run import RunPaths
+    from textstream.model.run import RunPaths
 
     ends = RunPaths(run).read_metrics("end")
     return ends[-1] if ends else None
@@ -344,8 +344,8 @@ def build_base(base: str, corpus: str, epochs: int) -> str | None:
     """
     from textstream.config import TrainConfig, make_config
     from textstream.errors import Interrupted
-    from textstream.run import RunPaths
-    from textstream.training import train
+    from textstream.model.run import RunPaths
+    from textstream.training.loop import train
 
     run = Path(base) / "run"
     try:
@@ -367,8 +367,8 @@ def build_base(base: str, corpus: str, epochs: int) -> str | None:
 
 def run_case(case: Case) -> list[Row]:
     """Damage one copy of the base run and run every command on it (in a worker process)."""
-    from textstream.checkpoint import recorded_best
-    from textstream.run import RunPaths
+    from textstream.training.checkpoints import recorded_best
+    from textstream.model.run import RunPaths
 
     os.environ.update(case.env)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", case.file) + "-" + case.kind
@@ -428,7 +428,7 @@ def case_argv(command: str, expected: str, run: Path, here: Path, before: State,
 
 def judge(command: str, expected: str, call: Call, name: str, paths, before: State) -> tuple[list[str], str | None]:
     """What is wrong with ``call`` given what was ``expected`` of ``command``; and the regression, if one."""
-    from textstream.checkpoint import recorded_best
+    from textstream.training.checkpoints import recorded_best
 
     problems, regression = [], None
     if call.loud():

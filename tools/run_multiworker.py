@@ -39,8 +39,8 @@ def worker_main(args: argparse.Namespace) -> int:
     """Runs inside one worker process: train, then print the summary as JSON on stdout."""
     from textstream.config import make_config
     from textstream.errors import TextstreamError
-    from textstream.run import RunPaths
-    from textstream.training import train
+    from textstream.model.run import RunPaths
+    from textstream.training.loop import train
 
     try:
         if args.resume:

@@ -277,7 +277,7 @@ def copy_weights_from_textstream(seq_model, char_lstm, *, src_chars=None, dst_ch
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    from textstream.model import head_weights, lstm_weights
+    from textstream.model.network import head_weights, lstm_weights
 
     lstm = lstm_weights(char_lstm)
     if len(lstm) != 1:

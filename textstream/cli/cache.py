@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream cache``; returns the exit status."""
-    from textstream import cache
-    from textstream.corpus import cache_dir
+    from textstream.data import cache
+    from textstream.data.sources import cache_dir
     from textstream.fsutil import format_bytes
 
     root = cache_dir()

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream corpora``; returns the exit status."""
-    from textstream import corpus
+    from textstream.data import sources as corpus
 
     for entry in corpus.registry().values():
         print(f"{entry.name:20} {entry.size / 1e6:8.1f} MB  {entry.licence:14} {entry.description}")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from textstream.cli.options import positive_int
-from textstream.run import CHECKPOINTS
+from textstream.model.run import CHECKPOINTS
 
 HELP = "bits per character on held-out text"
 DESCRIPTION = "Evaluate a run on its validation split (default) or on SOURCEs."
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream eval``; returns the exit status."""
-    from textstream.evaluation import evaluate
+    from textstream.training.evaluation import evaluate
 
     given = {k: getattr(args, k) for k in ("checkpoint", "batch_size", "unknown", "errors")
              if getattr(args, k) is not None}

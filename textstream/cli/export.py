@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from textstream.export import FORMATS, QUANTIZE, export_run
-from textstream.run import CHECKPOINTS
+from textstream.model.run import CHECKPOINTS
 
 HELP = "write a run as a SavedModel, LiteRT (TFLite) or Keras file"
 DESCRIPTION = ("Export a trained run as a standard artefact that runs without textstream: a TensorFlow "

@@ -1,6 +1,6 @@
 """``textstream generate``: the text on stdout, everything else on stderr.
 
-A thin skin over ``textstream.generate``: blocks (one per temperature and
+A thin skin over ``textstream.generation.generator``: blocks (one per temperature and
 stream), or with ``--follow`` the chunks of ``Generator.stream`` written and
 flushed as they come. Short blocks come from one ``Generator.generate``
 batch; one block, or blocks of more than ``STREAM_OVER`` characters in all,
@@ -8,7 +8,7 @@ are streamed one after another as they are produced (the same text: a batch
 of B is B single streams), so a long request shows text at once and holds
 no more than a chunk in memory. It runs on the numpy
 step backend and does not import TensorFlow when the checkpoint has its step
-weights file (``--backend``; see ``textstream.backend``). Headers of several
+weights file (``--backend``; see ``textstream.generation.backends``). Headers of several
 blocks go to stderr; the chars/s status only when stderr is a terminal.
 Ctrl-C ends quietly (exit 130); a reader of stdout that goes away (``| head``)
 ends it quietly too (``cli.main`` handles ``BrokenPipeError``), while one of
@@ -23,14 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from textstream.backend import BACKENDS
+from textstream.generation.backends import BACKENDS
 from textstream.cli.console import console as rich_console, unbroken_output
 from textstream.cli.options import positive_int
 from textstream.errors import TextstreamError
-from textstream.generate import Generator
-from textstream.run import CHECKPOINTS, existing_run
-from textstream.sampling import check_request, random_seed
-from textstream.vocab import Vocab
+from textstream.generation.generator import Generator
+from textstream.model.run import CHECKPOINTS, existing_run
+from textstream.generation.sampling import check_request, random_seed
+from textstream.data.vocab import Vocab
 
 HELP = "generate text from a trained run"
 DESCRIPTION = "Generate text with a stateful single-step copy of the trained model."

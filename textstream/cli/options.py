@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Iterable
 
-from textstream.config import EXCLUSIVE, GROUPS, Option, options
+from textstream.config import EXCLUSIVE, GROUPS, options
+from textstream.settings import Option
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser, groups: Iterable[str | None] = (None, *GROUPS),

@@ -7,7 +7,7 @@ from pathlib import Path
 from textstream.cli.console import ProgressUI, console
 from textstream.cli.options import add_setting_arguments
 from textstream.config import PREPARE, prepare_options
-from textstream.vocab import TokenChoice
+from textstream.data.vocab import TokenChoice
 
 HELP = "encode sources into token files (vocab.json, train.bin, val.bin)"
 DESCRIPTION = "Encode text into token files in two streaming passes (memory does not grow with the corpus)."
@@ -26,7 +26,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream prepare``; returns the exit status."""
-    from textstream.preparation import prepare
+    from textstream.data.preparation import prepare
 
     options = options_from_args(args)
     ui = ProgressUI()

@@ -15,11 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-from textstream.backend import BACKENDS
+from textstream.generation.backends import BACKENDS
 from textstream.cli.options import positive_int
 from textstream.errors import TextstreamError
-from textstream.generate import Generator
-from textstream.run import CHECKPOINTS, existing_run
+from textstream.generation.generator import Generator
+from textstream.model.run import CHECKPOINTS, existing_run
 
 HELP = "serve a trained run over HTTP (OpenAI-compatible completions, continuous batching)"
 DESCRIPTION = ("Serve a run over HTTP: POST /v1/completions (OpenAI's completions API, streaming or not; "

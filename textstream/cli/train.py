@@ -20,10 +20,10 @@ from typing import Callable, Iterator
 
 from textstream.cli.options import add_setting_arguments
 from textstream.config import GROUPS, RUN, TrainConfig, make_config, options
-from textstream.distribute import STRATEGIES
+from textstream.training.distribute import STRATEGIES
 from textstream.errors import TextstreamError
-from textstream.events import EpochEnd, Event, Finished, Notice, Prepared, Samples, Started, StepLogged
-from textstream.run import CHECKPOINTS, RunPaths
+from textstream.training.events import EpochEnd, Event, Finished, Notice, Prepared, Samples, Started, StepLogged
+from textstream.model.run import CHECKPOINTS, RunPaths
 
 HELP = "train a model (streams windows from disk; samples after each epoch)"
 DESCRIPTION = "Train a character-level LSTM. Prepares the sources first (cached)."
@@ -190,7 +190,7 @@ def _train(args: argparse.Namespace, cfg: TrainConfig) -> int:
     display = TrainDisplay(console, live=sys.stderr.isatty(), before_start=ui.close)
     try:
         with stop_requests(lambda: console.print("[yellow]stopping: saving a checkpoint...[/yellow]")) as stop:
-            from textstream.training import train
+            from textstream.training.loop import train
 
             train(cfg, args.sources, run_dir, resume=args.resume, resume_from=args.resume_from or "last",
                   on_event=display, should_stop=stop.is_set, on_progress=ui, strategy=args.strategy)

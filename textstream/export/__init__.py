@@ -41,8 +41,8 @@ from textstream.config import TrainConfig
 from textstream.errors import TextstreamError
 from textstream import temporaries
 from textstream.fsutil import fsync_dir, no_space
-from textstream.run import CHECKPOINTS, RunPaths, existing_run
-from textstream.vocab import Vocab
+from textstream.model.run import CHECKPOINTS, RunPaths, existing_run
+from textstream.data.vocab import Vocab
 
 FORMATS = ("savedmodel", "litert", "keras")
 QUANTIZE = ("float16", "dynamic")  # LiteRT only
@@ -113,7 +113,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, format: str = "savedmode
     run = existing_run(run_dir)
     out = Path(out)
     check_output(out, run.root, force)
-    from textstream import checkpoint as checkpoints  # TensorFlow: only once the request is known to be good
+    from textstream.model import checkpoint as checkpoints  # TensorFlow: only once the request is known to be good
 
     prefix = checkpoints.latest_checkpoint(run, checkpoint)
     cfg, vocab, model = checkpoints.load_model(run.root, checkpoint)

@@ -1,7 +1,7 @@
 """The exported step model: a ``tf.Module`` whose signatures carry the LSTM state explicitly.
 
 ``StepGraph`` holds a trained ``CharLSTM``'s weights (the step layout of
-``textstream.step``: layer 0's kernel and bias folded into one row per
+``textstream.generation.step_tf``: layer 0's kernel and bias folded into one row per
 character) and four signatures, saved with ``tf.saved_model.save``:
 
     initial_state(batch)                     -> {h, c}
@@ -13,7 +13,7 @@ character) and four signatures, saved with ``tf.saved_model.save``:
 every character consumed so far; nothing else is carried between calls.
 ``generate`` feeds ``prime_ids`` (int32 (batch, P); ids < 0 are padding that
 leave a stream's state as it is), then samples ``n`` ids per stream with
-textstream's own in-graph sampler (``textstream.sampling_tf``: Gumbel-max
+textstream's own in-graph sampler (``textstream.generation.sampling_tf``: Gumbel-max
 with the noise hash of (seed, position, id)), so a seed gives the text
 ``Generator.generate`` gives with that seed. ``seed`` and ``position`` are
 int64 (batch,): the seed is folded the way ``sampling.seed_u32`` folds it,
@@ -29,18 +29,18 @@ from pathlib import Path
 from typing import Mapping
 
 from textstream._tf import tf
-from textstream.checkpoint import step_weights_of
-from textstream.sampling_tf import choose, gumbel_noise
-from textstream.step import consume
-from textstream.stepweights import StepWeights
+from textstream.model.checkpoint import step_weights_of
+from textstream.generation.sampling_tf import choose, gumbel_noise
+from textstream.generation.step_tf import consume
+from textstream.model.stepweights import StepWeights
 
-# the constants of ``textstream.sampling.seed_u32`` (splitmix64's finaliser), applied in the graph
+# the constants of ``textstream.generation.sampling.seed_u32`` (splitmix64's finaliser), applied in the graph
 _FOLD_M1 = 0xFF51AFD7ED558CCD
 _FOLD_M2 = 0xC4CEB9FE1A85EC53
 
 
 def fold_seed(seed):
-    """int64 seeds (B,) -> uint32 stream seeds, as ``textstream.sampling.seed_u32`` folds a Python int."""
+    """int64 seeds (B,) -> uint32 stream seeds, as ``textstream.generation.sampling.seed_u32`` folds a Python int."""
     x = tf.bitcast(tf.cast(seed, tf.int64), tf.uint64)  # two's complement == Python's ``& (2**64 - 1)``
     shift = tf.constant(33, tf.uint64)
     for m in (_FOLD_M1, _FOLD_M2):
@@ -74,7 +74,7 @@ class StepGraph(tf.Module):
 
     @classmethod
     def from_model(cls, model, vocab_info: Mapping[str, object]) -> "StepGraph":
-        """The step graph of a ``textstream.model.CharLSTM`` (its weights now)."""
+        """The step graph of a ``textstream.model.network.CharLSTM`` (its weights now)."""
         return cls(step_weights_of(model), vocab_info)
 
     def _specs(self) -> None:
@@ -126,7 +126,7 @@ class StepGraph(tf.Module):
         ids = tf.transpose(out.stack()[:n])
         return {"ids": ids, "h": tf.stack(hs), "c": tf.stack(cs), "position": tf.cast(pos, tf.int64)}
 
-    # --- the LSTM, one character at a time (textstream.step's arithmetic, on this module's variables) ----
+    # --- the LSTM, one character at a time (textstream.generation.step_tf's arithmetic, on this module's variables) ----
     def _consume(self, hs, cs, x, top_rec=None):
         w = {"embed": self.embed, "rec": self.rec, "kernel": self.kernel, "bias": self.bias}
         return consume(w, hs, cs, x, top_rec)

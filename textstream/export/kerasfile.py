@@ -31,7 +31,7 @@ import numpy as np
 
 from textstream._tf import tf_keras
 from textstream.config import TrainConfig
-from textstream.trainstep import make_optimizer
+from textstream.training.update import make_optimizer
 
 layers = tf_keras.layers
 

@@ -31,8 +31,8 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
-from textstream.generate import Generator
-from textstream.sampling import stream_seeds
+from textstream.generation.generator import Generator
+from textstream.generation.sampling import stream_seeds
 from textstream.serve.engine import CALL_S, Engine, EngineClosed, EngineFull
 from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
 from textstream.serve.protocol import (ApiError, CompletionRequest, Limits, check_model, choice, completion,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from textstream.vocab import Vocab
+from textstream.data.vocab import Vocab
 
 OBJECT = "text_completion"
 OWNER = "textstream"

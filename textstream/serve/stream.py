@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from textstream.sampling import StopCut
+from textstream.generation.sampling import StopCut
 
 BUFFER_CHARS = 16384  # unread characters a stream may hold before it sits out (its reader is slow)
 

@@ -1,6 +1,6 @@
 """Reading the sources for ``prepare``: streaming UTF-8 decoding, normalisation, code points, fingerprint.
 
-    from textstream.textio import Fingerprint, codepoints, read_texts
+    from textstream.data.textio import Fingerprint, codepoints, read_texts
     for done, text in read_texts(paths, stats, chunk_size=1 << 22, errors="strict", lowercase=False):
         cps = codepoints(text)   # numpy, the narrowest unsigned dtype that holds them
     with Fingerprint(paths, stats, 1 << 22, Progress(None, "hash", None)) as fp:

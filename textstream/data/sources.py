@@ -1,6 +1,6 @@
 """Corpus sources: files, directories, registry names, the embedded default. No TensorFlow here.
 
-    from textstream.corpus import resolve
+    from textstream.data.sources import resolve
     paths = resolve(["notes/", "nietzsche"])   # a directory's text files, then a download
 
 ``resolve`` turns what the user typed into a list of local text files, in a
@@ -63,7 +63,7 @@ def registry() -> dict[str, Entry]:
             raise TextstreamError(f"{override}: cannot read the corpus registry ({e.strerror or e})") from None
     else:
         where = "textstream/corpora/registry.json"
-        raw = resources.files("textstream.corpora").joinpath("registry.json").read_text(encoding="utf-8")
+        raw = resources.files("textstream.data.corpora").joinpath("registry.json").read_text(encoding="utf-8")
     try:
         data = json.loads(raw)
     except ValueError as e:
@@ -222,7 +222,7 @@ def default_text() -> str:
     """The embedded default corpus: the stdlib's ``pydoc_data.topics``, values in sorted-key order."""
     try:
         # imported here: some distributions strip pydoc_data; only the default corpus needs it, and its
-        # absence must be this one-line error, not a failure to import textstream.corpus
+        # absence must be this one-line error, not a failure to import textstream.data.sources
         from pydoc_data.topics import topics
     except ImportError:
         raise TextstreamError("this Python has no pydoc_data module (the embedded default corpus); "

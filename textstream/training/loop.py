@@ -25,25 +25,26 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from textstream import events
+from textstream.training import events
 from textstream._tf import tf, tf_keras
-from textstream.checkpoint import Checkpoints, ResumePoint, resume_point, save_directory, weights_sha256
+from textstream.model.checkpoint import weights_sha256
+from textstream.training.checkpoints import Checkpoints, ResumePoint, resume_point, save_directory
 from textstream.config import TrainConfig
-from textstream.distribute import is_chief, make_strategy
+from textstream.training.distribute import is_chief, make_strategy
 from textstream.errors import Interrupted, NoSpace, TextstreamError
-from textstream.evaluation import IdStream, score, train_context
+from textstream.training.evaluation import IdStream, score, train_context
 from textstream.fsutil import space_checked
-from textstream.generate import Generator
-from textstream.pipeline import TokenFile
-from textstream.preparation import Prepared, load_prepared, prepare
-from textstream.run import RunLock, RunPaths
-from textstream.runstart import NewRun
-from textstream.schedule import Every, Meter, Plan
-from textstream.model import default_input_mode, resolved_precision
+from textstream.generation.generator import Generator
+from textstream.data.pipeline import TokenFile
+from textstream.data.preparation import Prepared, load_prepared, prepare
+from textstream.model.run import RunLock, RunPaths
+from textstream.training.runstart import NewRun
+from textstream.training.schedule import Every, Meter, Plan
+from textstream.model.network import default_input_mode, resolved_precision
 from textstream.sizing import REFERENCE, precision_for, sized
-from textstream.trainstep import (bfloat16_speedup, build_state, distributed_batches, make_train_step, make_windows,
-                                  training_speed)
-from textstream.vocab import TokenChoice, Vocab
+from textstream.training.update import (bfloat16_speedup, build_state, distributed_batches, make_train_step,
+    make_windows, training_speed)
+from textstream.data.vocab import TokenChoice, Vocab
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split
 CHECKPOINT_EVERY_S = 600.0  # also save "last" this often inside long epochs

@@ -3,12 +3,12 @@
 ``NumpyStep`` holds a checkpoint's ``StepWeights`` laid out for the step
 loop; ``NumpyStreams`` holds B streams' state (``h``, ``c`` per layer, seeds,
 positions, sampling settings) and advances them. Together they implement
-``textstream.backend.StepBackend`` / ``StreamBatch``, with the sampling of
-``textstream.sampling_np`` (the same noise hash as the compiled TensorFlow
+``textstream.generation.interface.StepBackend`` / ``StreamBatch``, with the sampling of
+``textstream.generation.sampling_np`` (the same noise hash as the compiled TensorFlow
 step), so a seed gives the TensorFlow backend's text except where the two
 backends' logits differ in their last bits.
 
-    from textstream.npstep import NumpyStep
+    from textstream.generation.step_np import NumpyStep
     from textstream import stepweights
     step = NumpyStep(stepweights.read("runs/default/checkpoints/best/ckpt-1200"))
     ids = step.streams([7], [0.8]).advance(100)        # numpy (1, 100)
@@ -33,9 +33,9 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from textstream.sampling import seed_u32
-from textstream.sampling_np import choose_scaled, gumbel_noise, stream_keys
-from textstream.stepweights import StepWeights
+from textstream.generation.sampling import seed_u32
+from textstream.generation.sampling_np import choose_scaled, gumbel_noise, stream_keys
+from textstream.model.stepweights import StepWeights
 
 NOISE_BLOCK = 1 << 16  # noise values (positions x streams x vocabulary) hashed at once, at most
 f32 = np.float32
@@ -44,9 +44,9 @@ __all__ = ["NumpyStep", "NumpyStreams", "one_blas_thread"]
 
 
 class NumpyStep:
-    """A single-step copy of a trained ``CharLSTM`` in numpy (a ``textstream.backend.StepBackend``).
+    """A single-step copy of a trained ``CharLSTM`` in numpy (a ``textstream.generation.interface.StepBackend``).
 
-        step = NumpyStep(weights)                        # textstream.stepweights.StepWeights
+        step = NumpyStep(weights)                        # textstream.model.stepweights.StepWeights
         per_position = step.logits([[1, 2, 3]])          # numpy (1, 3, V)
     """
 
@@ -151,7 +151,7 @@ class _Buffers:
 
 
 class NumpyStreams:
-    """The state of B streams in numpy arrays, and the steps on it (a ``textstream.backend.StreamBatch``).
+    """The state of B streams in numpy arrays, and the steps on it (a ``textstream.generation.interface.StreamBatch``).
 
     ``h``, ``c``: float32 (layers, B, units); ``seeds`` (folded by
     ``sampling.seed_u32``) and ``positions``: uint32 (B,).

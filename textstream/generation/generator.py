@@ -8,9 +8,9 @@
 The state of a stream is ``(h, c)`` after consuming every character so far
 (prime, fed text and generated text), its seed and its position (characters
 generated). ``Generator`` and ``Session`` hold that state only through a
-``textstream.backend.StreamBatch``; ``Generator.load`` picks the backend
+``textstream.generation.interface.StreamBatch``; ``Generator.load`` picks the backend
 behind it (numpy by default, without importing TensorFlow; see
-``textstream.backend``).
+``textstream.generation.backends``).
 
 The library never prints; the CLI (``textstream.cli.generate``) renders.
 """
@@ -23,13 +23,14 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from textstream.backend import StepBackend, StreamBatch, backend_from_model, load_backend
+from textstream.generation.backends import backend_from_model, load_backend
+from textstream.generation.interface import StepBackend, StreamBatch
 from textstream.errors import TextstreamError
-from textstream.preparation import load_prepared
-from textstream.run import RunPaths
-from textstream.sampling import (StopCut, check_length, check_request, check_unknown, find_stop, per_stream,
-                                 seed_u32, stream_seeds)
-from textstream.vocab import Vocab
+from textstream.data.preparation import load_prepared
+from textstream.model.run import RunPaths
+from textstream.generation.sampling import (StopCut, check_length, check_request, check_unknown, find_stop,
+    per_stream, seed_u32, stream_seeds)
+from textstream.data.vocab import Vocab
 
 FIRST_K = 32  # characters in a stream's first call: the first chunk comes quickly
 MAX_K = 1024  # characters per backend call at most in stream/generate (stop strings are checked between calls)
@@ -68,7 +69,7 @@ class Generator:
         step weights file is missing or stale, which it writes again),
         "numpy" (never imports TensorFlow; an error without a current step
         weights file) or "tf" (the compiled TensorFlow step: faster for many
-        streams). See ``textstream.backend``.
+        streams). See ``textstream.generation.backends``.
         ``warm`` runs the single-stream loop once now (an int: the loop for
         that many streams), so the first character comes without waiting
         for XLA to compile it (TensorFlow backend).

@@ -1,6 +1,6 @@
 """``prepare()``: sources -> token files, in bounded memory. No TensorFlow here.
 
-    from textstream.preparation import prepare
+    from textstream.data.preparation import prepare
     prep = prepare(["corpus.txt"], "data/corpus")
     prep.vocab.decode(prep.ids("val")[:80])
 
@@ -38,15 +38,15 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from textstream.cache import mark_used
+from textstream.data.cache import mark_used
 from textstream.config import check_prepare_options
-from textstream.corpus import cache_dir, describe, resolve
+from textstream.data.sources import cache_dir, describe, resolve
 from textstream.errors import TextstreamError
 from textstream.fsutil import PendingFile, fsync_dir, start_writeback
 from textstream.progress import Progress, ProgressFn
 from textstream.temporaries import remove_stale, subdirectories
-from textstream.textio import Fingerprint, codepoints, count, gather, latin1, read_texts
-from textstream.vocab import Vocab, vocab_for
+from textstream.data.textio import Fingerprint, codepoints, count, gather, latin1, read_texts
+from textstream.data.vocab import Vocab, vocab_for
 
 TOKENS_FORMAT = 1  # bump when the token files or the normalisation change: it invalidates caches
 N_CODEPOINTS = 0x110000

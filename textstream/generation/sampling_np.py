@@ -1,13 +1,13 @@
 """Choosing the next character in numpy: noise, temperature, top-k, top-p, greedy. No TensorFlow here.
 
-The numpy twin of ``textstream.sampling_tf`` (the rules are in
-``textstream.sampling``'s docstring): the same counter-based noise hash, bit
+The numpy twin of ``textstream.generation.sampling_tf`` (the rules are in
+``textstream.generation.sampling``'s docstring): the same counter-based noise hash, bit
 for bit, and the same filters, so the numpy backend chooses what the
 compiled TensorFlow step chooses except where the two backends' logits (or
 their ``log``) differ in the last bits.
 
     import numpy as np
-    from textstream.sampling_np import choose, gumbel_noise
+    from textstream.generation.sampling_np import choose, gumbel_noise
     logits = np.log(np.array([[0.1, 0.7, 0.2]], np.float32))
     noise = gumbel_noise(np.array([7], np.uint32), np.array([0], np.uint32), 1, 3)[0]   # (B, V) at position 0
     ids = choose(logits, np.array([1.0], np.float32), noise)
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from textstream.sampling import GOLDEN, MIX_M1, MIX_M2, SEED_SALT
+from textstream.generation.sampling import GOLDEN, MIX_M1, MIX_M2, SEED_SALT
 
 _M1, _M2, _SALT, _GOLDEN = (np.uint32(c) for c in (MIX_M1, MIX_M2, SEED_SALT, GOLDEN))
 _UNIT = np.float32(1.0 / (1 << 23))

@@ -12,7 +12,7 @@ import contextlib
 import os
 from typing import Iterator
 
-from textstream.run import RunPaths
+from textstream.model.run import RunPaths
 from textstream.temporaries import remove_path
 
 

@@ -1,7 +1,7 @@
 """How the next character is chosen, and every check on a generation request. No TensorFlow here.
 
 The rules (the ops that apply them in the compiled graph are in
-``textstream.sampling_tf``; a backend without TensorFlow applies the same ones):
+``textstream.generation.sampling_tf``; a backend without TensorFlow applies the same ones):
 
 * Sampling is Gumbel-max: ``argmax(logits + T * g)`` draws from
   ``softmax(logits / T)``; temperature 0 is greedy (``argmax``). Top-k keeps

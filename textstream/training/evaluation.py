@@ -35,17 +35,17 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from textstream._tf import tf
-from textstream.checkpoint import load_model
+from textstream.model.checkpoint import load_model
 from textstream.config import check_prepare_options
-from textstream.corpus import describe, resolve
+from textstream.data.sources import describe, resolve
 from textstream.errors import TextstreamError
 from textstream.fsutil import no_space
-from textstream.pipeline import TokenFile
-from textstream.preparation import load_prepared
-from textstream.run import RunPaths
-from textstream.sampling import check_unknown
-from textstream.textio import normalised
-from textstream.vocab import Vocab
+from textstream.data.pipeline import TokenFile
+from textstream.data.preparation import load_prepared
+from textstream.model.run import RunPaths
+from textstream.generation.sampling import check_unknown
+from textstream.data.textio import normalised
+from textstream.data.vocab import Vocab
 
 _COUNT_BLOCK = 1 << 20  # ids read at a time when counting the characters scored
 

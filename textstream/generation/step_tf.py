@@ -4,13 +4,13 @@
 out, and a compiled loop (XLA, ``tf.while_loop``) that first feeds given
 characters and then generates up to ``KMAX`` characters per call for a batch
 of B streams, carrying ``(h, c)`` of every layer from call to call.
-Characters are chosen in the graph (``textstream.sampling_tf``) with noise
+Characters are chosen in the graph (``textstream.generation.sampling_tf``) with noise
 that depends only on (stream seed, stream position, character), so a seed
 gives the same text however the work is cut into calls or batched.
 
 ``Streams`` holds the state of B streams on the device (model state, seeds,
 positions, sampling settings) and advances them with compiled calls.
-Together they implement ``textstream.backend.StepBackend`` / ``StreamBatch``.
+Together they implement ``textstream.generation.interface.StepBackend`` / ``StreamBatch``.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from textstream._tf import tf
-from textstream.backend import RowBatch
+from textstream.generation.interface import RowBatch
 from textstream.config import TrainConfig
-from textstream.checkpoint import load_model, step_weights_of
-from textstream.sampling import seed_u32
-from textstream.sampling_tf import choose, gumbel_noise
-from textstream.stepweights import StepWeights
-from textstream.vocab import Vocab
+from textstream.model.checkpoint import load_model, step_weights_of
+from textstream.generation.sampling import seed_u32
+from textstream.generation.sampling_tf import choose, gumbel_noise
+from textstream.model.stepweights import StepWeights
+from textstream.data.vocab import Vocab
 
 KMAX = 1024  # characters generated per compiled call, at most (the output buffer's length)
 PMAX = 256  # characters fed per compiled call, at most (the feed buffer's length)
@@ -131,7 +131,7 @@ class StepModel:
     generates ``k`` more in one compiled call; ``logits`` scores a sequence
     position by position (the equivalence check).
 
-        from textstream.step import load
+        from textstream.generation.step_tf import load
         cfg, vocab, step_model = load("runs/default")
         per_position = step_model.logits([[1, 2, 3]])     # numpy (1, 3, V)
         ids = step_model.streams([7], [0.8]).advance(100)  # numpy (1, 100)
@@ -154,7 +154,7 @@ class StepModel:
 
     @classmethod
     def from_model(cls, model) -> "StepModel":
-        """The step copy of a ``textstream.model.CharLSTM`` (its weights as they are now)."""
+        """The step copy of a ``textstream.model.network.CharLSTM`` (its weights as they are now)."""
         return cls(step_weights_of(model))
 
     def zero_state(self, batch: int):
@@ -267,7 +267,7 @@ class Streams:
 
     The batch is padded to ``_bucket(B)`` rows so that any B reuses one of a
     few compiled executables; the padding rows are computed and dropped.
-    A ``textstream.backend.StreamBatch``.
+    A ``textstream.generation.interface.StreamBatch``.
     """
 
     def __init__(self, model: StepModel, seeds: Sequence[int], temperatures: Sequence[float],

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from textstream.corpus import cache_dir, registry
+from textstream.data.sources import cache_dir, registry
 from textstream.errors import TextstreamError
 from textstream.temporaries import TEMPORARY, Temporary, find, remove_path, size_of, subdirectories
 

@@ -1,12 +1,12 @@
 """Choosing the next character inside the compiled graph: noise, temperature, top-k, top-p, greedy.
 
-The TensorFlow ops of the rules in ``textstream.sampling`` (read its
+The TensorFlow ops of the rules in ``textstream.generation.sampling`` (read its
 docstring first). Every function here is pure: tensors in, tensors out, no
 state; the noise a stream sees at position ``p`` depends only on
 ``(stream seed, p, character id)``.
 
     from textstream._tf import tf
-    from textstream.sampling_tf import choose, gumbel_noise
+    from textstream.generation.sampling_tf import choose, gumbel_noise
     logits = tf.math.log(tf.constant([[0.1, 0.7, 0.2]]))
     noise = gumbel_noise(tf.constant([7], tf.uint32), tf.constant([0], tf.uint32), 3)
     ids = choose(logits, tf.constant([1.0]), noise)   # int32, shape (1,)
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 from textstream._tf import tf
-from textstream.sampling import GOLDEN, MIX_M1, MIX_M2, SEED_SALT
+from textstream.generation.sampling import GOLDEN, MIX_M1, MIX_M2, SEED_SALT
 
 
 def mix32(x):

@@ -10,10 +10,10 @@ import time
 import numpy as np
 
 from textstream._tf import tf, tf_keras
-from textstream.checkpoint import TrainState
+from textstream.training.checkpoints import TrainState
 from textstream.config import TrainConfig
-from textstream.model import build_model, product
-from textstream.pipeline import CarriedWindows, TokenFile, Windows, dataset
+from textstream.model.network import build_model, product
+from textstream.data.pipeline import CarriedWindows, TokenFile, Windows, dataset
 
 
 def make_optimizer(cfg: TrainConfig, variables=()):

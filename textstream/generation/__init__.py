@@ -1,0 +1,11 @@
+"""The generation stage: single-step models, sampling, and the library's Generator and Session.
+
+``interface`` is the step backend protocol (``StepBackend``, ``StreamBatch``,
+``RowBatch``) that everything above talks to; ``step_np`` (numpy, no
+TensorFlow) and ``step_tf`` (compiled TensorFlow, XLA) implement it, and
+``backends`` chooses one for a run directory. ``sampling`` holds the rules
+every backend follows (checks, the noise hash of seed, position and
+character, stop strings); ``sampling_np`` and ``sampling_tf`` apply them.
+``generator`` is ``Generator`` (stream, generate, session) and ``Session``
+(feed, sample, fork, state). Imports the model and data stages and the base.
+"""

@@ -1,0 +1,105 @@
+"""The step backend interface: what ``Generator`` and the server need from a single-step model. No TensorFlow.
+
+A backend advances B streams of a trained model one character at a time.
+``Generator`` and ``Session`` (``textstream.generation.generator``) and the
+server's engine talk only to these small interfaces, never to tensors:
+
+* ``StepBackend``: the model (``layers``, ``units``, ``vocab_size``), makes
+  ``streams(...)`` and scores sequences with ``logits`` (the equivalence check);
+* ``StreamBatch``: B streams' state wherever the backend keeps it:
+  ``advance`` (feed, then generate), ``copy``, and one stream's state as numpy
+  (``row_state`` / ``set_row_state``);
+* ``RowBatch``: B streams' state as numpy arrays that the caller owns, for a
+  caller that keeps many streams and steps a different subset of them in
+  every call (the continuous-batching server, ``textstream.serve``), with
+  ``StepBackend.advance_rows``.
+
+A backend must follow the sampling rules of ``textstream.generation.sampling``
+(the noise hash of seed, position and character), so that every backend
+gives the same text for the same seed, up to the last bits of its logits.
+The two implementations are ``step_np`` (numpy) and ``step_tf`` (TensorFlow);
+``textstream.generation.backends`` chooses between them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+
+
+class StreamBatch(Protocol):
+    """The state of B streams (model state, seeds, positions, sampling settings) on a backend."""
+
+    batch: int  # B
+
+    def advance(self, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Feed stream i the ids ``feed[i]`` (any length; its position stays), then generate ``k`` >= 0 ids each.
+
+        Returns the generated ids, int (B, k). Each generated id moves its
+        stream's position by one. ``advance(0, feed)`` only feeds.
+        """
+        ...
+
+    def copy(self) -> "StreamBatch":
+        """An independent copy: advancing one leaves the other as it was."""
+        ...
+
+    def row_state(self, row: int) -> dict[str, np.ndarray]:
+        """Stream ``row``'s state: ``h``, ``c`` float32 (layers, units); ``seed`` (folded by
+        ``sampling.seed_u32``), ``position`` uint32 scalars."""
+        ...
+
+    def set_row_state(self, row: int, state: Mapping[str, np.ndarray]) -> None:
+        """Put stream ``row`` in ``state`` (the keys and shapes of ``row_state``, already checked)."""
+        ...
+
+
+@dataclass
+class RowBatch:
+    """B streams' state as numpy arrays owned by the caller, advanced in place by ``StepBackend.advance_rows``.
+
+    ``h``, ``c``: float32 (layers, B, units); ``seeds`` (folded by
+    ``sampling.seed_u32``) and ``positions``: uint32 (B,); ``temperature``:
+    float32 (B,); ``top_p``: float32 (B,), where a row with ``top_p >= 1`` is
+    sampled exactly as without top-p (so rows with and without it share a call).
+    """
+
+    h: np.ndarray
+    c: np.ndarray
+    seeds: np.ndarray
+    positions: np.ndarray
+    temperature: np.ndarray
+    top_p: np.ndarray
+
+    @property
+    def batch(self) -> int:
+        """B, the number of rows."""
+        return int(self.seeds.shape[0])
+
+
+class StepBackend(Protocol):
+    """A single-step model: the weights of a trained ``CharLSTM``, ready to advance streams."""
+
+    layers: int
+    units: int
+    vocab_size: int
+
+    def streams(self, seeds: Sequence[int], temperatures: Sequence[float], top_k: int | None = None,
+                top_p: float | None = None) -> StreamBatch:
+        """B = ``len(seeds)`` streams in the zero state at position 0, stream i with ``seeds[i]`` and
+        ``temperatures[i]`` (already checked by ``sampling.check_request``)."""
+        ...
+
+    def advance_rows(self, rows: RowBatch, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Feed row i the ids ``feed[i]`` (any length), then generate ``k`` >= 0 ids per row: int (B, k).
+
+        Updates ``rows.h``, ``rows.c`` and ``rows.positions`` in place. Row i's
+        ids depend only on row i (its state, seed, position and settings), never
+        on the other rows or on B, so any subset of streams can share a call.
+        """
+        ...
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits after each position of ``ids`` (B, T) fed one at a time from the zero state: float (B, T, V)."""
+        ...

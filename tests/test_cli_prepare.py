@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from textstream.cli import main
-from textstream.data.preparation import load_prepared
+from textstream.data.prepared import load_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "corpora"

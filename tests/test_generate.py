@@ -13,7 +13,7 @@ from textstream.config import make_config
 from textstream.errors import TextstreamError
 from textstream.generation.generator import Generator
 from textstream.generation.step_np import NumpyStep
-from textstream.generation.step_tf import KMAX, PMAX, StepModel
+from textstream.generation.step_tf import KMAX, PMAX, TFStep
 from textstream.model.network import build_model
 from textstream.model.checkpoint import load_model
 from textstream.data.vocab import OOV_CHAR, Vocab
@@ -60,7 +60,7 @@ def test_step_model_equals_the_sequence_model(layers, embedding, units):
     from textstream._tf import tf
 
     want = log_softmax(model(tf.constant(ids, tf.int32)).numpy())
-    got = log_softmax(StepModel.from_model(model).logits(ids))
+    got = log_softmax(TFStep.from_model(model).logits(ids))
     assert np.abs(want).max() > 2  # the distributions are far from flat: the check has teeth
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -73,7 +73,7 @@ def test_next_model_first_prediction_equals_the_whole_window(layers, embedding):
     model = scaled_model(cfg, 11)
     windows = np.random.default_rng(2).integers(0, 11, (2, 60))
     want = log_softmax(model(tf.constant(windows, tf.int32)).numpy())  # last_only: (2, V)
-    got = log_softmax(StepModel.from_model(model).logits(windows)[:, -1])
+    got = log_softmax(TFStep.from_model(model).logits(windows)[:, -1])
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -83,7 +83,7 @@ def test_loaded_generator_has_the_checkpoint_weights_and_feeds_long_primes(tmp_p
     run = make_run(tmp_path, layers=2, units=8)
     _, vocab, model = load_model(run)
     gen = Generator.load(run, warm=False, backend="auto" if backend == "numpy" else backend)
-    assert isinstance(gen.backend, NumpyStep if backend == "numpy" else StepModel)
+    assert isinstance(gen.backend, NumpyStep if backend == "numpy" else TFStep)
     prime = (TEXT * 6)[:PMAX * 2 + 17]  # three feed calls
     ids = vocab.encode(prime)
     np.testing.assert_allclose(log_softmax(gen.backend.logits(ids[None])[0]), log_softmax(full_logits(model, ids)),

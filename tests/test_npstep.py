@@ -19,7 +19,7 @@ from textstream.generation.generator import Generator
 from textstream.model.network import build_model
 from textstream.generation.step_np import NumpyStep, NumpyStreams
 from textstream.model.run import RunPaths
-from textstream.generation.step_tf import StepModel
+from textstream.generation.step_tf import TFStep
 
 PRIME = "it was the "
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def pair(tiny_run):
 def test_numpy_logits_equal_tensorflow_logits(layers, embedding, units):
     model = scaled_model(make_config("tiny", layers=layers, embedding=embedding, units=units), 13)
     ids = np.random.default_rng(1).integers(0, 13, (3, 40))
-    want = StepModel.from_model(model).logits(ids)
+    want = TFStep.from_model(model).logits(ids)
     got = NumpyStep(step_weights_of(model)).logits(ids)
     assert got.shape == want.shape == (3, 40, 13) and got.dtype == np.float32
     assert np.abs(want).max() > 2  # far from flat: the check has teeth
@@ -59,7 +59,7 @@ def test_numpy_logits_equal_tensorflow_logits(layers, embedding, units):
 
 def test_greedy_and_seeded_text_equal_tensorflow(pair):
     numpy_gen, tf_gen = pair
-    assert isinstance(numpy_gen.backend, NumpyStep) and isinstance(tf_gen.backend, StepModel)
+    assert isinstance(numpy_gen.backend, NumpyStep) and isinstance(tf_gen.backend, TFStep)
     primes = [PRIME, "the ", "", "wisdom"]
     for kwargs in ({"temperature": 0.0}, {"temperature": 1.0}, {"temperature": [0.0, 0.5, 1.0, 1.5]},
                    {"temperature": 0.8, "top_k": 4}, {"temperature": 1.2, "top_p": 0.7},
@@ -214,7 +214,7 @@ def _check_loads_the_checkpoint(run):
     _, vocab, model = load_model(run)
     gen = Generator.load(run, warm=False)
     ids = vocab.encode(PRIME)[None]
-    np.testing.assert_allclose(gen.backend.logits(ids), StepModel.from_model(model).logits(ids), atol=1e-5)
+    np.testing.assert_allclose(gen.backend.logits(ids), TFStep.from_model(model).logits(ids), atol=1e-5)
     assert stepweights.is_current(prefix_of(run))
 
 

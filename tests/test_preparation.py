@@ -10,7 +10,8 @@ import pytest
 
 from textstream import fsutil
 from textstream.errors import TextstreamError
-from textstream.data.preparation import load_prepared, prepare
+from textstream.data.preparation import prepare
+from textstream.data.prepared import load_prepared
 from textstream.progress import Progress
 from textstream.data.vocab import OOV_CHAR
 

@@ -194,7 +194,7 @@ def test_carried_state_is_the_state_after_the_rows_text(corpus, tmp_path):
     import tensorflow as tf
 
     from textstream.data.pipeline import CarriedWindows, TokenFile
-    from textstream.data.preparation import load_prepared
+    from textstream.data.prepared import load_prepared
 
     run = tmp_path / "run"
     cfg = make_config("tiny", steps=5, layers=2, carry_state=True, optimizer="sgd", lr=1e-30, samples=False)

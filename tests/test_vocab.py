@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from textstream.data import vocab as vocab_module
+from textstream.data import tokens as tokens_module
 from textstream.cli import main
 from textstream.errors import TextstreamError
-from textstream.data.preparation import load_prepared, prepare
-from textstream.data.vocab import (AUTO_MAX_SYMBOLS, OOV_CHAR, ByteDecoder, CharDecoder, TokenChoice, Vocab,
-    choose_tokens, vocab_for)
+from textstream.data.preparation import prepare
+from textstream.data.prepared import load_prepared
+from textstream.data.vocab import OOV_CHAR, ByteDecoder, CharDecoder, Vocab
+from textstream.data.tokens import AUTO_MAX_SYMBOLS, TokenChoice, choose_tokens, vocab_for
 
 ROOT = Path(__file__).resolve().parents[1]
 KINYARWANDA = ROOT / ".." / "shared" / "corpora" / "kinyarwanda-bible.txt"
@@ -164,7 +165,7 @@ def test_auto_chooses_bytes_when_rare_characters_are_too_much_of_the_text(tmp_pa
 
 def test_auto_maps_rare_characters_to_the_oov_id_end_to_end(tmp_path, capsys, monkeypatch):
     """The same rule through prepare and the CLI line (coverage lowered so that a small file shows it)."""
-    monkeypatch.setattr(vocab_module, "AUTO_COVERAGE", 0.9)
+    monkeypatch.setattr(tokens_module, "AUTO_COVERAGE", 0.9)
     text = ("abcdefgh " * 2000) + "".join(chr(0x4E00 + i) for i in range(400))
     src = tmp_path / "src.txt"
     src.write_text(text, encoding="utf-8")

@@ -23,7 +23,7 @@ _LAZY = {
     "TrainConfig": "textstream.config",
     "make_config": "textstream.config",
     "prepare": "textstream.data.preparation",
-    "Prepared": "textstream.data.preparation",
+    "Prepared": "textstream.data.prepared",
     "train": "textstream.training.loop",
     "evaluate": "textstream.training.evaluation",
     "Generator": "textstream.generation.generator",

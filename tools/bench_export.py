@@ -6,7 +6,7 @@ then scores the run's validation text (the first ``--chars`` characters; all
 by default) with each, one character at a time from the zero state, in one
 stream, carrying the state through the whole text:
 
-* baseline: textstream's own step model (``StepModel.logits``, TensorFlow,
+* baseline: textstream's own step model (``TFStep.logits``, TensorFlow,
   XLA) on the same characters: the bits/char every artefact should match;
 * each LiteRT file in a subprocess where TensorFlow cannot be imported (the
   ``ai-edge-litert`` interpreter, as on a device): bits/char, and the
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from textstream.export import export_run
-    from textstream.data.preparation import load_prepared
+    from textstream.data.prepared import load_prepared
     from textstream.model.run import RunPaths
 
     ids = load_prepared(RunPaths(args.run).prepared_dir()).ids("val").astype(np.int32)[:args.chars]

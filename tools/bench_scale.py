@@ -154,7 +154,7 @@ def real_corpus(cache: Path, size_mb: float) -> Path:
 
 PREPARE = ("import sys, json\n"
            "from textstream.data.preparation import prepare\n"
-           "from textstream.data.vocab import TokenChoice\n"
+           "from textstream.data.tokens import TokenChoice\n"
            "p = prepare([sys.argv[1]])\n"
            "print(json.dumps({'cached': p.cached, 'choice': TokenChoice.of(p.vocab).line(),\n"
            "                  'vocab_size': p.vocab.size, 'ids_per_char': p.train_tokens / p.train_chars}))")

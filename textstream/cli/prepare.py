@@ -7,7 +7,7 @@ from pathlib import Path
 from textstream.cli.console import ProgressUI, console
 from textstream.cli.options import add_setting_arguments
 from textstream.config import PREPARE, prepare_options
-from textstream.data.vocab import TokenChoice
+from textstream.data.tokens import TokenChoice
 
 HELP = "encode sources into token files (vocab.json, train.bin, val.bin)"
 DESCRIPTION = "Encode text into token files in two streaming passes (memory does not grow with the corpus)."

@@ -64,9 +64,9 @@ def load_backend(run_dir: str | Path, checkpoint: str = "best",
                               f"and TensorFlow, which reads checkpoints, is not installed") from None
     cfg, vocab, model, weights = checkpoints.load_for_generation(run.root, checkpoint)
     if backend == "tf":
-        from textstream.generation.step_tf import StepModel
+        from textstream.generation.step_tf import TFStep
 
-        return cfg, vocab, StepModel.from_model(model)
+        return cfg, vocab, TFStep.from_model(model)
     return cfg, vocab, NumpyStep(weights)
 
 
@@ -88,6 +88,6 @@ def _numpy_backend(run: RunPaths, checkpoint: str) -> tuple["TrainConfig", "Voca
 
 def backend_from_model(model) -> StepBackend:
     """The backend for a ``CharLSTM`` in memory (a snapshot of its weights now), e.g. during training."""
-    from textstream.generation.step_tf import StepModel  # TensorFlow (the model in memory has loaded it already)
+    from textstream.generation.step_tf import TFStep  # TensorFlow (the model in memory has loaded it already)
 
-    return StepModel.from_model(model)
+    return TFStep.from_model(model)

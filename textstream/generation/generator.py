@@ -26,7 +26,7 @@ import numpy as np
 from textstream.generation.backends import backend_from_model, load_backend
 from textstream.generation.interface import StepBackend, StreamBatch
 from textstream.errors import TextstreamError
-from textstream.data.preparation import load_prepared
+from textstream.data.prepared import load_prepared
 from textstream.model.run import RunPaths
 from textstream.generation.sampling import (StopCut, check_length, check_request, check_unknown, find_stop,
     per_stream, seed_u32, stream_seeds)

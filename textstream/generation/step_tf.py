@@ -1,6 +1,6 @@
 """The compiled single-step model (the TensorFlow step backend): a stateful copy of a trained ``CharLSTM``.
 
-``StepModel`` has the same weights as a ``CharLSTM``, the LSTM cell written
+``TFStep`` has the same weights as a ``CharLSTM``, the LSTM cell written
 out, and a compiled loop (XLA, ``tf.while_loop``) that first feeds given
 characters and then generates up to ``KMAX`` characters per call for a batch
 of B streams, carrying ``(h, c)`` of every layer from call to call.
@@ -8,7 +8,7 @@ Characters are chosen in the graph (``textstream.generation.sampling_tf``) with 
 that depends only on (stream seed, stream position, character), so a seed
 gives the same text however the work is cut into calls or batched.
 
-``Streams`` holds the state of B streams on the device (model state, seeds,
+``TFStreams`` holds the state of B streams on the device (model state, seeds,
 positions, sampling settings) and advances them with compiled calls.
 Together they implement ``textstream.generation.interface.StepBackend`` / ``StreamBatch``.
 """
@@ -31,7 +31,7 @@ from textstream.data.vocab import Vocab
 KMAX = 1024  # characters generated per compiled call, at most (the output buffer's length)
 PMAX = 256  # characters fed per compiled call, at most (the feed buffer's length)
 
-__all__ = ["StepModel", "Streams", "load", "KMAX", "PMAX"]
+__all__ = ["TFStep", "TFStreams", "load", "KMAX", "PMAX"]
 
 
 # --- the graph: weights are arguments, so models of one shape share an XLA executable per batch size ----
@@ -118,13 +118,13 @@ def _teacher_forced(w, h, c, ids):
 
 
 # --- the step model ----------------------------------------------------------------------------
-def load(run_dir: str | Path, checkpoint: str = "best") -> tuple[TrainConfig, Vocab, "StepModel"]:
+def load(run_dir: str | Path, checkpoint: str = "best") -> tuple[TrainConfig, Vocab, "TFStep"]:
     """``(config, vocab, step model)`` of a run directory's ``checkpoint`` ("best" or "last")."""
     cfg, vocab, model = load_model(run_dir, checkpoint)
-    return cfg, vocab, StepModel.from_model(model)
+    return cfg, vocab, TFStep.from_model(model)
 
 
-class StepModel:
+class TFStep:
     """A single-step copy of a trained ``CharLSTM`` (same weights) for B streams at a time.
 
     ``streams`` makes B streams to advance; ``run`` feeds characters and
@@ -153,7 +153,7 @@ class StepModel:
         self._concrete: dict[tuple, object] = {}
 
     @classmethod
-    def from_model(cls, model) -> "StepModel":
+    def from_model(cls, model) -> "TFStep":
         """The step copy of a ``textstream.model.network.CharLSTM`` (its weights as they are now)."""
         return cls(step_weights_of(model))
 
@@ -163,9 +163,9 @@ class StepModel:
         return z, z
 
     def streams(self, seeds: Sequence[int], temperatures: Sequence[float], top_k: int | None = None,
-                top_p: float | None = None) -> "Streams":
-        """B = ``len(seeds)`` streams in the zero state, at position 0 (see ``Streams``)."""
-        return Streams(self, seeds, temperatures, top_k, top_p)
+                top_p: float | None = None) -> "TFStreams":
+        """B = ``len(seeds)`` streams in the zero state, at position 0 (see ``TFStreams``)."""
+        return TFStreams(self, seeds, temperatures, top_k, top_p)
 
     def run(self, h, c, seeds, positions, temperature, k: int, feed: Sequence[np.ndarray] | None = None,
             top_k=None, top_p=None):
@@ -262,7 +262,7 @@ def _bucket(b: int) -> int:
     return -(-b // 64) * 64
 
 
-class Streams:
+class TFStreams:
     """The state of B streams (model state, seeds, positions, sampling settings) and the calls on it.
 
     The batch is padded to ``_bucket(B)`` rows so that any B reuses one of a
@@ -270,7 +270,7 @@ class Streams:
     A ``textstream.generation.interface.StreamBatch``.
     """
 
-    def __init__(self, model: StepModel, seeds: Sequence[int], temperatures: Sequence[float],
+    def __init__(self, model: TFStep, seeds: Sequence[int], temperatures: Sequence[float],
                  top_k: int | None = None, top_p: float | None = None):
         self.batch = b = len(seeds)
         rows = _bucket(b)
@@ -285,9 +285,9 @@ class Streams:
         self.top_k = None if keep_all else tf.constant(np.full(rows, int(top_k), np.int32))
         self.top_p = None if top_p is None or top_p >= 1.0 else tf.constant(np.full(rows, top_p, np.float32))
 
-    def copy(self) -> "Streams":
+    def copy(self) -> "TFStreams":
         """An independent copy: advancing one leaves the other as it was."""
-        new = object.__new__(Streams)
+        new = object.__new__(TFStreams)
         new.__dict__.update(self.__dict__)  # tensors are immutable: sharing them is copying them
         return new
 

@@ -75,7 +75,7 @@ class StepWeights:
     @classmethod
     def from_layers(cls, lstm: Sequence[Mapping[str, np.ndarray]],
                     head: tuple[np.ndarray, np.ndarray]) -> "StepWeights":
-        """From ``model.lstm_weights(model)`` and ``model.head_weights(model)`` (what ``step.StepModel`` takes)."""
+        """From ``model.lstm_weights(model)`` and ``model.head_weights(model)`` (what ``step.TFStep`` takes)."""
         f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
         return cls(embed=f32(np.asarray(lstm[0]["kernel"]) + np.asarray(lstm[0]["bias"])),
                    recurrent=tuple(f32(w["recurrent"]) for w in lstm),

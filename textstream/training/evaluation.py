@@ -41,7 +41,7 @@ from textstream.data.sources import describe, resolve
 from textstream.errors import TextstreamError
 from textstream.fsutil import no_space
 from textstream.data.pipeline import TokenFile
-from textstream.data.preparation import load_prepared
+from textstream.data.prepared import load_prepared
 from textstream.model.run import RunPaths
 from textstream.generation.sampling import check_unknown
 from textstream.data.textio import normalised

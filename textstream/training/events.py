@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
-from textstream.data.vocab import TokenChoice
+from textstream.data.tokens import TokenChoice
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from textstream.training.evaluation import IdStream, score, train_context
 from textstream.fsutil import space_checked
 from textstream.generation.generator import Generator
 from textstream.data.pipeline import TokenFile
-from textstream.data.preparation import Prepared, load_prepared, prepare
+from textstream.data.preparation import prepare
+from textstream.data.prepared import Prepared, load_prepared
 from textstream.model.run import RunLock, RunPaths
 from textstream.training.runstart import NewRun
 from textstream.training.schedule import Every, Meter, Plan
@@ -44,7 +45,8 @@ from textstream.model.network import default_input_mode, resolved_precision
 from textstream.sizing import REFERENCE, precision_for, sized
 from textstream.training.update import (bfloat16_speedup, build_state, distributed_batches, make_train_step,
     make_windows, training_speed)
-from textstream.data.vocab import TokenChoice, Vocab
+from textstream.data.vocab import Vocab
+from textstream.data.tokens import TokenChoice
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split
 CHECKPOINT_EVERY_S = 600.0  # also save "last" this often inside long epochs

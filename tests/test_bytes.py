@@ -1,5 +1,6 @@
 """Byte models: generation never splits a character, per-character figures, runs of either kind; old runs."""
 import json
+import re
 import math
 import shutil
 
@@ -177,35 +178,30 @@ def test_a_byte_run_trains_validates_generates_and_evaluates(corpus, tmp_path, c
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
-def written_the_old_way(run):
-    """Rewrite a run directory (and its prepared corpus) as textstream wrote them before byte tokens."""
+def written_without_tokens(run):
+    """Rewrite a run directory (and its prepared corpus) without the ``tokens`` fields, as no version writes."""
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     del config["tokens"]
     (run / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     prepared = RunPaths(run).prepared_dir()
     for path in (run / "vocab.json", prepared / "vocab.json"):
         vocab = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("tokens", "train_tokens", "val_tokens", "distinct_chars"):
-            vocab.pop(key)
-        del vocab["options"]["tokens"]
+        vocab.pop("tokens")
         path.write_text(json.dumps(vocab, indent=1, ensure_ascii=False), encoding="utf-8")
     return prepared
 
 
-def test_an_old_run_directory_loads_resumes_and_generates(corpus, tmp_path, capsys):
+def test_a_run_directory_of_another_version_is_one_line_naming_the_file(corpus, tmp_path, capsys):
+    """No guess about what an id stands for: generate, eval and resume refuse, naming the file, and change nothing."""
     run = tmp_path / "run"
     train(make_config("tiny", steps=10, samples=False), [corpus], run)
-    want = Generator.load(run).generate(["the "], 80, temperature=0.5, seed=1)[0]
-    prepared = written_the_old_way(run)
-    cfg, vocab, _ = load_model(run)
-    assert cfg.tokens == "chars" and vocab.tokens == "chars"
-    assert Generator.load(run).generate(["the "], 80, temperature=0.5, seed=1)[0] == want
-    assert evaluate(run)["chars"] == vocab.meta["val_chars"]
-    assert main(["train", "-o", str(run), "--resume", "--steps", "15", "--no-samples"]) == 0
-    assert main(["train", "-o", str(run), "--resume", "--steps", "20", "--tokens", "chars"]) == 0
-    assert RunPaths(run).read_metrics("end")[-1]["step"] == 20
-    # the prepared corpus was cleaned away: prepared again as characters, the same vocabulary
-    shutil.rmtree(prepared)
-    assert main(["train", "-o", str(run), "--resume", "--steps", "25"]) == 0
-    assert "tokens: characters (--tokens chars)" in capsys.readouterr().err
-    assert main(["generate", str(run), "--prime", "the ", "-n", "20", "--seed", "1"]) == 0
+    written_without_tokens(run)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    capsys.readouterr()
+    for argv in (["generate", str(run), "-n", "5"], ["eval", str(run)],
+                 ["train", "-o", str(run), "--resume", "--steps", "15", "--no-samples"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"textstream: {re.escape(str(run))}/(config|vocab)\.json: not a \1\.json of this "
+                            rf"version of textstream \(no \"?tokens\"?\)\n", err), (argv, err)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before

@@ -58,8 +58,8 @@ def test_which_temporaries_are_stale(tmp_path, dead_pid, live_pid):
     assert is_stale(temp(tmp_path, "c", live_pid, age=3600))  # that id now belongs to a process started later
     assert not is_stale(temp(tmp_path, "d", dead_pid, host="0badc0de"))  # another host: cannot tell
     assert is_stale(temp(tmp_path, "e", dead_pid, host="0badc0de", age=2 * DAY))  # ... unless idle for a day
-    assert not is_stale(temp(tmp_path, "f", dead_pid, host=None))  # an older textstream's: only when idle an hour
-    assert is_stale(temp(tmp_path, "g", dead_pid, host=None, age=7200))
+    assert not is_stale(temp(tmp_path, "f", dead_pid, host=None))  # not a name textstream writes: never removed
+    assert not is_stale(temp(tmp_path, "g", dead_pid, host=None, age=7200))
     assert not is_stale(tmp_path / "train.bin") and not is_stale(temp(tmp_path, "h", os.getpid()))
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import make_run
 from textstream.cli import COMMANDS, build_parser, main
+from textstream.config import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,8 @@ def test_resume_refuses_a_damaged_config_json(tmp_path, capsys):
     assert main(["train", "-o", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err == f"textstream: {run / 'config.json'}: not a textstream config (a JSON list instead of an object)\n"
-    (run / "config.json").write_text('{"units": "abc"}', encoding="utf-8")
+    config = json.loads(json.dumps(make_config("tiny").to_dict()))
+    (run / "config.json").write_text(json.dumps({**config, "units": "abc"}), encoding="utf-8")
     assert main(["train", "-o", str(run), "--resume", "--steps", "5"]) == 2
     assert capsys.readouterr().err == \
         f"textstream: {run / 'config.json'}: units must be an integer (got 'abc')\n"

@@ -139,30 +139,42 @@ def test_settings_out_of_range_or_of_the_wrong_type(overrides, message):
     ("{not json", r"config.json: not a textstream config \("),
 ])
 def test_a_damaged_config_json_is_one_line_naming_the_file(tmp_path, content, message):
+    """Each object's fields are edited into a whole config.json (every other field as written)."""
     path = tmp_path / "config.json"
+    try:
+        edited = json.loads(content)
+    except ValueError:
+        edited = None
+    if isinstance(edited, dict):
+        content = json.dumps({**make_config("tiny").to_dict(), **edited})
     path.write_text(content, encoding="utf-8")
     with pytest.raises(TextstreamError, match=message) as e:
         TrainConfig.load(path)
     assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
 
 
-def test_old_config_json_still_loads(tmp_path):
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("ema"), r"\(no ema\)"),
+    (lambda d: [d.pop(k) for k in ("precision", "bfloat16_speedup", "window_phases", "weight_decay", "tokens")],
+     r"\(no window_phases, tokens, weight_decay, precision and 1 more\)"),
+    (lambda d: d.update(step=d.pop("stride")), r"\(no stride; unknown step\)"),
+    (lambda d: d.update(extra={}), r"\(unknown extra\)"),
+])
+def test_a_config_json_of_another_version_is_one_line_naming_the_file(tmp_path, edit, message):
+    """Every setting must be there and known: a file another version wrote is refused, never guessed at."""
     d = make_config("tiny").to_dict()
-    d["extra"] = {}  # written before TrainConfig.extra was removed
-    d["step"] = d.pop("stride") + 2  # written before the window stride was renamed
+    edit(d)
     path = tmp_path / "config.json"
-    del d["ema"]  # written before weight averaging: trained without it, so resumed without it
-    del d["dropout_mask"]  # written before the option: a new mask every step, still the default
-    del d["precision"], d["bfloat16_speedup"]  # written before mixed precision: trained in float32
-    del d["window_phases"]  # written before the phase cycle: its epochs' phases were drawn one by one
-    del d["weight_decay"]  # written before the option: trained without it
     path.write_text(json.dumps(d))
-    loaded = TrainConfig.load(path)
-    assert loaded.stride == 5 and loaded.ema == 0.0 and loaded.dropout_mask == "step"
-    assert loaded.precision == "float32" and loaded.bfloat16_speedup is None
-    assert loaded.window_phases == "random" and make_config("default").window_phases == "cycle"
-    assert loaded.weight_decay == 0.0 and make_config("default").weight_decay == 0.0  # the third tier's: sizing
+    with pytest.raises(TextstreamError, match=message) as e:
+        TrainConfig.load(path)
+    assert str(e.value).startswith(f"{path}: not a config.json of this version of textstream (")
+    assert "\n" not in str(e.value)
+
+
+def test_preset_defaults():
     assert make_config("tiny").ema == 0.999 and make_config("seed").ema == 0.0  # the original had none
+    assert make_config("default").window_phases == "cycle" and make_config("default").weight_decay == 0.0
     # the original example and the smoke-test preset compute in float32; the default is timed when a run starts
     assert (make_config("seed").precision, make_config("tiny").precision) == ("float32", "float32")
     assert make_config("default").precision == make_config("default", time_budget=5).precision == "auto"

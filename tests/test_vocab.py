@@ -94,10 +94,13 @@ def test_invalid_byte_sequences_become_replacement_characters():
 
 
 # --- vocab.json -------------------------------------------------------------------------------
-def test_vocab_json_without_tokens_means_characters(tmp_path):
+def test_vocab_json_says_what_its_ids_stand_for(tmp_path):
     old = {"format": "textstream-vocab/1", "chars": ["a", "b"], "counts": [3, 1], "oov_id": None,
            "dtype": "|u1", "size": 2, "options": {"lowercase": False}, "train_chars": 4, "val_chars": 0}
     (tmp_path / "vocab.json").write_text(json.dumps(old), encoding="utf-8")
+    with pytest.raises(TextstreamError, match=r"vocab.json: not a vocab.json of this version of textstream \(no "):
+        Vocab.load(tmp_path / "vocab.json")
+    (tmp_path / "vocab.json").write_text(json.dumps({**old, "tokens": "chars"}), encoding="utf-8")
     v = Vocab.load(tmp_path / "vocab.json")
     assert v.tokens == "chars" and v.chars == ["a", "b"] and isinstance(v.decoder(), CharDecoder)
     assert TokenChoice.of(v).line() == "tokens: characters (--tokens chars): 2 distinct characters"

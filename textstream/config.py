@@ -14,10 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         warmup_steps=0, schedule="constant", epochs=60, ema=0.0, precision="float32",
     ),
     # The dataclass defaults; with a time budget, the model the budget buys on this machine
-    # (textstream/sizing.py, chosen by measurement: README "Model quality").
+    # (textstream/sizing.py; how the tiers were chosen: docs/model.md).
     "default": dict(),
     # For tests and smoke runs: seconds on a CPU.
     "tiny": dict(layers=1, units=16, seq_len=16, batch_size=8, dropout=0.0, schedule="constant", epochs=1,
@@ -93,14 +90,13 @@ class TrainConfig:
                                          "(DropConnect: one mask per batch)", group=MODEL, ge=0, lt=1, metavar="P")
     embedding: int = setting(0, "learned embedding width (0: one-hot input)", group=MODEL, ge=0, metavar="N")
     seq_len: int | None = setting(100, "characters of input per window", group=DATA, ge=1)
-    stride: int = setting(3, "characters between window starts for --objective next (--step: deprecated alias)",
-                          group=DATA, ge=1, flags=("--stride", "--step"))
+    stride: int = setting(3, "characters between window starts for --objective next", group=DATA, ge=1)
     objective: str = setting("sequence", "sequence: every position predicts its next character; "
                                          "next: only the last one (the original)", group=DATA, choices=OBJECTIVES)
     batch_size: int | None = setting(32, "windows per step", group=DATA, ge=1)
     window_phases: str = setting("cycle", "how each epoch shifts where windows start: cycle (each offset once "
                                           "per --seq-len epochs; default) or random (drawn per epoch, may "
-                                          "repeat: runs before the cycle)", group=DATA, choices=WINDOW_PHASES)
+                                          "repeat)", group=DATA, choices=WINDOW_PHASES)
     carry_state: bool = setting(False, "carry the LSTM state from each window to the next one of its strip "
                                        "(truncated backpropagation through time; sequence objective)", group=DATA)
     lowercase: bool = setting(False, "lowercase the text", group=PREPARE, switch=True)
@@ -224,21 +220,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str | None = None) -> "TrainConfig":
-        """The checked config of a ``to_dict`` mapping; unknown keys are ignored, missing ones default."""
+        """The checked config of a ``to_dict`` mapping: every setting present, none unknown.
+
+        A mapping with a setting missing or one this version does not know
+        was not written by it (another version of textstream, or an edit):
+        one line naming the file and the fields.
+        """
+        what = where or "config"
         if not isinstance(d, Mapping):
-            raise TextstreamError(f"{where or 'config'}: not a textstream config "
-                                  f"(a JSON {type(d).__name__} instead of an object)")
-        if "step" in d and "stride" not in d:  # written before the window stride was renamed
-            d = {**d, "stride": d["step"]}
-        if "tokens" not in d:  # written before byte tokens: a run of characters
-            d = {**d, "tokens": "chars"}
-        if "ema" not in d:  # written before weight averaging: a run without it
-            d = {**d, "ema": 0.0}
-        if "precision" not in d:  # written before mixed precision: a float32 run
-            d = {**d, "precision": "float32"}
-        if "window_phases" not in d:  # written before the phase cycle: its epochs' phases were drawn
-            d = {**d, "window_phases": "random"}
-        kwargs = {k: v for k, v in d.items() if k in options(cls)}
+            raise TextstreamError(f"{what}: not a textstream config (a JSON {type(d).__name__} instead of an object)")
+        known = options(cls)
+        missing = [k for k in known if k not in d]
+        unknown = sorted(str(k) for k in d if k not in known)
+        if missing or unknown:
+            def listed(names: list[str]) -> str:
+                return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            parts = ([f"no {listed(missing)}"] if missing else []) + ([f"unknown {listed(unknown)}"] if unknown else [])
+            raise TextstreamError(f"{what}: not a config.json of this version of textstream ({'; '.join(parts)})")
+        kwargs = dict(d)
         if isinstance(kwargs.get("temperatures"), list):
             kwargs["temperatures"] = tuple(kwargs["temperatures"])
         return cls(**kwargs).check(where)

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+
 @dataclass(frozen=True)
 class Setting:
     """How one ``TrainConfig`` field is set (flag), checked (type, choices, range) and resumed.

@@ -1,19 +1,20 @@
 """The model a time budget buys: compute tiers, and the pure rule that picks one from a measured speed.
 
 A minute buys different compute on different machines (the same 1x384 LSTM
-trains at ~11,000 characters/s on one 2-core machine and ~35,000 on
-another), so a preset tuned for minutes is wrong somewhere. Instead, a run of
-a preset with compute tiers and a ``--time-budget`` leaves the tiers' fields
-unset (None) unless the caller gives them (``config.make_config``); before it
-starts, ``train`` times a few training steps of the ``REFERENCE`` shape on
-this machine (``trainstep.training_speed``; the seconds count in the budget) and
-``sized`` fills the fields in from the tier that many reference characters
-(speed x budget seconds) reach; over the training text's size, those
-characters are the passes the run will make, which can raise the tier's
-dropout (``PASS_DROPOUT``). The step is timed in the precision the run
-will train in (``precision_for`` picks it first, from the measured
-``trainstep.bfloat16_speedup``). The chosen values and the measured speeds are
-written to config.json, so resuming never measures again. No TensorFlow here.
+trains three times faster on one 2-core machine than on another), so a
+preset tuned for minutes is wrong somewhere. Instead, a run of a preset with
+compute tiers and a ``--time-budget`` leaves the tiers' fields unset (None)
+unless the caller gives them (``config.make_config``); before it starts,
+``train`` times a few training steps of the ``REFERENCE`` shape on this
+machine (``training.update.training_speed``; the seconds count in the
+budget) and ``sized`` fills the fields in from the tier that many reference
+characters (speed x budget seconds) reach; over the training text's size,
+those characters are the passes the run will make, which can raise the
+tier's dropout (``PASS_DROPOUT``). The step is timed in the precision the
+run will train in (``precision_for`` picks it first, from the measured
+``training.update.bfloat16_speedup``). The chosen values and the measured
+speeds are written to config.json, so resuming never measures again. No
+TensorFlow here.
 
     cfg = make_config("default", time_budget=5)       # units, batch_size, ... None
     chosen = sized(cfg, chars_per_s=11_000)           # 11,000 * 300 = 3.3 M reference characters
@@ -24,18 +25,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# The shape whose training speed measures the machine: the old 5-minute default, which the issue
-# timed at 10,300-12,500 chars/s on a 2-core AVX2 machine and which trains ~3x faster with AVX-512.
+# The shape whose training speed measures the machine (1x384, batch 32, windows of 100).
 REFERENCE = dict(layers=1, units=384, batch_size=32, seq_len=100)
-# (minimum reference characters, overrides): the last tier whose minimum is reached applies. Chosen
-# on the training text only (README "Model quality"): little compute buys a narrower, faster LSTM
-# that sees more characters; much compute a wider one with more dropout and weight decay, as it sees the
-# corpus often, whose learning rate stays high (its cosine ends at 0.7 of the peak, not 0.05): there the
-# weights' average (--ema) does the annealing, and a low rate late in the run memorises the text. Its
-# peak is 1.2e-2, not 8e-3 (dev, 30 min: 1.2152 against 1.2166 on kinyarwanda-bible, the two at the
-# same time; 1.3840 against 1.3889 on tinyshakespeare, 8e-3 measured four hours earlier). Its average
-# spans ~2,000 steps (--ema 0.9995, of ~13,000 in 30 minutes here), not ~1,000: dev, 30 min, 1.2122
-# against 1.2146 on kinyarwanda-bible (the two at the same time), 1.3809 against 1.3840 on tinyshakespeare.
+# (minimum reference characters, overrides): the last tier whose minimum is reached applies. Chosen on
+# the training text only (docs/model.md): little compute buys a narrower, faster LSTM that sees more
+# characters; much compute a wider one with more dropout and weight decay, as it sees the corpus often,
+# whose learning rate stays high (its cosine ends at 0.7 of the peak): there the weights' average
+# (--ema, over ~2,000 steps) does the annealing, and a low rate late in the run memorises the text.
 COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
     "default": [
         (0.0, dict(units=256, batch_size=128, seq_len=16, dropout=0.1, lr=8e-3)),
@@ -45,15 +41,12 @@ COMPUTE_TIERS: dict[str, list[tuple[float, dict[str, Any]]]] = {
     ],
 }
 # (minimum passes, dropout): a run that will see its training text many times (reference characters
-# over training characters) needs more dropout than its tier's, whose were chosen on corpora of ~1 MB
-# at ~6 passes; the larger of the two applies. Dev, 5 min (README): 0.4 over 0.25 helped at ~11 passes
-# (nietzsche) and hurt at ~6 (tinyshakespeare). Dev, 30 min, the third tier: 0.4 over 0.5 took 0.012 off
-# at ~20 reference passes (kinyarwanda-bible) and ended 0.003 behind at ~40 (tinyshakespeare).
+# over training characters) needs more dropout than its tier's; the larger of the two applies.
 PASS_DROPOUT: dict[str, list[tuple[float, float]]] = {
     "default": [(8.0, 0.4), (25.0, 0.5)],
 }
-# The least bfloat16_speedup (trainstep) at which a run with --precision auto trains with bfloat16
-# operands: 1.5x to 1.9x with AVX512-BF16 (AMD EPYC here, as runs start); below 1 where the CPU emulates them.
+# The least bfloat16_speedup (training.update) at which a run with --precision auto trains with bfloat16
+# operands: CPUs with AVX512-BF16 or AMX reach 1.5x to 1.9x; below 1 where the CPU emulates them.
 BFLOAT16_MIN_SPEEDUP = 1.3
 NOMINAL_CHARS_PER_S = 20_000.0  # the reference speed assumed where none is measured (several replicas)
 

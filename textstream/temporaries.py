@@ -3,8 +3,7 @@
 Every temporary textstream writes sits next to its target and is named
 ``.NAME.PID@HOST.RANDOM.tmp`` (``prefix``): the target's name, the writing
 process's id and an 8-hex tag of its host name (``fsutil.PendingFile``'s
-files, ``export``'s staging directory). ``TEMPORARY`` matches it, and the
-older ``.NAME.PID.RANDOM.tmp`` without the host.
+files, ``export``'s staging directory). ``TEMPORARY`` matches it.
 
 A temporary is *stale* when its writer cannot be running any more
 (``is_stale``), and only then is it removed (``remove_stale``):
@@ -12,9 +11,7 @@ A temporary is *stale* when its writer cannot be running any more
 * written on this host: its process is gone, or the process now holding
   that id started after the file was last modified (the id was reused);
 * written on another host (a cache on a shared file system): it has not
-  been modified for ``FOREIGN_AGE_S`` (this host cannot see that process);
-* without a host tag (an older textstream): its process is not running here
-  and it has not been modified for ``UNTAGGED_AGE_S``.
+  been modified for ``FOREIGN_AGE_S`` (this host cannot see that process).
 
 A live writer's file is never removed: a running ``prepare`` writes its
 temporaries continuously, and every other temporary lives for seconds.
@@ -37,10 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)(?:@(?P<host>[0-9a-f]{8}))?\.[^.]+\.tmp")
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{8})\.[^.]+\.tmp")
 TF_TEMPORARY = re.compile(r"ckpt-\d+_temp|.+\.tempstate\d+|checkpoint\.tmp[0-9a-f]{32}")
 FOREIGN_AGE_S = 24 * 3600.0
-UNTAGGED_AGE_S = 3600.0
 _START_SLACK_S = 2.0  # /proc's start times are rounded (boot time to the second, start to a clock tick)
 
 
@@ -76,13 +72,13 @@ def is_stale(path: Path, *, now: float | None = None) -> bool:
         return False
     idle = (time.time() if now is None else now) - mtime
     pid, host = int(m["pid"]), m["host"]
-    if host is not None and host != HOST:
+    if host != HOST:
         return idle > FOREIGN_AGE_S
     if pid == os.getpid():
         return False
     started = _process_start(pid)
     gone = started is None or started > mtime + _START_SLACK_S
-    return gone and (host is not None or idle > UNTAGGED_AGE_S)
+    return gone
 
 
 def _process_start(pid: int) -> float | None:

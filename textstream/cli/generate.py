@@ -23,14 +23,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from textstream.generation.backends import BACKENDS
-from textstream.cli.console import console as rich_console, unbroken_output
+from textstream.cli.console import console as rich_console
+from textstream.cli.console import unbroken_output
 from textstream.cli.options import positive_int
-from textstream.errors import TextstreamError
-from textstream.generation.generator import Generator
-from textstream.model.run import CHECKPOINTS, existing_run
-from textstream.generation.sampling import check_request, random_seed
 from textstream.data.vocab import Vocab
+from textstream.errors import TextstreamError
+from textstream.generation.backends import BACKENDS
+from textstream.generation.generator import Generator
+from textstream.generation.sampling import check_request, random_seed
+from textstream.model.run import CHECKPOINTS, existing_run
 
 HELP = "generate text from a trained run"
 DESCRIPTION = "Generate text with a stateful single-step copy of the trained model."

@@ -15,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from textstream.generation.backends import BACKENDS
 from textstream.cli.options import positive_int
 from textstream.errors import TextstreamError
+from textstream.generation.backends import BACKENDS
 from textstream.generation.generator import Generator
 from textstream.model.run import CHECKPOINTS, existing_run
 

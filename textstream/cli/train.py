@@ -20,10 +20,10 @@ from typing import Callable, Iterator
 
 from textstream.cli.options import add_setting_arguments
 from textstream.config import GROUPS, RUN, TrainConfig, make_config, options
-from textstream.training.distribute import STRATEGIES
 from textstream.errors import TextstreamError
-from textstream.training.events import EpochEnd, Event, Finished, Notice, Prepared, Samples, Started, StepLogged
 from textstream.model.run import CHECKPOINTS, RunPaths
+from textstream.training.distribute import STRATEGIES
+from textstream.training.events import EpochEnd, Event, Finished, Notice, Prepared, Samples, Started, StepLogged
 
 HELP = "train a model (streams windows from disk; samples after each epoch)"
 DESCRIPTION = "Train a character-level LSTM. Prepares the sources first (cached)."
@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: TrainConfig) -> int:
-    from textstream.cli.console import ProgressUI, console as _console
+    from textstream.cli.console import ProgressUI
+    from textstream.cli.console import console as _console
 
     run_dir = _run_dir(args)
     console = _console()

@@ -23,7 +23,6 @@ from textstream.config import WINDOW_PHASES
 from textstream.errors import TextstreamError
 
 
-
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
     x = x ^ (x >> np.uint64(30))
@@ -73,7 +72,7 @@ def window_phase(seed: int, epoch: int, period: int, phases: str = "cycle") -> i
     ``cycle``: every offset once in each block of ``period`` epochs (a keyed
     permutation per block), so a window's exact characters, and the context
     each of them is predicted from, come back only after ``period`` epochs.
-    ``random`` (runs before the cycle): each epoch's offset drawn on its own,
+    ``random``: each epoch's offset drawn on its own,
     which repeats offsets within a few epochs (the first 16 epochs of seed 0
     with 16-character windows used 8 of the 16).
     """

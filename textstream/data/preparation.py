@@ -31,24 +31,22 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from textstream.data.cache import mark_used
 from textstream.config import check_prepare_options
+from textstream.data.prepared import Prepared, load_prepared
 from textstream.data.sources import cache_dir, describe, resolve
+from textstream.data.textio import Fingerprint, codepoints, count, gather, latin1, read_texts
+from textstream.data.tokens import vocab_for
+from textstream.data.vocab import Vocab
 from textstream.errors import TextstreamError
 from textstream.fsutil import PendingFile, fsync_dir, start_writeback
 from textstream.progress import Progress, ProgressFn
 from textstream.temporaries import remove_stale, subdirectories
-from textstream.data.textio import Fingerprint, codepoints, count, gather, latin1, read_texts
-from textstream.data.prepared import Prepared, load_prepared
-from textstream.data.tokens import vocab_for
-from textstream.data.vocab import Vocab
 
 TOKENS_FORMAT = 1  # bump when the token files or the normalisation change: it invalidates caches
 N_CODEPOINTS = 0x110000
@@ -68,12 +66,36 @@ def _cached(d: Path, key: str) -> Prepared | None:
 def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool = False,
             val_fraction: float = 0.05, max_vocab: int | None = None, tokens: str = "auto", errors: str = "strict",
             min_chars: int = 61, chunk_size: int = 1 << 22, on_progress: ProgressFn | None = None) -> Prepared:
-    """Encode ``sources`` into ``out_dir`` (default: the cache, keyed by content and options).
+    """Encode ``sources`` into token files in ``out_dir`` (default: the cache, keyed by content and options).
 
-    ``tokens``: "chars", "bytes" or "auto" (see ``vocab.vocab_for``). The
-    validation split is the tail ``val_fraction`` of the characters, in every mode.
-    A directory that already holds this preparation (same content, same
-    options) is returned as is (``cached=True``); nothing is re-encoded.
+        from textstream import prepare
+        prep = prepare(["corpus.txt"], "data/corpus")
+        print(prep.vocab.decode(prep.ids("val")[:80]))
+
+    Args:
+        sources: files, directories (their text files, recursively, in sorted
+            order) and registry names (downloaded once into the cache).
+        out_dir: where to write ``vocab.json``, ``train.bin``, ``val.bin``;
+            None: a directory of the cache keyed by the sources' bytes and
+            the options.
+        lowercase, val_fraction, max_vocab, tokens, errors: the corpus
+            options (``textstream prepare --help``); ``tokens`` is "chars",
+            "bytes" or "auto" (``data.tokens.vocab_for``). The validation split
+            is the tail ``val_fraction`` of the characters in every mode.
+        min_chars: the fewest training characters accepted (one window).
+        chunk_size: bytes read at a time; memory is O(chunk), never O(text).
+        on_progress: ``on_progress(label, done, total)`` for each pass.
+
+    Returns:
+        ``Prepared``: the directory, its ``Vocab``, the split sizes, and
+        ``cached`` (True when an identical preparation was found and nothing
+        was re-encoded).
+
+    Raises:
+        TextstreamError: a missing, binary or non-UTF-8 source, an unknown
+            corpus name, a text shorter than ``min_chars``, an output
+            directory that holds something else or cannot be written, a
+            full disk: one line naming the file. Nothing half-written stays.
     """
     options = _options(lowercase, val_fraction, max_vocab, tokens, errors, chunk_size)
     root = Path(out_dir) if out_dir is not None else cache_dir() / "prepared"

@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 
 from textstream.errors import TextstreamError
 from textstream.fsutil import atomic_file, atomic_write_bytes, no_space_errno
-from textstream.temporaries import remove_stale
 from textstream.progress import Progress, ProgressFn
+from textstream.temporaries import remove_stale
 
 REGISTRY_FORMAT = "textstream-registry/1"
 DEFAULT_DESCRIPTION = ("Python's reference documentation (the stdlib's pydoc_data.topics: statements, "

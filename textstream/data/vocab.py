@@ -26,7 +26,7 @@ from textstream.fsutil import atomic_write_text
 
 FORMAT = "textstream-vocab/1"
 OOV_CHAR = "\ufffd"  # what an out-of-vocabulary id (or an invalid byte sequence) decodes to
-TOKENS = ("chars", "bytes")  # what an id stands for; vocab.json without "tokens" means chars
+TOKENS = ("chars", "bytes")  # what an id stands for
 BYTE_IDS = 256
 # What each byte id decodes to on its own: the ASCII character, or U+FFFD for a byte that is part of a
 # longer sequence. ``"\n" in vocab.chars`` and ``vocab.chars.index("\n")`` hold for both kinds.
@@ -189,7 +189,9 @@ class Vocab:
             raise TextstreamError(f"{path}: cannot read ({e.strerror or e})") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise TextstreamError(f"{path}: not a textstream vocab.json (expected format {FORMAT!r})")
-        tokens = d.get("tokens", "chars")  # written before byte tokens: characters
+        tokens = d.get("tokens")
+        if tokens is None:
+            raise TextstreamError(f"{path}: not a vocab.json of this version of textstream (no \"tokens\")")
         if tokens not in TOKENS:
             raise TextstreamError(f"{path}: unknown tokens {tokens!r} (expected one of {', '.join(TOKENS)})")
         problem = vocab_json_problem(d)
@@ -212,7 +214,7 @@ def vocab_json_problem(d: dict[str, Any]) -> str | None:
 
     Byte vocabularies list no characters (id i is byte i): 256 ids, no OOV id.
     """
-    if d.get("tokens", "chars") == "bytes":
+    if d.get("tokens") == "bytes":
         n = BYTE_IDS
         if d.get("oov_id") is not None:
             return "a byte vocabulary has no \"oov_id\""

@@ -5,7 +5,7 @@
     export_run("runs/shk", "shk.tflite", format="litert", quantize="float16")  # one LiteRT file
     export_run("runs/shk", "shk_keras", format="keras")                       # model.keras + vocab.json
 
-What each format holds (the README's "Deployment" section has the
+What each format holds (docs/export.md has the
 signatures and a generation example for each):
 
 ==========  ====================  ==============================================================
@@ -37,12 +37,12 @@ from importlib import import_module
 from pathlib import Path
 from typing import Iterator
 
-from textstream.config import TrainConfig
-from textstream.errors import TextstreamError
 from textstream import temporaries
+from textstream.config import TrainConfig
+from textstream.data.vocab import Vocab
+from textstream.errors import TextstreamError
 from textstream.fsutil import fsync_dir, no_space
 from textstream.model.run import CHECKPOINTS, RunPaths, existing_run
-from textstream.data.vocab import Vocab
 
 FORMATS = ("savedmodel", "litert", "keras")
 QUANTIZE = ("float16", "dynamic")  # LiteRT only
@@ -103,11 +103,29 @@ def vocab_info(cfg: TrainConfig, vocab: Vocab) -> dict:
 
 def export_run(run_dir: str | Path, out: str | Path, *, format: str = "savedmodel", checkpoint: str = "best",
                quantize: str | None = None, force: bool = False) -> Exported:
-    """Write the run's ``checkpoint`` ("best", falling back to "last"; or "last") to ``out`` as ``format``.
+    """Write the run's ``checkpoint`` to ``out`` as a standard artefact that runs without textstream.
 
-    Every problem a user can cause (an unknown format, not a run directory,
-    no checkpoint, an output that exists or cannot be written) is a one-line
-    ``TextstreamError`` and leaves nothing behind.
+        from textstream.export import export_run
+        export_run("runs/shk", "shk.tflite", format="litert", quantize="float16")
+
+    Args:
+        run_dir: a trained run directory.
+        out: the file or directory to write (built next to it and renamed:
+            whole or absent).
+        format: "savedmodel" (a directory), "litert" (one file) or "keras"
+            (a directory with ``model.keras`` and ``vocab.json``).
+        checkpoint: "best" (falling back to "last" when the run never
+            validated) or "last".
+        quantize: LiteRT only: None, "float16" or "dynamic" (int8 weights).
+        force: replace an existing ``out`` that an earlier export wrote.
+
+    Returns:
+        ``Exported``: the path written, its format and size, the checkpoint.
+
+    Raises:
+        TextstreamError: an unknown format, not a run directory, no
+            checkpoint, an output that exists or cannot be written: one line,
+            and nothing is left behind.
     """
     check_request(format, checkpoint, quantize)
     run = existing_run(run_dir)

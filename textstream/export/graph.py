@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Mapping
 
 from textstream._tf import tf
-from textstream.model.checkpoint import step_weights_of
 from textstream.generation.sampling_tf import choose, gumbel_noise
 from textstream.generation.step_tf import consume
+from textstream.model.checkpoint import step_weights_of
 from textstream.model.stepweights import StepWeights
 
 # the constants of ``textstream.generation.sampling.seed_u32`` (splitmix64's finaliser), applied in the graph

@@ -23,14 +23,22 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from textstream.data.prepared import load_prepared
+from textstream.data.vocab import Vocab
+from textstream.errors import TextstreamError
 from textstream.generation.backends import backend_from_model, load_backend
 from textstream.generation.interface import StepBackend, StreamBatch
-from textstream.errors import TextstreamError
-from textstream.data.prepared import load_prepared
+from textstream.generation.sampling import (
+    StopCut,
+    check_length,
+    check_request,
+    check_unknown,
+    find_stop,
+    per_stream,
+    seed_u32,
+    stream_seeds,
+)
 from textstream.model.run import RunPaths
-from textstream.generation.sampling import (StopCut, check_length, check_request, check_unknown, find_stop,
-    per_stream, seed_u32, stream_seeds)
-from textstream.data.vocab import Vocab
 
 FIRST_K = 32  # characters in a stream's first call: the first chunk comes quickly
 MAX_K = 1024  # characters per backend call at most in stream/generate (stop strings are checked between calls)

@@ -20,13 +20,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from textstream._tf import tf
-from textstream.generation.interface import RowBatch
 from textstream.config import TrainConfig
-from textstream.model.checkpoint import load_model, step_weights_of
+from textstream.data.vocab import Vocab
+from textstream.generation.interface import RowBatch
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_tf import choose, gumbel_noise
+from textstream.model.checkpoint import load_model, step_weights_of
 from textstream.model.stepweights import StepWeights
-from textstream.data.vocab import Vocab
 
 KMAX = 1024  # characters generated per compiled call, at most (the output buffer's length)
 PMAX = 256  # characters fed per compiled call, at most (the feed buffer's length)

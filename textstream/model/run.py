@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from textstream.config import TrainConfig
+from textstream.data.vocab import Vocab
 from textstream.errors import TextstreamError
 from textstream.fsutil import append_bytes, atomic_write_text
 from textstream.model.series import Series, inspect_series
 from textstream.temporaries import Temporary, remove_path, remove_stale, size_of, tf_temporaries
-from textstream.data.vocab import Vocab
 
 CHECKPOINTS = ("best", "last")
 ENTRIES = ("config.json", "vocab.json", "data.json", "metrics.jsonl", ".lock", "tb", "checkpoints")  # none a link

@@ -34,10 +34,22 @@ from aiohttp import web
 from textstream.generation.generator import Generator
 from textstream.generation.sampling import stream_seeds
 from textstream.serve.engine import CALL_S, Engine, EngineClosed, EngineFull
+from textstream.serve.protocol import (
+    ApiError,
+    CompletionRequest,
+    Limits,
+    check_model,
+    choice,
+    completion,
+    completion_id,
+    encode_prompts,
+    model_card,
+    model_list,
+    now,
+    parse_completion,
+    usage,
+)
 from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
-from textstream.serve.protocol import (ApiError, CompletionRequest, Limits, check_model, choice, completion,
-                                       completion_id, encode_prompts, model_card, model_list, now,
-                                       parse_completion, usage)
 
 log = logging.getLogger("textstream.serve")
 

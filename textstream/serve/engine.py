@@ -52,10 +52,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from textstream.data.vocab import Vocab
 from textstream.generation.interface import RowBatch, StepBackend
 from textstream.generation.sampling import seed_u32
 from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
-from textstream.data.vocab import Vocab
 
 FIRST_K = 4  # characters generated in a call that carries a new stream (its first text comes quickly)
 K_CAP = 256  # characters per call at most

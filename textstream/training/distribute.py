@@ -29,7 +29,7 @@ def make_strategy(name: str = "auto"):
     if name == "multiworker":
         if not os.environ.get("TF_CONFIG"):
             raise TextstreamError("--strategy multiworker needs the TF_CONFIG environment variable "
-                                  "(cluster and task); see the README section 'Scale-out'")
+                                  "(cluster and task); see docs/scale-out.md")
         try:
             json.loads(os.environ["TF_CONFIG"])
         except ValueError as e:

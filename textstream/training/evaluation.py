@@ -35,17 +35,17 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from textstream._tf import tf
-from textstream.model.checkpoint import load_model
 from textstream.config import check_prepare_options
-from textstream.data.sources import describe, resolve
-from textstream.errors import TextstreamError
-from textstream.fsutil import no_space
 from textstream.data.pipeline import TokenFile
 from textstream.data.prepared import load_prepared
-from textstream.model.run import RunPaths
-from textstream.generation.sampling import check_unknown
+from textstream.data.sources import describe, resolve
 from textstream.data.textio import normalised
 from textstream.data.vocab import Vocab
+from textstream.errors import TextstreamError
+from textstream.fsutil import no_space
+from textstream.generation.sampling import check_unknown
+from textstream.model.checkpoint import load_model
+from textstream.model.run import RunPaths
 
 _COUNT_BLOCK = 1 << 20  # ids read at a time when counting the characters scored
 

@@ -25,28 +25,34 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from textstream.training import events
 from textstream._tf import tf, tf_keras
-from textstream.model.checkpoint import weights_sha256
-from textstream.training.checkpoints import Checkpoints, ResumePoint, resume_point, save_directory
 from textstream.config import TrainConfig
-from textstream.training.distribute import is_chief, make_strategy
-from textstream.errors import Interrupted, NoSpace, TextstreamError
-from textstream.training.evaluation import IdStream, score, train_context
-from textstream.fsutil import space_checked
-from textstream.generation.generator import Generator
 from textstream.data.pipeline import TokenFile
 from textstream.data.preparation import prepare
 from textstream.data.prepared import Prepared, load_prepared
+from textstream.data.tokens import TokenChoice
+from textstream.data.vocab import Vocab
+from textstream.errors import Interrupted, NoSpace, TextstreamError
+from textstream.fsutil import space_checked
+from textstream.generation.generator import Generator
+from textstream.model.checkpoint import weights_sha256
+from textstream.model.network import default_input_mode, resolved_precision
 from textstream.model.run import RunLock, RunPaths
+from textstream.sizing import REFERENCE, precision_for, sized
+from textstream.training import events
+from textstream.training.checkpoints import Checkpoints, ResumePoint, resume_point, save_directory
+from textstream.training.distribute import is_chief, make_strategy
+from textstream.training.evaluation import IdStream, score, train_context
 from textstream.training.runstart import NewRun
 from textstream.training.schedule import Every, Meter, Plan
-from textstream.model.network import default_input_mode, resolved_precision
-from textstream.sizing import REFERENCE, precision_for, sized
-from textstream.training.update import (bfloat16_speedup, build_state, distributed_batches, make_train_step,
-    make_windows, training_speed)
-from textstream.data.vocab import Vocab
-from textstream.data.tokens import TokenChoice
+from textstream.training.update import (
+    bfloat16_speedup,
+    build_state,
+    distributed_batches,
+    make_train_step,
+    make_windows,
+    training_speed,
+)
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split
 CHECKPOINT_EVERY_S = 600.0  # also save "last" this often inside long epochs
@@ -58,14 +64,38 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
           should_stop: Callable[[], bool] | None = None, on_progress=None, strategy=None) -> events.Finished:
     """Train (or with ``resume=True`` continue) the run in ``run_dir``; returns the ``Finished`` summary.
 
-    With ``resume``, ``cfg`` must be the run's saved config (its length fields
-    may be raised to train longer); see ``config.TrainConfig.load``.
-    ``resume_from``: the checkpoint series a resume starts from, "last" or
-    "best" (when "last" is damaged; see ``checkpoint.resume_point``).
-    ``strategy``: a ``tf.distribute.Strategy`` or a name from ``distribute.STRATEGIES``.
-    ``on_progress(label, done, total)`` follows the preparation of the token files.
-    A new run that fails before its first checkpoint leaves nothing behind
-    (``runstart.NewRun``); a directory without a checkpoint may be started again.
+        from textstream import make_config, train
+        done = train(make_config("tiny", steps=200), ["corpus.txt"], "runs/tiny")
+
+    Args:
+        cfg: the run's settings (``make_config``). With ``resume``, the run's
+            saved config (``TrainConfig.load``), whose length fields may be
+            raised to train longer.
+        sources: files, directories or registry names to train on; none: the
+            embedded default corpus. Prepared into the cache (``prepare``).
+        run_dir: the run directory; created, or continued with ``resume``.
+        resume: continue from the newest checkpoint, exactly.
+        resume_from: the series a resume starts from, "last" or "best" (when
+            "last" is damaged; see ``training.checkpoints.resume_point``).
+        on_event: called with each ``training.events`` record (progress,
+            validation, samples, notices); the library itself never prints.
+        should_stop: polled between steps; True saves a checkpoint and stops.
+        on_progress: ``on_progress(label, done, total)`` while the token files
+            are prepared.
+        strategy: a ``tf.distribute.Strategy`` or a name from
+            ``training.distribute.STRATEGIES`` (default "auto").
+
+    Returns:
+        ``events.Finished``: the step and epoch reached, the last loss, why it
+        stopped ("done" or "time budget"), the speed, the characters seen,
+        the best validation loss and the weights' sha256.
+
+    Raises:
+        TextstreamError: every problem a user can cause (bad sources, a corpus
+            shorter than a window, a run directory in use or of another kind,
+            a damaged checkpoint, a full disk, a NaN loss), as one line. A new
+            run that fails before its first checkpoint leaves nothing behind.
+        Interrupted: ``should_stop`` returned True; "last" was saved first.
     """
     if strategy is None or isinstance(strategy, str):
         strategy = make_strategy(strategy or "auto")  # before any other TensorFlow work

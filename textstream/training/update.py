@@ -10,10 +10,10 @@ import time
 import numpy as np
 
 from textstream._tf import tf, tf_keras
-from textstream.training.checkpoints import TrainState
 from textstream.config import TrainConfig
-from textstream.model.network import build_model, product
 from textstream.data.pipeline import CarriedWindows, TokenFile, Windows, dataset
+from textstream.model.network import build_model, product
+from textstream.training.checkpoints import TrainState
 
 
 def make_optimizer(cfg: TrainConfig, variables=()):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from textstream.training import loop as training
+from textstream.training import setup as training
 from textstream.config import TrainConfig, make_config
 from textstream.errors import TextstreamError
 from textstream.model.run import RunPaths

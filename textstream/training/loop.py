@@ -17,7 +17,6 @@ loop; only the chief writes the run directory and emits events.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -28,30 +27,25 @@ import numpy as np
 from textstream._tf import tf, tf_keras
 from textstream.config import TrainConfig
 from textstream.data.pipeline import TokenFile
-from textstream.data.preparation import prepare
-from textstream.data.prepared import Prepared, load_prepared
+from textstream.data.prepared import Prepared
 from textstream.data.tokens import TokenChoice
-from textstream.data.vocab import Vocab
 from textstream.errors import Interrupted, NoSpace, TextstreamError
-from textstream.fsutil import space_checked
 from textstream.generation.generator import Generator
 from textstream.model.checkpoint import weights_sha256
-from textstream.model.network import default_input_mode, resolved_precision
 from textstream.model.run import RunLock, RunPaths
-from textstream.sizing import REFERENCE, precision_for, sized
 from textstream.training import events
 from textstream.training.checkpoints import Checkpoints, ResumePoint, resume_point, save_directory
 from textstream.training.distribute import is_chief, make_strategy
 from textstream.training.evaluation import IdStream, score, train_context
+from textstream.training.metricslog import MetricsLog, NoLog
 from textstream.training.runstart import NewRun
 from textstream.training.schedule import Every, Meter, Plan
+from textstream.training.setup import check_same_vocab, prepare_corpus, resolve_precision, size_for_budget
 from textstream.training.update import (
-    bfloat16_speedup,
     build_state,
     distributed_batches,
     make_train_step,
     make_windows,
-    training_speed,
 )
 
 EVAL_MAX_CHARS = 200_000  # per-epoch validation cap; `textstream eval` covers the whole split
@@ -115,12 +109,12 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
         point = resume_point(paths, resume_from, chief=chief) if resume else None  # checked before any work
         for notice in point.notices if point else ():
             emit(events.Notice(notice))
-        corpus, sources = _prepare(cfg, sources, paths, resume, on_progress, emit)
+        corpus, sources = prepare_corpus(cfg, sources, paths, resume, on_progress, emit)
         emit(events.Prepared(dir=str(corpus.dir), vocab_size=corpus.vocab.size, train_chars=corpus.train_chars,
                              val_chars=corpus.val_chars, cached=corpus.cached, choice=TokenChoice.of(corpus.vocab),
                              train_tokens=corpus.train_tokens, val_tokens=corpus.val_tokens))
         if resume:
-            _check_same_vocab(paths, corpus.vocab)
+            check_same_vocab(paths, corpus.vocab)
         started = time.monotonic()  # a time budget counts from here: sizing's measurement is part of it
         cfg = size_for_budget(resolve_precision(cfg, strategy, paths, resume), corpus, strategy, paths, resume)
         if not resume and chief:
@@ -138,72 +132,6 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
 
 def _ignore(event: events.Event) -> None:
     pass
-
-
-def _prepare(cfg: TrainConfig, sources: Sequence, paths: RunPaths, resume: bool, on_progress,
-             emit: events.OnEvent) -> tuple[Prepared, list[str]]:
-    """The token files and the sources they came from; a resume without sources reuses the run's.
-
-    A resume whose prepared directory is gone (a cleaned cache) or damaged
-    prepares the run's sources again.
-    """
-    if resume and not sources:
-        record = paths.read_data()
-        if record is None:
-            raise TextstreamError(f"{paths.data}: missing; pass the run's SOURCE(s) to resume it")
-        sources = record.sources
-        if record.dir.exists():
-            try:
-                return load_prepared(record.dir), list(record.sources)
-            except TextstreamError as e:
-                emit(events.Notice(f"{e}; preparing the run's sources again"))
-    corpus = prepare(list(sources), None, lowercase=cfg.lowercase, val_fraction=cfg.val_fraction,
-                     max_vocab=cfg.max_vocab, tokens=cfg.tokens, errors=cfg.errors, min_chars=cfg.window,
-                     on_progress=on_progress)
-    return corpus, [str(s) for s in sources]
-
-
-def resolve_precision(cfg: TrainConfig, strategy, paths: RunPaths, resume: bool) -> TrainConfig:
-    """``cfg`` with ``precision`` auto replaced by the faster one here (``sizing.precision_for``), timed now.
-
-    Several replicas (each worker would time its own machine), or a GPU
-    (whose cuDNN kernel is float32), train in float32.
-    """
-    if cfg.precision != "auto":
-        return cfg
-    if resume:
-        raise TextstreamError(f"{paths.config}: precision auto not resolved: not a config train wrote")
-    speedup = None
-    if strategy.num_replicas_in_sync == 1 and default_input_mode() == "gather":
-        speedup = round(bfloat16_speedup(), 2)
-    return dataclasses.replace(cfg, precision=precision_for(speedup), bfloat16_speedup=speedup)
-
-
-def size_for_budget(cfg: TrainConfig, corpus: Prepared, strategy, paths: RunPaths, resume: bool) -> TrainConfig:
-    """``cfg`` with the fields its time budget chooses filled in (``sizing``), measuring this machine's speed.
-
-    Several replicas would each measure their own speed: they all assume the
-    nominal one instead, so that every worker builds the same model.
-    """
-    if not cfg.unsized:
-        return cfg
-    if resume:
-        raise TextstreamError(f"{paths.config}: {', '.join(cfg.unsized)} not set: not a config train wrote")
-    speed = None
-    if strategy.num_replicas_in_sync == 1:
-        speed = training_speed(corpus.vocab.size, **REFERENCE, precision=resolved_precision(cfg))
-    return sized(cfg, speed, corpus.train_chars)
-
-
-def _check_same_vocab(paths: RunPaths, vocab: Vocab) -> None:
-    old = paths.read_vocab()
-    if old.tokens != vocab.tokens:
-        raise TextstreamError(f"{paths.root}: cannot resume: the sources' tokens are {vocab.tokens}, the run's are "
-                              f"{old.tokens}")
-    if old.chars != vocab.chars:
-        differ = sorted(set(vocab.chars) ^ set(old.chars))
-        raise TextstreamError(f"{paths.root}: cannot resume: the sources' vocabulary differs from the run's "
-                              f"({len(differ)} character(s) differ: {' '.join(map(repr, differ[:10]))})")
 
 
 class Trainer:
@@ -390,34 +318,3 @@ class Trainer:
             [prime] * len(temps), cfg.sample_chars, temperature=temps, seed=int(rng.integers(0, 2**31 - 1)))
         return events.Samples(epoch=epoch, step=step,
                               samples=tuple(events.Sample(t, prime, text) for t, text in zip(temps, texts)))
-
-
-class MetricsLog:
-    """The chief's record of a run: ``metrics.jsonl`` lines, and their numbers as TensorBoard scalars."""
-
-    def __init__(self, paths: RunPaths):
-        self.paths = paths
-        paths.end_metrics_line()  # a line cut short by a crash or an edit stays apart from the next record
-        self.writer = tf.summary.create_file_writer(str(paths.tensorboard))
-
-    def write(self, record: dict) -> None:
-        """One record: a line of ``metrics.jsonl`` and its numbers as scalars (a full disk: ``NoSpace``)."""
-        self.paths.append_metrics(record)
-        with space_checked(self.paths.tensorboard), self.writer.as_default(step=record["step"]):
-            for k, v in record.items():
-                if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    tf.summary.scalar(f"{record['kind']}/{k}", v)
-
-    def flush(self) -> None:
-        with space_checked(self.paths.tensorboard):
-            self.writer.flush()
-
-
-class NoLog:
-    """What the other workers log: nothing."""
-
-    def write(self, record: dict) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass

@@ -1,0 +1,1 @@
+"""Package data: ``registry.json``, the public corpora textstream downloads by name (see ``data.sources``)."""

@@ -2,12 +2,10 @@
 import json
 import re
 import math
-import shutil
 
 import numpy as np
 import pytest
 
-from textstream.model.checkpoint import load_model
 from textstream.cli import main
 from textstream.config import TrainConfig, make_config
 from textstream.training.evaluation import IdStream, evaluate, score

@@ -1,18 +1,14 @@
-"""tools/context_reach.py: a run's validation loss by the context its state is carried from."""
+"""tools.bench.context_reach: a run's validation loss by the context its state is carried from."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import context_reach  # noqa: E402
-
-from textstream.config import make_config  # noqa: E402
-from textstream.training.evaluation import evaluate  # noqa: E402
-from textstream.training.loop import train  # noqa: E402
+from textstream.config import make_config
+from textstream.training.evaluation import evaluate
+from textstream.training.loop import train
+from tools.bench import context_reach
 
 
 @pytest.fixture

@@ -41,10 +41,10 @@ def test_mirrored_strategy_over_two_cpu_devices_trains(tmp_path):
 
 
 def run_workers(tmp_path, corpus, run, steps, resume=False):
-    cmd = [sys.executable, str(ROOT / "tools" / "run_multiworker.py"), str(corpus), "-o", str(run),
+    cmd = [sys.executable, "-m", "tools.dev.run_multiworker", str(corpus), "-o", str(run),
            "--workers", "2", "--steps", str(steps), "--timeout", "240"] + (["--resume"] if resume else [])
     env = {**os.environ, "TEXTSTREAM_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -195,10 +195,10 @@ def test_cli_error_line_survives_a_closed_stderr(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_drill_kills_and_damages_without_a_failure(tmp_path):
-    """``tools/fault_drill.py``, scaled down: its table, and a last JSON line with no failure."""
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "fault_drill.py"), "--kills", "3", "--kill-epochs", "8",
+    """``python -m tests.faults.drill``, scaled down: its table, and a last JSON line with no failure."""
+    r = subprocess.run([sys.executable, "-m", "tests.faults.drill", "--kills", "3", "--kill-epochs", "8",
                         "--files", "run/checkpoints/last/*,run/*.json", "--damages", "garbage", "--epochs", "3"],
-                       capture_output=True, text=True, env=env_for(tmp_path), timeout=900)
+                       capture_output=True, text=True, env=env_for(tmp_path), cwd=ROOT, timeout=900)
     lines = r.stdout.splitlines()
     counts = json.loads(lines[-1])
     assert r.returncode == 0 and counts["failed"] == 0 and counts["regressions"] == 0, r.stdout

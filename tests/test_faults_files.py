@@ -24,44 +24,11 @@ from textstream.cli import main
 from textstream.errors import NoSpace, TextstreamError
 from textstream.fsutil import PendingFile, append_bytes, atomic_write_bytes, no_space
 from textstream.model.run import RunPaths
+from tests.faults.files import CHILD  # each case runs `textstream ARGV` in-process under its own file size limit
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the cat sat on a mat while the dog ran after a red ball by the river".split()
 
-# the child: each case runs `textstream ARGV` in-process under its own file size limit (the soft limit goes
-# back up between cases); "at": the limit starts only when that function is called (MODULE.NAME)
-CHILD = r"""
-import contextlib, importlib, io, json, resource, signal, sys, traceback
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-from textstream.cli import main
-soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-out = []
-for case in json.loads(sys.argv[1]):
-    limit, undo = case["limit"], None
-    if case.get("at"):
-        module, name = case["at"].rsplit(".", 1)
-        mod = importlib.import_module(module)
-        orig = getattr(mod, name)
-        def limited(*a, _orig=orig, **k):
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-            return _orig(*a, **k)
-        setattr(mod, name, limited)
-        undo = (mod, name, orig)
-    else:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            rc = main(case["argv"])
-    except BaseException:
-        rc, err = 1, io.StringIO(traceback.format_exc())
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        if undo:
-            setattr(*undo)
-    out.append({"rc": rc, "err": err.getvalue()})
-print(json.dumps(out))
-"""
 
 needs_rlimit = pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE") or not hasattr(signal, "SIGXFSZ"),
                                   reason="needs RLIMIT_FSIZE and SIGXFSZ (POSIX)")

@@ -1,4 +1,4 @@
-"""tools/nanogpt_baseline.py: the split, the scoring plan (every validation character once), nanoGPT's schedule.
+"""tools.baselines.nanogpt: the split, the scoring plan (every validation character once), nanoGPT's schedule.
 
 The torch-free parts run everywhere; the scoring check needs torch and a
 nanoGPT checkout (the benchmark's own environment, see the tool's docstring)
@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import nanogpt_baseline as nb  # noqa: E402
+from tools.baselines import nanogpt as nb
 
 TEXT = "First Citizen:\r\nBefore we proceed any further, hear me speak.\r\n\r\nAll:\r\nSpeak, speak.\r\n" * 6
 
@@ -74,7 +72,7 @@ def test_get_lr_is_nanogpts_warmup_then_cosine_over_iterations_or_the_budget_spe
 def torch_nanogpt_and_split(tmp_path):
     """torch, the nanoGPT checkout's model module and a small split; skips without either."""
     torch = pytest.importorskip("torch", reason="the nanoGPT baseline's torch is not installed here "
-                                               "(see tools/nanogpt_baseline.py for its venv)")
+                                               "(see tools/baselines/nanogpt.py for its venv)")
     directory = Path(os.environ.get("NANOGPT_DIR", nb.DEFAULT_NANOGPT_DIR))
     if not (directory / "model.py").is_file():
         pytest.skip(f"no nanoGPT checkout at {directory} (set NANOGPT_DIR)")

@@ -1,15 +1,12 @@
-"""tools/seed_baseline.py: the original example's arrays, sampler, and weights shared with textstream."""
+"""tools.baselines.seed: the original example's arrays, sampler, and weights shared with textstream."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import seed_baseline as sb  # noqa: E402
+from tools.baselines import seed as sb
 
 TEXT = ("the quick brown fox jumps over the lazy dog; what a dog, what a fox.\n" * 4
         + "sphinx of black quartz, judge my vow!\n" * 3)

@@ -12,7 +12,7 @@
 2. Corpus size (``--scale``): the default command
    ``textstream train CORPUS -o RUN --steps N --no-samples`` (no ``--max-vocab``)
    on ``--small-mb`` (10) and ``--big-mb`` (1,000) MB of real text built by
-   ``tools/realtext.py`` (its character set grows with its size). Each corpus is
+   ``tools.dev.realtext`` (its character set grows with its size). Each corpus is
    prepared first, in its own child (the library call ``train`` makes, into the
    same cache), so that the measured run's peak RSS is training's; then
    ``--repeats`` rounds alternate the two. Reported: the token choice, steady
@@ -42,9 +42,9 @@ runs measured one after the other under the same load still mean something.
 Corpora and caches live in ``--cache-dir`` (default ``bench-scale/`` in
 textstream's cache); ``--clean`` deletes what this run created there.
 
-    python tools/bench_scale.py                           # all three, default sizes
-    python tools/bench_scale.py --no-inputs --no-beyond-ram --big-mb 100
-    python tools/bench_scale.py --no-inputs --no-scale --huge-mb 6000 --limit-gb 3
+    python -m tools.bench.scale                           # all three, default sizes
+    python -m tools.bench.scale --no-inputs --no-beyond-ram --big-mb 100
+    python -m tools.bench.scale --no-inputs --no-scale --huge-mb 6000 --limit-gb 3
 
 The last line of stdout is JSON.
 """
@@ -61,11 +61,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ROOT / "tools"
-sys.path.insert(0, str(TOOLS))
-from bench_train import ChildFailed, run_child  # noqa: E402
+from tools.bench.train import ChildFailed, run_child
+from tools.dev.realtext import build_corpus
 
+ROOT = Path(__file__).resolve().parents[2]
 RSS_LIMIT_MB = 1500  # "under 1.5 GB", read conservatively (MiB)
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 VOCAB_SIZES = (100, 1000, 9000)
@@ -78,7 +77,6 @@ def load() -> str:
 
 
 def default_cache_dir() -> Path:
-    sys.path.insert(0, str(ROOT))
     from textstream.data.sources import cache_dir  # no TensorFlow behind this import
 
     return cache_dir() / "bench-scale"
@@ -100,9 +98,9 @@ def input_child(mode: str, vocab_size: int, steps: int, embedding: int) -> None:
     import numpy as np
 
     from textstream._tf import tf
-    from textstream.training.checkpoints import TrainState
     from textstream.config import make_config
     from textstream.model.network import build_model
+    from textstream.training.checkpoints import TrainState
     from textstream.training.update import make_optimizer, make_train_step
 
     cfg = make_config("default", embedding=embedding if mode == "embedding" else 0)
@@ -130,8 +128,8 @@ def bench_inputs(args, log_dir: Path, result: dict) -> None:
     for _ in range(args.repeats):  # rounds alternate the modes, so a slow spell hits all of them
         for v in VOCAB_SIZES:
             for mode in INPUT_MODES:
-                cmd = [sys.executable, __file__, "--input-child", mode, str(v), str(args.input_steps),
-                       str(args.embedding)]
+                cmd = [sys.executable, "-m", "tools.bench.scale", "--input-child", mode, str(v),
+                       str(args.input_steps), str(args.embedding)]
                 child = run_child(cmd, log_dir, f"inputs-{mode}-{v}")
                 runs.setdefault((mode, v), []).append(json.loads(child["stdout"].strip().splitlines()[-1]))
     table = {}
@@ -146,8 +144,6 @@ def bench_inputs(args, log_dir: Path, result: dict) -> None:
 
 # --- 2. corpus size ------------------------------------------------------------------------------
 def real_corpus(cache: Path, size_mb: float) -> Path:
-    from realtext import build_corpus
-
     cache.mkdir(parents=True, exist_ok=True)
     return Path(build_corpus(cache / f"realtext-{size_mb:g}mb.txt", size_mb))
 
@@ -376,7 +372,7 @@ def main(argv=None) -> int:
     log_dir = work / "logs"
     log_dir.mkdir()
     result: dict = {"load_start": os.getloadavg()[0], "cpus": os.cpu_count()}
-    print(f"bench_scale: {load()}; corpora and caches in {cache}", flush=True)
+    print(f"tools.bench.scale: {load()}; corpora and caches in {cache}", flush=True)
     try:
         if not args.no_inputs:
             bench_inputs(args, log_dir, result)
@@ -385,7 +381,7 @@ def main(argv=None) -> int:
         if not args.no_beyond_ram:
             bench_beyond_ram(args, cache, work, log_dir, result)
     except ChildFailed as e:
-        print(f"bench_scale: {e}\n  (logs kept in {log_dir})", file=sys.stderr)
+        print(f"tools.bench.scale: {e}\n  (logs kept in {log_dir})", file=sys.stderr)
         result["error"] = str(e).splitlines()[0]
         print(json.dumps(result))
         return 1

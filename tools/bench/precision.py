@@ -9,8 +9,8 @@ Also ``trainstep.bfloat16_speedup`` (what ``--precision auto`` decides by)
 and the precision it picks here. Each figure is one process's measurement on
 this machine at this moment; the ratio is what counts.
 
-    python tools/bench_precision.py                  # 1 and 2 threads, 3 s per timing
-    python tools/bench_precision.py --threads 1 --seconds 5
+    python -m tools.bench.precision                  # 1 and 2 threads, 3 s per timing
+    python -m tools.bench.precision --threads 1 --seconds 5
 
 The last line of stdout is JSON.
 """
@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     rows = []
     for n in threads:  # one child process per thread count: TensorFlow's pools are fixed at first use
-        out = subprocess.run([sys.executable, __file__, "--child", str(n), str(args.seconds), str(args.vocab)],
-                             check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        out = subprocess.run([sys.executable, "-m", "tools.bench.precision", "--child", str(n), str(args.seconds),
+                              str(args.vocab)], check=True, capture_output=True, text=True, cwd=ROOT).stdout
         for line in out.splitlines():
             row = json.loads(line)
             rows.append(row)
@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def child(threads: int, seconds: float, vocab: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, str(ROOT))
     from textstream._tf import tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """nanoGPT's CPU character-level configuration, trained on a corpus and scored on every validation character.
 
-The same-run baseline of ``tools/bench_quality.py --baseline nanogpt``. It runs
+The same-run baseline of ``python -m tools.bench.quality --baseline nanogpt``. It runs
 nanoGPT itself: ``model.py`` (``GPT``, ``GPTConfig``, ``configure_optimizers``)
 is imported from a nanoGPT checkout, never copied into this repository. The
 training loop is nanoGPT's ``train.py`` re-implemented for one process on the
@@ -14,10 +14,10 @@ Setup (once; torch is a dependency of this benchmark only, never of textstream):
                                                            # elsewhere add --index-url https://download.pytorch.org/whl/cpu
     git clone https://github.com/karpathy/nanoGPT /work/nanogpt   # or set NANOGPT_DIR / --nanogpt-dir
 
-Usage (the last line of stdout is JSON)::
+Usage, from the repository root (the last line of stdout is JSON)::
 
-    /work/venv-torch/bin/python tools/nanogpt_baseline.py CORPUS.txt --minutes 5
-    /work/venv-torch/bin/python tools/nanogpt_baseline.py CORPUS.txt --iters 2000   # the README's CPU run
+    /work/venv-torch/bin/python -m tools.baselines.nanogpt CORPUS.txt --minutes 5
+    /work/venv-torch/bin/python -m tools.baselines.nanogpt CORPUS.txt --iters 2000   # the README's CPU run
 
 Configuration: the nanoGPT README's CPU command, ``python train.py
 config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
@@ -170,7 +170,7 @@ def import_torch() -> ModuleType:
     try:
         import torch
     except ImportError:
-        raise SystemExit(f"nanogpt_baseline: torch is not installed in {sys.executable}; {TORCH_SETUP}") from None
+        raise SystemExit(f"tools.baselines.nanogpt: torch is not installed in {sys.executable}; {TORCH_SETUP}") from None
     return torch
 
 
@@ -178,7 +178,7 @@ def load_nanogpt(directory: Path) -> ModuleType:
     """nanoGPT's ``model.py`` from a checkout, imported as module ``nanogpt_model``."""
     path = Path(directory) / "model.py"
     if not path.is_file():
-        raise SystemExit(f"nanogpt_baseline: {path}: not found; get nanoGPT with "
+        raise SystemExit(f"tools.baselines.nanogpt: {path}: not found; get nanoGPT with "
                          f"`git clone https://github.com/karpathy/nanoGPT {directory}` or pass --nanogpt-dir")
     spec = importlib.util.spec_from_file_location("nanogpt_model", path)
     module = importlib.util.module_from_spec(spec)
@@ -436,7 +436,7 @@ def main(argv=None) -> int:
     nanogpt = load_nanogpt(args.nanogpt_dir)
     train_ids, val_ids, chars = load_split(args.corpus, args.val_fraction)
     if len(train_ids) <= cfg.block_size + 1 or len(val_ids) <= cfg.block_size + 1:
-        raise SystemExit(f"nanogpt_baseline: {args.corpus}: too short for block {cfg.block_size} on both splits")
+        raise SystemExit(f"tools.baselines.nanogpt: {args.corpus}: too short for block {cfg.block_size} on both splits")
     cores = len(os.sched_getaffinity(0)) if args.threads == "auto" else int(args.threads)
     torch.set_num_threads(cores)
     threads = Threads(torch, cores, auto=args.threads == "auto")

@@ -16,7 +16,7 @@ Measured, in the same run:
   it, ``single_chars_per_s`` (``Session.sample``, one stream, best of 3),
   ``stream_chars_per_s`` (``gen.stream``), ``batch64_chars_per_s`` (64 streams);
 * for the seed model, the original loop on the same weights
-  (``tools/seed_baseline.generate``: ``model.predict`` per character);
+  (``tools.baselines.seed.generate``: ``model.predict`` per character);
 * cold start (default model, or ``--run``): ``textstream generate RUN --follow``
   spawned ``--cold-reps`` times per backend, alternating, timed from just
   before the spawn to the first byte on its stdout (median and min);
@@ -30,8 +30,8 @@ Measured, in the same run:
   first differ (after a difference the histories differ, so the texts do);
   (c) the same at temperature 0.
 
-    python tools/bench_generate.py                          # both random models
-    python tools/bench_generate.py --run runs/shk           # cold start and agreement on a trained run too
+    python -m tools.bench.generate                          # both random models
+    python -m tools.bench.generate --run runs/shk           # cold start and agreement on a trained run too
 
 The last line of stdout is JSON.
 """
@@ -49,8 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ROOT / "tools"
+ROOT = Path(__file__).resolve().parents[2]
 NIETZSCHE = Path("/work/shared/corpora/nietzsche.txt")
 PRIME_LEN = 60
 BACKENDS = ("numpy", "tf")
@@ -67,11 +66,11 @@ def corpus_text() -> tuple[str, str]:
 def make_run(root: Path, preset: str, text: str, scale: float = 2.0, seed: int = 0):
     """A run directory with random weights for ``preset`` over ``text``'s characters: (run, cfg, vocab, model)."""
     from textstream._tf import tf
-    from textstream.model.checkpoint import save_step_weights, step_weights_of
     from textstream.config import make_config
+    from textstream.data.vocab import Vocab
+    from textstream.model.checkpoint import save_step_weights, step_weights_of
     from textstream.model.network import build_model
     from textstream.model.run import RunPaths
-    from textstream.data.vocab import Vocab
 
     cfg = make_config(preset)
     body = text.lower() if cfg.lowercase else text
@@ -132,15 +131,14 @@ def bench_backend(run: Path, backend: str, prime: str, chars: int, batch_chars: 
 
 
 def original_loop(model, vocab, prime: str, n: int) -> dict:
-    """The original per-character loop on the same weights, via tools/seed_baseline.py."""
-    sys.path.insert(0, str(TOOLS))
-    import seed_baseline
+    """The original per-character loop on the same weights, via ``tools.baselines.seed``."""
+    from tools.baselines import seed
 
-    seq = seed_baseline.build_model(vocab.size)
-    seed_baseline.copy_weights_from_textstream(seq, model, src_chars=vocab.chars, dst_chars=sorted(vocab.chars))
+    seq = seed.build_model(vocab.size)
+    seed.copy_weights_from_textstream(seq, model, src_chars=vocab.chars, dst_chars=sorted(vocab.chars))
     np.random.seed(0)
-    _, rate = seed_baseline.generate(seq, sorted(vocab.chars), prime, n, 1.0)
-    return {"seed_loop_chars_per_s": rate, "seed_loop_chars": n, "seed_loop": "tools/seed_baseline.generate"}
+    _, rate = seed.generate(seq, sorted(vocab.chars), prime, n, 1.0)
+    return {"seed_loop_chars_per_s": rate, "seed_loop_chars": n, "seed_loop": "tools.baselines.seed.generate"}
 
 
 # --- cold start ------------------------------------------------------------------------------------
@@ -291,7 +289,6 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, help="a trained run: cold start, speed and agreement on it as well")
     args = p.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT))
     text, source = corpus_text()
     print(f"corpus: {source} ({len(text):,} chars); weights: random (generation speed does not depend on them)",
           flush=True)

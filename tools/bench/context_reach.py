@@ -1,6 +1,6 @@
 """How much context a trained run uses: its validation loss scored with the state carried from N characters back.
 
-    python tools/context_reach.py RUN_DIR [--contexts 0,16,32,64,128] [--checkpoint best]
+    python -m tools.bench.context_reach RUN_DIR [--contexts 0,16,32,64,128] [--checkpoint best]
 
 ``textstream eval`` carries the LSTM state through the whole validation text
 (every character has at least 512 characters before it, the way generation
@@ -19,12 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from textstream.model.checkpoint import load_model  # noqa: E402
-from textstream.errors import TextstreamError  # noqa: E402
-from textstream.training.evaluation import DEFAULT_BURN_IN, run_validation, score  # noqa: E402
-from textstream.model.run import RunPaths  # noqa: E402
+from textstream.errors import TextstreamError
+from textstream.model.checkpoint import load_model
+from textstream.model.run import RunPaths
+from textstream.training.evaluation import DEFAULT_BURN_IN, run_validation, score
 
 
 def main(argv=None) -> int:

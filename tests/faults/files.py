@@ -1,12 +1,13 @@
 """Fault cases about files: a full disk everywhere textstream writes, stale temporaries, eval on bad sources, links.
 
 Standalone (a table, then a JSON line with ``cases``, ``clean``, ``failed``,
-``regressions``), or as a family of ``tools/fault_drill.py``, which calls
-``file_cases(work, env)`` and turns each dict into one of its rows:
+``regressions``), or as the ``files`` family of ``tests.faults.drill``, which
+calls ``file_cases(work, env)`` and turns each dict into one of its rows. From
+the repository root:
 
-    python tools/fault_cases_files.py                # about a minute on 2 cores
-    python tools/fault_cases_files.py --keep /tmp/fc # keep the working directory
-    python tools/fault_cases_files.py --textstream /tmp/old-checkout   # the same cases on older code
+    python -m tests.faults.files                # about a minute on 2 cores
+    python -m tests.faults.files --keep /tmp/fc # keep the working directory
+    python -m tests.faults.files --textstream /tmp/old-checkout   # the same cases on older code
 
 A full disk is a child process under ``RLIMIT_FSIZE`` (a write past the limit
 fails with EFBIG; SIGXFSZ ignored), so no root and no filled file system are
@@ -33,9 +34,12 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.faults.harness import ROOT, Drill, Row, family
+
 WORDS = "the cat sat on a mat while the dog ran after a red ball by the river as the sun went down".split()
 TRAIN = ["--preset", "tiny", "--no-samples", "--seed", "7"]
+# the child: each case runs `textstream ARGV` in-process under its own file size limit ("limit", bytes; none when
+# absent), the soft limit going back up between cases; "at": the limit starts only when that function (MODULE.NAME) is called
 CHILD = r"""
 import contextlib, importlib, io, json, resource, signal, sys, traceback
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -282,6 +286,13 @@ def file_cases(work: Path, env: dict | None = None) -> list[dict]:
     return rows
 
 
+@family("files")
+def files_family(drill: Drill) -> list[Row]:
+    """``file_cases`` (a full disk everywhere textstream writes, ...), as the drill's rows."""
+    got = file_cases(drill.work / "files", {"PYTHONPATH": drill.env["PYTHONPATH"]})
+    return [Row("files", r["case"], r["check"], r["ok"], r["outcome"], r["regression"]) for r in got]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
@@ -305,5 +316,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

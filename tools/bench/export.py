@@ -18,8 +18,8 @@ stream, carrying the state through the whole text:
 
 Latencies are the best of 3 timings (the machine may be shared).
 
-    python tools/bench_export.py runs/shk
-    python tools/bench_export.py runs/shk --chars 20000
+    python -m tools.bench.export runs/shk
+    python -m tools.bench.export runs/shk --chars 20000
 
 The last line of stdout is JSON: per artefact ``bytes``, ``bits_per_char``,
 ``us_per_char``; ``ratio_litert_vs_savedmodel_step`` (latency) and each
@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
 REPEATS = 3
 
 WORKER = """
@@ -118,9 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--chars", type=int, default=None, help="score this many validation characters (default: all)")
     p.add_argument("--latency-chars", type=int, default=2000, help="characters timed on the SavedModel")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from textstream.export import export_run
     from textstream.data.prepared import load_prepared
+    from textstream.export import export_run
     from textstream.model.run import RunPaths
 
     ids = load_prepared(RunPaths(args.run).prepared_dir()).ids("val").astype(np.int32)[:args.chars]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quality benchmark: held-out nats/char after a time budget of training, with baselines from the same run.
 
-    python tools/bench_quality.py [--corpus tinyshakespeare[,nietzsche,...]] [--minutes 5[,30]]
+    python -m tools.bench.quality [--corpus tinyshakespeare[,nietzsche,...]] [--minutes 5[,30]]
                                   [--preset default[,...]] [--baseline nanogpt[,seed]] [--dev]
                                   [--cpus 0] [--sample N] [-- extra train options]
 
@@ -13,15 +13,15 @@ last 10% for validation; the validation text is never trained on), and
 validation split. Then, right after it on the same split and budget:
 
 - ``nanogpt``: nanoGPT's CPU character configuration
-  (``tools/nanogpt_baseline.py``: nanoGPT's own ``model.py``, 4 layers x 4
+  (``tools.baselines.nanogpt``: nanoGPT's own ``model.py``, 4 layers x 4
   heads x 128, block 64, batch 12, AdamW 1e-3, cosine over the budget), in
   a child process run by ``--torch-python`` (default ``$NANOGPT_PYTHON``,
-  else ``/work/venv-torch/bin/python``; see that tool's docstring for the
+  else ``/work/venv-torch/bin/python``; see that module's docstring for the
   setup), scored on every validation character; the ratio
   textstream/nanoGPT of validation nats/char is printed (below 1:
   textstream is better).
 - ``seed`` (a bare ``--baseline`` means the same): the original example's
-  method (``tools/seed_baseline.py``), measured the same way (every
+  method (``tools.baselines.seed``), measured the same way (every
   validation character, 60 characters of context).
 
 ``--dev`` tunes without looking at the validation text: it writes the
@@ -61,7 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = [ROOT.parent / "shared" / "corpora", ROOT.parent.parent / "shared" / "corpora"]
 TORCH_PYTHON = Path("/work/venv-torch/bin/python")
 VAL_FRACTION = 0.1
@@ -105,7 +105,7 @@ class Runner:
         self.prefix = ["taskset", "-c", args.cpus] if args.cpus else []
 
     def log(self, msg: str) -> None:
-        print(f"[bench_quality] {msg}", file=sys.stderr, flush=True)
+        print(f"[tools.bench.quality] {msg}", file=sys.stderr, flush=True)
 
     def timed(self, cmd: list[str]) -> tuple[subprocess.CompletedProcess, list[float]]:
         """Run a timed child after the machine is quiet; returns it and the load [before, after]."""
@@ -168,7 +168,7 @@ def textstream_run(runner: Runner, corpus: str, minutes: float, preset: str, run
 def seed_run(runner: Runner, corpus: str, minutes: float) -> dict:
     """The original example's method, same budget and split."""
     args = runner.args
-    cmd = [sys.executable, str(ROOT / "tools" / "seed_baseline.py"), corpus, "--minutes", str(minutes),
+    cmd = [sys.executable, "-m", "tools.baselines.seed", corpus, "--minutes", str(minutes),
            "--batch-size", "1024", "--val-split", str(VAL_FRACTION)]
     out, load = runner.timed(cmd + (["--generate", str(args.sample)] if args.sample else []))
     base = last_json(out)
@@ -184,7 +184,7 @@ def seed_run(runner: Runner, corpus: str, minutes: float) -> dict:
 def nanogpt_run(runner: Runner, corpus: str, minutes: float) -> dict:
     """nanoGPT's CPU configuration, same budget and split."""
     args = runner.args
-    cmd = [str(args.torch_python), str(ROOT / "tools" / "nanogpt_baseline.py"), corpus,
+    cmd = [str(args.torch_python), "-m", "tools.baselines.nanogpt", corpus,
            "--minutes", str(minutes), "--val-fraction", str(VAL_FRACTION)]
     cmd += (["--nanogpt-dir", str(args.nanogpt_dir)] if args.nanogpt_dir else [])
     cmd += (["--sample", str(args.sample)] if args.sample else [])
@@ -265,7 +265,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "else /work/venv-torch/bin/python)")
     p.add_argument("--nanogpt-dir", type=Path, help="nanoGPT checkout (default: $NANOGPT_DIR, else /work/nanogpt)")
     p.add_argument("--nanogpt-threads", metavar="N", help="torch threads for nanoGPT: a number, or auto (the "
-                   "default: one or all cores per step, whichever is faster now; see tools/nanogpt_baseline.py)")
+                   "default: one or all cores per step, whichever is faster now; see tools.baselines.nanogpt)")
     p.add_argument("--sample", type=int, default=0, metavar="N", help="print N characters at temperature 0.5")
     p.add_argument("-o", "--output", type=Path, help="folder to keep the run directories in (default: temporary)")
     p.add_argument("extra", nargs="*", help="extra `textstream train` options (after --)")

@@ -11,13 +11,13 @@ encodes the current 60-character window and calls ``model.predict`` once per
 character, sampling with the original reweighting (``log(p) / T``).
 
 This is the yardstick textstream's ``--preset seed`` is measured against
-(``tools/bench_train.py``), so it keeps the original's costs on purpose:
+(``tools.bench.train``), so it keeps the original's costs on purpose:
 about 60 * V / 3 bytes (~1.1 KB) of RAM per corpus character for ``x``, plus
 the copy ``model.fit`` makes when it turns ``x`` into a tensor.
 
 Batch size: the book uses ``batch_size=128`` and that is the default here;
 textstream's ``seed`` preset (``textstream/config.py``) trains with batch 1024,
-so ``bench_train.py`` runs this baseline with ``--batch-size 1024`` to compare
+so ``tools.bench.train`` runs this baseline with ``--batch-size 1024`` to compare
 like for like (same model, same windows per step).
 
 Deviations from the book, none of which change what is computed:
@@ -28,12 +28,12 @@ the deprecated ``lr=``; ``fit`` runs silently (``verbose=0``);
 
 Usage (the last line of stdout is JSON)::
 
-    python tools/seed_baseline.py /work/shared/corpora/nietzsche.txt --steps 60 --batch-size 1024
-    python tools/seed_baseline.py CORPUS --minutes 5 --generate 400
+    python -m tools.baselines.seed /work/shared/corpora/nietzsche.txt --steps 60 --batch-size 1024
+    python -m tools.baselines.seed CORPUS --minutes 5 --generate 400
 
-As a library (with ``tools/`` on ``sys.path``)::
+As a library (from the repository root)::
 
-    from seed_baseline import load_text, vectorize, build_model, train
+    from tools.baselines.seed import load_text, vectorize, build_model, train
     x, y, chars = vectorize(load_text("nietzsche.txt"))
     model = build_model(len(chars))
     stats = train(model, x, y, batch_size=1024, steps=20)
@@ -61,9 +61,6 @@ def _tf():
     """(tf, tf_keras), imported quietly on first use (so ``--help`` and the vectoriser stay light)."""
     global _tf_modules
     if _tf_modules is None:
-        root = str(Path(__file__).resolve().parent.parent)
-        if root not in sys.path:
-            sys.path.insert(0, root)
         from textstream._tf import tf, tf_keras
 
         _tf_modules = (tf, tf_keras)
@@ -274,9 +271,6 @@ def copy_weights_from_textstream(seq_model, char_lstm, *, src_chars=None, dst_ch
     same characters differently, pass ``src_chars`` (textstream's
     ``vocab.chars``) and ``dst_chars`` (this model's ``chars``) to reorder.
     """
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
     from textstream.model.network import head_weights, lstm_weights
 
     lstm = lstm_weights(char_lstm)

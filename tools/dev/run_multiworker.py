@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Train with MultiWorkerMirroredStrategy on N local worker processes (127.0.0.1 only).
 
-    python tools/run_multiworker.py CORPUS -o RUN_DIR [--workers 2] [--steps 40] [--preset tiny]
-                                    [--resume] [--timeout 300] [-- extra train options]
+    python -m tools.dev.run_multiworker CORPUS -o RUN_DIR [--workers 2] [--steps 40] [--preset tiny]
+                                        [--resume] [--timeout 300] [-- extra train options]
 
 Picks free loopback ports, gives each worker its TF_CONFIG, runs a short
 training in each, and reports per-worker step counts, final loss, a digest of
@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_ports(n: int) -> list[int]:
@@ -80,9 +82,12 @@ def main(argv=None) -> int:
         for i in range(args.workers):
             env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
                    # one cache per worker, as on separate machines
-                   "TEXTSTREAM_CACHE": os.environ.get("TEXTSTREAM_CACHE", scratch) + f"/worker{i}"}
-            cmd = [sys.executable, __file__, "--worker", args.corpus, "-o", args.output, "--steps", str(args.steps),
-                   "--preset", args.preset, "--batch-size", str(args.batch_size)] + (["--resume"] if args.resume else [])
+                   "TEXTSTREAM_CACHE": os.environ.get("TEXTSTREAM_CACHE", scratch) + f"/worker{i}",
+                   # this checkout's tools and textstream, from the caller's directory (relative paths, names)
+                   "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+            cmd = [sys.executable, "-m", "tools.dev.run_multiworker", "--worker", args.corpus, "-o", args.output,
+                   "--steps", str(args.steps), "--preset", args.preset, "--batch-size", str(args.batch_size)] + \
+                (["--resume"] if args.resume else [])
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         results = []
         for i, proc in enumerate(procs):

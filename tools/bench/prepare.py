@@ -1,8 +1,8 @@
 """Preparation benchmark: throughput and peak memory of ``textstream prepare`` on real text.
 
-Builds (or reuses) a ``--size-mb`` real-text corpus with ``tools/realtext.py``
+Builds (or reuses) a ``--size-mb`` real-text corpus with ``tools.dev.realtext``
 in ``--cache-dir`` (default ``$TEXTSTREAM_CACHE/bench`` or
-``~/.cache/textstream/bench``, shared with ``bench_train.py``), then runs
+``~/.cache/textstream/bench``, shared with ``tools.bench.train``), then runs
 
     python -m textstream prepare CORPUS -o OUT
 
@@ -13,8 +13,8 @@ that must hit the cache (hash only). Reports the cold run's wall time, MB/s
 
 Targets: >= 50 MB/s and peak RSS <= 300 MB, at any corpus size.
 
-    python tools/bench_prepare.py                 # 100 MB
-    python tools/bench_prepare.py --size-mb 10
+    python -m tools.bench.prepare                 # 100 MB
+    python -m tools.bench.prepare --size-mb 10
 
 The last line of stdout is JSON with ``size_mb``, ``mb_per_s``, ``peak_rss_mb``.
 """
@@ -30,8 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ROOT / "tools"
+from tools.dev.realtext import build_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
 TARGET_MB_PER_S = 50.0
 TARGET_RSS_MB = 300.0
 
@@ -63,9 +64,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the real-text corpus is kept (default $TEXTSTREAM_CACHE/bench)")
     args = p.parse_args(argv)
 
-    sys.path.insert(0, str(TOOLS))
-    from realtext import build_corpus  # here: tools/ is not a package, it must be on the path first
-
     cache = args.cache_dir or default_cache_dir()
     t0 = time.perf_counter()
     corpus = build_corpus(cache / f"realtext-{args.size_mb:g}mb.txt", args.size_mb)
@@ -80,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         cold = run_child(cmd, env)
         if cold["rc"] != 0:
             print(cold["stderr"], file=sys.stderr)
-            raise SystemExit(f"bench_prepare: prepare failed with exit status {cold['rc']}")
+            raise SystemExit(f"tools.bench.prepare: prepare failed with exit status {cold['rc']}")
         warm = run_child(cmd, env)
         if warm["rc"] != 0 or "cached" not in warm["stderr"]:
             print(warm["stderr"], file=sys.stderr)
-            raise SystemExit("bench_prepare: the second run did not hit the cache")
+            raise SystemExit("tools.bench.prepare: the second run did not hit the cache")
         out_bytes = sum(f.stat().st_size for f in (work / "out").iterdir())
         # what the same child spends starting up (interpreter, numpy, the CLI): no corpus can go faster
         startup = run_child([sys.executable, "-c", "import textstream.cli, textstream.data.preparation, rich.console"], env)

@@ -1,6 +1,6 @@
 """Build an N-MB real-text corpus file from text already on this machine (for benchmarks).
 
-    from realtext import build_corpus          # with tools/ on sys.path
+    from tools.dev.realtext import build_corpus
     path = build_corpus(Path("/tmp/realtext-100mb.txt"), 100)
 
 The text is the ``.py``, ``.txt``, ``.rst`` and ``.md`` files of this Python's
@@ -11,7 +11,7 @@ valid UTF-8 or hold NUL bytes are skipped. The result is exactly
 written atomically (``textstream.fsutil.atomic_file``), streaming: memory does
 not grow with the size. An existing file of the right size is reused.
 
-    python tools/realtext.py OUT.txt 100
+    python -m tools.dev.realtext OUT.txt 100
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's textstream, run from anywhere
-from textstream.fsutil import atomic_file  # noqa: E402
+from textstream.fsutil import atomic_file
 
 SUFFIXES = (".py", ".txt", ".rst", ".md")
 MAX_FILE_BYTES = 8 << 20  # skip giant generated files
@@ -108,6 +107,6 @@ def build_corpus(path: Path, size_mb: float) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python tools/realtext.py OUT.txt SIZE_MB")
+        sys.exit("usage: python -m tools.dev.realtext OUT.txt SIZE_MB")
     out = build_corpus(Path(sys.argv[1]), float(sys.argv[2]))
     print(f"{out}: {out.stat().st_size:,} bytes")

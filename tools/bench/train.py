@@ -6,13 +6,13 @@
    process:
    (a) ``python -m textstream train CORPUS -o RUN --preset seed --steps N --no-samples --val-fraction 0``
        (steady-state ``char_steps_per_s`` from the ``end`` record of ``RUN/metrics.jsonl``);
-   (b) ``python tools/seed_baseline.py CORPUS --steps N --batch-size 1024 --val-split 0``
+   (b) ``python -m tools.baselines.seed CORPUS --steps N --batch-size 1024 --val-split 0``
        (the original: in-memory one-hot arrays and ``model.fit``).
    Both rates leave out the first two steps (tracing and compiling). Reported:
    each rate and ``throughput_ratio`` = textstream / baseline (target >= 1.0).
 
 2. Memory. Peak RSS of ``textstream train`` on a 10 MB and a ``--big-mb`` (default
-   4096) real-text corpus built by ``tools/realtext.py`` and cached in
+   4096) real-text corpus built by ``tools.dev.realtext`` and cached in
    ``--cache-dir`` (default ``bench/`` in textstream's cache directory).
    Each corpus is first trained for one step in a throwaway run, which prepares
    it (textstream caches preparation by content), so the measured run's peak is
@@ -27,9 +27,9 @@
 Every peak RSS is one child's own (``os.wait4``'s rusage of that child), never
 this process's or a sum over children.
 
-    python tools/bench_train.py                          # nietzsche, 60 steps, 10 MB and 4 GB corpora
-    python tools/bench_train.py --steps 20 --big-mb 200  # a quicker check
-    python tools/bench_train.py --no-rss --repeats 3     # throughput only, medians of 3 alternating runs
+    python -m tools.bench.train                          # nietzsche, 60 steps, 10 MB and 4 GB corpora
+    python -m tools.bench.train --steps 20 --big-mb 200  # a quicker check
+    python -m tools.bench.train --no-rss --repeats 3     # throughput only, medians of 3 alternating runs
 
 The last line of stdout is JSON.
 """
@@ -46,15 +46,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ROOT / "tools"
+from tools.dev.realtext import build_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CORPUS = Path("/work/shared/corpora/nietzsche.txt")
 SEQ_LEN = 60  # the seed preset's window, as in the original
 RSS_LIMIT_MB = 1500  # "under 1.5 GB", read conservatively (MiB, as ru_maxrss / 1024 gives)
 
 
 def seed_batch_size() -> int:
-    sys.path.insert(0, str(ROOT))
     from textstream.config import PRESETS  # no TensorFlow behind this import
 
     return int(PRESETS["seed"]["batch_size"])
@@ -62,7 +62,6 @@ def seed_batch_size() -> int:
 
 def default_cache_dir() -> Path:
     """``bench/`` in textstream's cache (``$TEXTSTREAM_CACHE``, ``$XDG_CACHE_HOME/textstream`` or ``~/.cache/textstream``)."""
-    sys.path.insert(0, str(ROOT))
     from textstream.data.sources import cache_dir  # no TensorFlow behind this import
 
     return cache_dir() / "bench"
@@ -132,18 +131,13 @@ def textstream_train(corpus: Path, run_dir: Path, steps: int, log_dir: Path, nam
 
 
 def baseline_train(corpus: Path, steps: int, batch_size: int, log_dir: Path, name: str = "seed_baseline") -> dict:
-    cmd = [sys.executable, str(TOOLS / "seed_baseline.py"), str(corpus), "--steps", str(steps),
+    cmd = [sys.executable, "-m", "tools.baselines.seed", str(corpus), "--steps", str(steps),
            "--batch-size", str(batch_size), "--val-split", "0"]
     child = run_child(cmd, log_dir, name)
     return {**child, "result": last_json_line(child["stdout"])}
 
 
 def real_corpus(cache_dir: Path, size_mb: float) -> Path:
-    sys.path.insert(0, str(TOOLS))
-    try:
-        from realtext import build_corpus
-    except ImportError as e:
-        raise ChildFailed(f"tools/realtext.py is needed to build the {size_mb:g} MB corpus ({e})") from None
     cache_dir.mkdir(parents=True, exist_ok=True)
     return Path(build_corpus(cache_dir / f"realtext-{size_mb:g}mb.txt", size_mb))
 
@@ -238,7 +232,7 @@ def main(argv=None) -> int:
                 print(f"  big / small peak RSS: {growth:.3f}x (target <= 1.15), "
                       f"big {result['peak_rss_mb_4gb']:,.0f} MiB (target < {RSS_LIMIT_MB})", flush=True)
     except ChildFailed as e:
-        print(f"bench_train: {e}\n  (logs kept in {log_dir})", file=sys.stderr)
+        print(f"tools.bench.train: {e}\n  (logs kept in {log_dir})", file=sys.stderr)
         result["error"] = str(e).splitlines()[0]
         print(json.dumps(result))
         return 1

@@ -23,8 +23,8 @@ per CPU-second of the server process (a cost figure less sensitive to other
 load than chars/s). Targets: ratio >= 0.7, p99 time to first character
 <= 100 ms at 64 clients, no errors at 256.
 
-    python tools/bench_serve.py --run runs/bench-default
-    python tools/bench_serve.py --run runs/bench-default --clients 64 --chars 500
+    python -m tools.bench.serve --run runs/bench-default
+    python -m tools.bench.serve --run runs/bench-default --clients 64 --chars 500
 
 The last line of stdout is JSON.
 """
@@ -44,7 +44,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "The "
 ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            TF_CPP_MIN_LOG_LEVEL="2")
@@ -64,7 +64,6 @@ class Baseline:
     """In-process ``Generator.generate`` on 64 streams of ``chars`` characters (the same prompt as the clients)."""
 
     def __init__(self, run: Path, chars: int):
-        sys.path.insert(0, str(ROOT))
         from textstream.generation.generator import Generator
 
         self.gen = Generator.load(run, warm=64)

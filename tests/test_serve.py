@@ -18,55 +18,24 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp", reason="the serve extra is not installed (pip install -e '.[test]')")
 openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install -e '.[test]')")
 
+from serving import (  # noqa: E402
+    GOOD,
+    KEY,
+    MODEL,
+    PRIME,
+    ROOT,
+    WAIT_S,
+    BrokenBackend,
+    ServerThread,
+    SlowBackend,
+    expected,
+    is_openai_error,
+    post,
+)
+
 from textstream.cli import main  # noqa: E402
-from textstream.serve.app import ServeConfig, Server  # noqa: E402
 from textstream.serve.engine import FEED_CHUNK, Engine, EngineFull  # noqa: E402
 from textstream.serve.stream import StreamSpec  # noqa: E402
-from textstream.serve.protocol import Limits  # noqa: E402
-
-PRIME = "it was the "
-KEY = "sekret"
-MODEL = "tiny"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WAIT_S = 60  # generous deadlines for conditions polled (never asserted as timings)
-
-
-class ServerThread:
-    """A ``Server`` on an ephemeral port, its event loop in a thread of its own."""
-
-    def __init__(self, gen, **config):
-        limits = Limits(model=MODEL, max_tokens=config.pop("max_tokens", 20000), max_n=4)
-        self.server = Server(gen, ServeConfig(port=0, limits=limits, **config))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        _, port = self.call(self.server.start())
-        self.url = f"http://127.0.0.1:{port}"
-
-    def call(self, coro, timeout=WAIT_S):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def client(self, **kw):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0, **kw)
-
-    def health(self) -> dict:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=WAIT_S) as r:
-                return json.load(r)
-        except urllib.error.HTTPError as e:
-            return json.load(e)
-
-    def wait_until(self, predicate) -> None:
-        deadline = time.monotonic() + WAIT_S
-        while not predicate():
-            assert time.monotonic() < deadline, "condition not reached"
-            time.sleep(0.02)
-
-    def close(self):
-        if not self.server.draining:
-            self.call(self.server.drain(grace_s=0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(WAIT_S)
 
 
 @pytest.fixture(scope="module")
@@ -74,27 +43,6 @@ def srv(tiny_gen):
     s = ServerThread(tiny_gen, max_streams=8, api_key=KEY)
     yield s
     s.close()
-
-
-def expected(gen, prompt, n, **kw) -> str:
-    """What the library streams for the same request: the server must send exactly this."""
-    return "".join(gen.stream(prompt, n=n, **kw))
-
-
-def post(url, body, *, key=KEY, raw=None, headers=None):
-    """``(status, headers, JSON body)`` of a POST (``raw``: bytes sent as they are)."""
-    data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=WAIT_S) as r:
-            return r.status, dict(r.headers), json.load(r)
-    except urllib.error.HTTPError as e:
-        text = e.read().decode()
-        assert "Traceback" not in text
-        return e.code, dict(e.headers), json.loads(text)
 
 
 # --- the openai client, unchanged -------------------------------------------------------------------
@@ -261,8 +209,8 @@ def test_a_slow_reader_sits_out_and_never_slows_the_others(tiny_gen):
 def test_a_client_that_stops_reading_is_paused_over_http(tiny_gen):
     import socket
 
-    s = ServerThread(tiny_gen, max_streams=2, api_key=KEY, buffer_chars=1024, max_tokens=10 ** 9)
-    body = json.dumps({"model": MODEL, "prompt": PRIME, "max_tokens": 10 ** 9, "stream": True}).encode()
+    s = ServerThread(tiny_gen, max_streams=2, api_key=KEY, buffer_chars=1024, max_tokens=10 ** 8)
+    body = json.dumps({"model": MODEL, "prompt": PRIME, "max_tokens": 10 ** 8, "stream": True}).encode()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's writes soon block
     try:
@@ -308,20 +256,6 @@ def test_a_client_that_disconnects_frees_its_slot(tiny_gen):
         s.close()
 
 
-class SlowBackend:
-    """A backend whose every call takes at least ``delay`` seconds: a stream runs long enough to be caught running."""
-
-    def __init__(self, backend, delay: float):
-        self.backend, self.delay = backend, delay
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
-
-    def advance_rows(self, rows, k, feed=None):
-        time.sleep(self.delay)
-        return self.backend.advance_rows(rows, k, feed)
-
-
 def test_drain_lets_running_streams_finish_and_refuses_new_ones(tiny_gen):
     from textstream.generation.generator import Generator
 
@@ -342,20 +276,6 @@ def test_drain_lets_running_streams_finish_and_refuses_new_ones(tiny_gen):
     s.close()
 
 
-class BrokenBackend(SlowBackend):
-    """A backend whose calls fail after the first ``good`` ones."""
-
-    def __init__(self, backend, good: int):
-        super().__init__(backend, 0.0)
-        self.good = good
-
-    def advance_rows(self, rows, k, feed=None):
-        self.good -= 1
-        if self.good < 0:
-            raise RuntimeError("the device fell over")
-        return self.backend.advance_rows(rows, k, feed)
-
-
 def test_an_engine_failure_is_a_503_error_never_a_traceback(tiny_gen, caplog):
     from textstream.generation.generator import Generator
 
@@ -367,7 +287,7 @@ def test_an_engine_failure_is_a_503_error_never_a_traceback(tiny_gen, caplog):
             for _ in stream:
                 pass
         status, _, body = post(s.url + "/v1/completions", GOOD)
-        assert status == 503 and body["error"]["code"] == "engine_error" and _is_openai_error(body)
+        assert status == 503 and body["error"]["code"] == "engine_error" and is_openai_error(body)
         assert s.health()["status"] == "failed"
     finally:
         s.close()
@@ -375,7 +295,6 @@ def test_an_engine_failure_is_a_503_error_never_a_traceback(tiny_gen, caplog):
 
 
 # --- bad requests: an OpenAI error with the right status, never a 500 ------------------------------------
-GOOD = {"model": MODEL, "prompt": PRIME, "max_tokens": 5}
 BAD = [  # (body changes, status, param, code)
     ({"temperature": "hot"}, 400, "temperature", "invalid_type"),
     ({"temperature": -0.5}, 400, "temperature", "invalid_value"),
@@ -399,21 +318,17 @@ BAD = [  # (body changes, status, param, code)
     ({"prompt": "naïve"}, 400, "prompt", "invalid_value"),  # characters outside the vocabulary
     ({"model": "gpt-4"}, 404, "model", "model_not_found"),
     ({"model": 3}, 400, "model", "invalid_type"),
-    ({"logprobs": 5}, 400, "logprobs", "unsupported_parameter"),
+    ({"best_of": 3}, 400, "best_of", "unsupported_parameter"),
     ({"frequency_penalty": 0.5}, 400, "frequency_penalty", "unsupported_parameter"),
     ({"temprature": 1}, 400, "temprature", "unknown_parameter"),
 ]
-
-
-def _is_openai_error(body) -> bool:
-    return set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
 
 
 @pytest.mark.parametrize("change, status, param, code", BAD)
 def test_bad_values_get_an_openai_error_naming_the_parameter(srv, change, status, param, code):
     got, _, body = post(srv.url + "/v1/completions", {**GOOD, **change})
     assert (got, body["error"]["param"], body["error"]["code"]) == (status, param, code), body
-    assert _is_openai_error(body) and body["error"]["type"] == "invalid_request_error"
+    assert is_openai_error(body) and body["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize("raw, headers, key, status, code", [
@@ -427,7 +342,7 @@ def test_bad_values_get_an_openai_error_naming_the_parameter(srv, change, status
 ])
 def test_bad_bodies_and_keys_get_an_openai_error(srv, raw, headers, key, status, code):
     got, _, body = post(srv.url + "/v1/completions", None, raw=raw, key=key, headers=headers)
-    assert (got, body["error"]["code"]) == (status, code) and _is_openai_error(body), body
+    assert (got, body["error"]["code"]) == (status, code) and is_openai_error(body), body
 
 
 def test_unknown_paths_and_methods_and_the_openai_clients_errors(srv):
@@ -436,7 +351,7 @@ def test_unknown_paths_and_methods_and_the_openai_clients_errors(srv):
         req = urllib.request.Request(srv.url + path, method=method, headers={"Authorization": f"Bearer {KEY}"})
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=WAIT_S)
-        assert e.value.code == status and _is_openai_error(json.load(e.value))
+        assert e.value.code == status and is_openai_error(json.load(e.value))
     with pytest.raises(openai.BadRequestError) as e:
         srv.client().completions.create(model=MODEL, prompt=PRIME, max_tokens=5, temperature=-1)
     assert e.value.body["param"] == "temperature"
@@ -481,7 +396,7 @@ def test_engine_protocol_and_command_import_no_tensorflow_or_http():
 @pytest.mark.slow
 def test_sigterm_drains_cancels_what_outlives_the_grace_and_exits_0(tiny_run):
     proc = subprocess.Popen([sys.executable, "-m", "textstream", "serve", str(tiny_run), "--port", "0",
-                             "--max-streams", "4", "--grace", "1", "--max-tokens", str(10 ** 9)],
+                             "--max-streams", "4", "--grace", "1", "--max-tokens", str(10 ** 8)],
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     try:
         url = None
@@ -492,7 +407,7 @@ def test_sigterm_drains_cancels_what_outlives_the_grace_and_exits_0(tiny_run):
                 break
         assert url, "the server never said where it listens"
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
-        stream = iter(client.completions.create(model="run", prompt=PRIME, max_tokens=10 ** 9, stream=True))
+        stream = iter(client.completions.create(model="run", prompt=PRIME, max_tokens=10 ** 8, stream=True))
         assert next(stream).choices[0].text
         errors = []
 

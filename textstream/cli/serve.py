@@ -20,11 +20,12 @@ from textstream.errors import TextstreamError
 from textstream.generation.backends import BACKENDS
 from textstream.generation.generator import Generator
 from textstream.model.run import CHECKPOINTS, existing_run
+from textstream.serve.limits import check_api_key, default_max_connections, reserve_fds
 
 HELP = "serve a trained run over HTTP (OpenAI-compatible completions, continuous batching)"
-DESCRIPTION = ("Serve a run over HTTP: POST /v1/completions (OpenAI's completions API, streaming or not; "
-               "tokens are characters), GET /v1/models, GET /health. Needs the serve extra: "
-               'pip install "textstream[serve]".')
+DESCRIPTION = ("Serve a run over HTTP: POST /v1/completions and /v1/chat/completions (OpenAI's API, streaming "
+               "or not; tokens are characters), GET /v1/models, GET /health, GET /metrics (Prometheus) and a "
+               'playground page at GET /. Needs the serve extra: pip install "textstream[serve]".')
 API_KEY_ENV = "TEXTSTREAM_API_KEY"
 
 
@@ -44,6 +45,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=4096, metavar="N",
                    help="largest max_tokens (characters) a request may ask (default 4096)")
     p.add_argument("--max-n", type=positive_int, default=16, metavar="N", help="largest n (default 16)")
+    p.add_argument("--max-prompt-chars", type=positive_int, default=262144, metavar="N",
+                   help="longest prompt (or chat's messages together) in characters (default 262144)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, metavar="N",
+                   help="largest request body (default 1048576)")
+    p.add_argument("--max-connections", type=positive_int, default=None, metavar="N",
+                   help="client connections open at once; past it a 503 (default 1024, fewer if ulimit -n is lower)")
+    p.add_argument("--read-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a request's headers, then its body, must arrive within it; idle connections close after "
+                        "it (default 10)")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
     p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long running streams may take to finish (default 10)")
 
@@ -54,18 +65,24 @@ def run(args: argparse.Namespace) -> int:
         raise TextstreamError('serve needs the serve extra: pip install "textstream[serve]"')
     if not 0 <= args.port <= 65535:
         raise TextstreamError(f"--port must be in [0, 65535] (got {args.port})")
-    if not args.grace >= 0:
-        raise TextstreamError(f"--grace must be >= 0 (got {args.grace})")
+    if not 0 <= args.grace < float("inf"):
+        raise TextstreamError(f"--grace must be a number >= 0 (got {args.grace})")
+    if not 0 < args.read_timeout < float("inf"):
+        raise TextstreamError(f"--read-timeout must be a number > 0 (got {args.read_timeout})")
+    api_key = _api_key(args.api_key)
+    max_connections = args.max_connections or default_max_connections()
+    reserve_fds(max_connections)
     paths = existing_run(args.run_dir)
     name = args.model_name or paths.root.resolve().name
 
     from textstream.serve.app import ServeConfig, Server, serve
     from textstream.serve.protocol import Limits  # with app: aiohttp, imported only here
 
-    config = ServeConfig(host=args.host, port=args.port, max_streams=args.max_streams,
-                         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-                         limits=Limits(model=name, max_tokens=args.max_tokens, max_n=args.max_n),
-                         grace_s=args.grace)
+    config = ServeConfig(host=args.host, port=args.port, max_streams=args.max_streams, api_key=api_key,
+                         limits=Limits(model=name, max_tokens=args.max_tokens, max_n=args.max_n,
+                                       max_prompt_chars=args.max_prompt_chars),
+                         max_body_bytes=args.max_body_bytes, max_connections=max_connections,
+                         read_timeout_s=args.read_timeout, metrics=not args.no_metrics, grace_s=args.grace)
     logging.basicConfig(format="textstream serve: %(levelname)s: %(message)s")  # faults, with their traceback
     _status(f"loading {paths.root} and compiling for up to {args.max_streams} streams")
     server = Server(Generator.load(paths.root, args.checkpoint, warm=False, backend=args.backend), config)
@@ -80,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
         raise TextstreamError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
     _status("stopped")
     return 0
+
+
+def _api_key(given: str | None) -> str | None:
+    """The key from ``--api-key``, else from ``$TEXTSTREAM_API_KEY``; an empty one (set but blank) is an error."""
+    if given is not None:
+        return check_api_key(given, "--api-key")
+    env = os.environ.get(API_KEY_ENV)
+    return None if env is None else check_api_key(env, f"${API_KEY_ENV}")
 
 
 def _url_host(host: str) -> str:

@@ -89,6 +89,7 @@ class EngineStats:
     last_batch: int = 0
     call_seconds: float = 0.0
     paused: int = 0  # streams sitting out the last call because their reader is slow
+    waiting: int = 0  # streams admitted that have not generated yet (their prompt is being fed)
     finished: dict[str, int] = field(default_factory=dict)
 
 
@@ -98,18 +99,21 @@ class Engine:
     ``admit`` (any thread) adds streams or raises ``EngineFull`` /
     ``EngineClosed``; ``cancel`` ends one; ``drain`` stops admitting;
     ``close`` stops the thread. ``notify(streams)`` is called from the engine
-    thread after each call with the streams that have new text or finished.
+    thread after each call with the streams that have new text or finished;
+    ``on_call(batch, k, fed)`` after each backend call (``fed``: prompt ids fed).
     """
 
     def __init__(self, backend: StepBackend, vocab: Vocab, *, max_streams: int = 256,
                  buffer_chars: int = BUFFER_CHARS, call_s: float = CALL_S,
-                 notify: Callable[[list[Stream]], None] | None = None):
+                 notify: Callable[[list[Stream]], None] | None = None,
+                 on_call: Callable[[int, int, int], None] | None = None):
         self.backend = backend
         self.vocab = vocab
         self.max_streams = max_streams
         self.buffer_chars = buffer_chars
         self.call_s = call_s
         self.notify = notify or (lambda streams: None)
+        self.on_call = on_call or (lambda batch, k, fed: None)
         self.stats = EngineStats()
         self.error: BaseException | None = None
         shape = (backend.layers, max_streams, backend.units)
@@ -259,6 +263,7 @@ class Engine:
                 s.fed += FEED_CHUNK
         ready = [s for s in self._active if s.prompt_left <= FEED_CHUNK and not s.paused]
         self.stats.paused = sum(1 for s in self._active if s.paused)
+        self.stats.waiting = sum(1 for s in self._active if not s.started)
         if not ready:
             return bool(long)
         feed = [s.spec.prompt[s.fed:] for s in ready] if any(s.prompt_left for s in ready) else None
@@ -287,6 +292,7 @@ class Engine:
         ids = self.backend.advance_rows(rows, k, feed)
         self._h[:, slots], self._c[:, slots] = rows.h, rows.c
         self._positions[slots] = rows.positions
+        self.on_call(len(streams), k, sum(map(len, feed)) if feed else 0)
         return ids
 
     def _choose_k(self, ready: list[Stream], n_feed: int) -> int:

@@ -1,14 +1,15 @@
-"""The OpenAI completions protocol: request checks and response shapes. No TensorFlow, no HTTP library here.
+"""OpenAI completions requests checked: every field's type, range and size, before anything uses it. No HTTP here.
 
-``parse_completion`` turns a request body (already parsed JSON) into a
-``CompletionRequest`` or raises ``ApiError`` naming the parameter, with the
-status OpenAI would give (400 bad value, 404 unknown model); the HTTP layer
-(``textstream.serve.app``) sends ``ApiError.body()`` as the response. The
-other functions build the JSON objects OpenAI's clients expect: a
-completion, a streamed chunk, the model list, an error.
+``parse_completion`` turns a request body (JSON already parsed by
+``textstream.serve.jsonbody``) into a ``CompletionRequest`` or raises
+``ApiError`` naming the parameter, with the status OpenAI would give (400 bad
+value, 404 unknown model). The checks of the sampling parameters are shared
+with chat completions (``textstream.serve.chat``): ``sampling_fields``.
 
-Tokens are characters here: ``max_tokens`` counts generated characters and
-``usage`` counts characters.
+Tokens are characters here: ``max_tokens`` counts generated characters.
+Sizes are capped by ``Limits``: a prompt at most ``max_prompt_chars``
+characters, at most ``max_stops`` stop strings of at most ``max_stop_chars``
+each (the whole body is capped first, at ``--max-body-bytes``).
 
     >>> req = parse_completion({"model": "m", "prompt": "The ", "max_tokens": 5, "seed": 1}, Limits(model="m"))
     >>> req.prompts, req.max_tokens, req.n
@@ -18,41 +19,16 @@ from __future__ import annotations
 
 import math
 import numbers
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from textstream.data.vocab import Vocab
+from textstream.serve.errors import ApiError
 
-OBJECT = "text_completion"
-OWNER = "textstream"
-
-
-class ApiError(Exception):
-    """A request the server refuses: HTTP ``status`` and OpenAI's error fields (``type``, ``param``, ``code``)."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        """``{"error": {"message", "type", "param", "code"}}``."""
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
-
-
-def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
-    """The JSON of an OpenAI error."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+__all__ = ["Limits", "CompletionRequest", "parse_completion", "check_model", "encode_prompts", "sampling_fields",
+           "reject_unknown", "integer", "boolean", "check_prompt_size", "SAMPLING", "NEUTRAL"]
 
 
 @dataclass(frozen=True)
@@ -62,14 +38,15 @@ class Limits:
     model: str = "textstream"
     max_tokens: int = 4096  # characters per completion, at most
     max_n: int = 16  # completions per prompt, at most
-    max_prompt_chars: int = 65536
+    max_prompt_chars: int = 262144  # characters in one prompt (or one chat's messages together), at most
     max_stops: int = 4
+    max_stop_chars: int = 256  # characters in one stop string, at most
     default_max_tokens: int = 16  # OpenAI's default
 
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """A checked ``POST /v1/completions``: one completion per (prompt, i < n), seeds ``seed + index``."""
+    """A checked completions (or chat) request: one completion per (prompt, i < n), seeds ``seed + index``."""
 
     prompts: list[str]
     max_tokens: int
@@ -81,6 +58,7 @@ class CompletionRequest:
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
+    logprobs: int | None = None  # alternatives per character (0-5) in OpenAI's completions logprobs; None: none
 
     @property
     def choices(self) -> int:
@@ -89,38 +67,58 @@ class CompletionRequest:
 
 
 # parameters OpenAI defines that this server does not implement: accepted only with their neutral value
-_NEUTRAL = {"logprobs": (None, 0), "best_of": (None, 1), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-            "logit_bias": (None, {}), "suffix": (None, "")}
-_KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options",
-          "echo", "user", *_NEUTRAL}
+NEUTRAL = {"best_of": (None, 1), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+           "logit_bias": (None, {})}
+MAX_LOGPROBS = 5  # OpenAI's cap on completions' logprobs
+MAX_LOGPROB_CHARS = 16384  # a prompt and its completion together, at most, when logprobs are asked
+SAMPLING = {"model", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options", "user"}
+_KNOWN = SAMPLING | {"prompt", "echo", "suffix", "logprobs", *NEUTRAL}
 
 
 def parse_completion(body: Any, limits: Limits) -> CompletionRequest:
     """The checked request of a completions body, or ``ApiError`` for the first problem found."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_type")
-    unknown = sorted(set(body) - _KNOWN)
-    if unknown:
-        raise ApiError(400, f"unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
-                       code="unknown_parameter")
-    for name, neutral in _NEUTRAL.items():
+    body = reject_unknown(body, _KNOWN)
+    for name, neutral in {**NEUTRAL, "suffix": (None, "")}.items():
         if name in body and not any(_same(body[name], v) for v in neutral):
             raise ApiError(400, f"{name} is not supported by this server", param=name, code="unsupported_parameter")
+    req = CompletionRequest(prompts=_prompts(body, limits), echo=boolean(body, "echo"),
+                            logprobs=integer(body, "logprobs", None, 0, MAX_LOGPROBS), **sampling_fields(body, limits))
+    if req.logprobs is not None and max(map(len, req.prompts)) + req.max_tokens > MAX_LOGPROB_CHARS:
+        raise ApiError(400, f"with logprobs, a prompt and its completion may hold at most {MAX_LOGPROB_CHARS} "
+                            f"characters together", param="logprobs", code="invalid_value")
+    return req
+
+
+def reject_unknown(body: Any, known: set[str]) -> dict:
+    """``body`` if it is a JSON object of ``known`` fields only, else ``ApiError`` naming the first other one."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_type")
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ApiError(400, f"unrecognized request argument supplied: {_shown(unknown[0])}", param=unknown[0][:64],
+                       code="unknown_parameter")
+    return body
+
+
+def sampling_fields(body: dict, limits: Limits, *, max_tokens: str = "max_tokens") -> dict:
+    """The checked ``SAMPLING`` fields of ``body`` as ``CompletionRequest`` keywords (``max_tokens``: the field
+    that holds the length, e.g. chat's ``max_completion_tokens``)."""
     check_model(body.get("model"), limits, required=False)
-    n = _integer(body, "n", 1, 1, limits.max_n)
-    stream = _boolean(body, "stream")
     options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(400, "stream_options must be an object", param="stream_options", code="invalid_type")
-    include_usage = _boolean(options or {}, "include_usage", param="stream_options.include_usage")
-    if "user" in body and body["user"] is not None and not isinstance(body["user"], str):
+    if options is not None:
+        if not isinstance(options, dict):
+            raise ApiError(400, "stream_options must be an object", param="stream_options", code="invalid_type")
+        extra = sorted(set(options) - {"include_usage"})
+        if extra:
+            raise ApiError(400, f"stream_options has an unknown field: {_shown(extra[0])}", param="stream_options",
+                           code="unknown_parameter")
+    if body.get("user") is not None and not isinstance(body["user"], str):
         raise ApiError(400, "user must be a string", param="user", code="invalid_type")
-    return CompletionRequest(
-        prompts=_prompts(body, limits), max_tokens=_integer(body, "max_tokens", limits.default_max_tokens, 1,
-                                                              limits.max_tokens),
-        temperature=_temperature(body), top_p=_top_p(body), stops=_stops(body, limits),
-        seed=_integer(body, "seed", None), n=n, stream=stream, include_usage=include_usage,
-        echo=_boolean(body, "echo"))
+    return dict(max_tokens=integer(body, max_tokens, limits.default_max_tokens, 1, limits.max_tokens),
+                temperature=_temperature(body), top_p=_top_p(body), stops=_stops(body, limits),
+                seed=integer(body, "seed", None), n=integer(body, "n", 1, 1, limits.max_n),
+                stream=boolean(body, "stream"),
+                include_usage=boolean(options or {}, "include_usage", param="stream_options.include_usage"))
 
 
 def check_model(model: Any, limits: Limits, *, required: bool = True) -> None:
@@ -130,8 +128,13 @@ def check_model(model: Any, limits: Limits, *, required: bool = True) -> None:
     if not isinstance(model, str):
         raise ApiError(400, "model must be a string", param="model", code="invalid_type")
     if model != limits.model:
-        raise ApiError(404, f"the model {model!r} does not exist (this server serves {limits.model!r})",
+        raise ApiError(404, f"the model {_shown(model)} does not exist (this server serves {limits.model!r})",
                        param="model", code="model_not_found")
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, cut to 64 characters."""
+    return repr(text if len(text) <= 64 else text[:61] + "...")
 
 
 def _same(value: Any, neutral: Any) -> bool:
@@ -149,25 +152,33 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _integer(body: dict, name: str, default: int | None, lo: int | None = None, hi: int | None = None) -> int | None:
+def integer(body: dict, name: str, default: int | None, lo: int | None = None, hi: int | None = None) -> int | None:
+    """The integer field ``name`` of ``body`` (``default`` when absent or null), checked against ``[lo, hi]``."""
     value = body.get(name)
     if value is None:
         return default
     if not _is_int(value):
-        raise ApiError(400, f"{name} must be an integer (got {value!r})", param=name, code="invalid_type")
+        raise ApiError(400, f"{name} must be an integer (got {_value(value)})", param=name, code="invalid_type")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ApiError(400, f"{name} must be in [{lo}, {hi}] (got {value})", param=name, code="invalid_value")
     return int(value)
 
 
-def _boolean(body: dict, name: str, *, param: str | None = None) -> bool:
+def boolean(body: dict, name: str, *, param: str | None = None) -> bool:
+    """The boolean field ``name`` of ``body`` (False when absent or null)."""
     value = body.get(name)
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise ApiError(400, f"{param or name} must be a boolean (got {value!r})", param=param or name,
+        raise ApiError(400, f"{param or name} must be a boolean (got {_value(value)})", param=param or name,
                        code="invalid_type")
     return value
+
+
+def _value(value: Any) -> str:
+    """A value for a message: short, and never the whole of a big one."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"
 
 
 def _temperature(body: dict) -> float:
@@ -175,9 +186,10 @@ def _temperature(body: dict) -> float:
     if t is None:
         return 1.0
     if not _is_number(t):
-        raise ApiError(400, f"temperature must be a number (got {t!r})", param="temperature", code="invalid_type")
-    if not math.isfinite(t) or t < 0:
-        raise ApiError(400, f"temperature must be a finite number >= 0 (got {t!r}); 0 means greedy",
+        raise ApiError(400, f"temperature must be a number (got {_value(t)})", param="temperature",
+                       code="invalid_type")
+    if not math.isfinite(t) or not 0 <= t <= 100:
+        raise ApiError(400, f"temperature must be in [0, 100] (got {t!r}); 0 means greedy",
                        param="temperature", code="invalid_value")
     return float(t)
 
@@ -187,7 +199,7 @@ def _top_p(body: dict) -> float | None:
     if p is None:
         return None
     if not _is_number(p):
-        raise ApiError(400, f"top_p must be a number (got {p!r})", param="top_p", code="invalid_type")
+        raise ApiError(400, f"top_p must be a number (got {_value(p)})", param="top_p", code="invalid_type")
     if not 0.0 < p <= 1.0:
         raise ApiError(400, f"top_p must be in (0, 1] (got {p!r})", param="top_p", code="invalid_value")
     return None if p >= 1.0 else float(p)
@@ -202,6 +214,9 @@ def _stops(body: dict, limits: Limits) -> tuple[str, ...]:
         raise ApiError(400, "stop must be a string or a list of strings", param="stop", code="invalid_type")
     if len(stops) > limits.max_stops or not all(stops):
         raise ApiError(400, f"stop must hold 1 to {limits.max_stops} non-empty strings", param="stop",
+                       code="invalid_value")
+    if any(len(s) > limits.max_stop_chars for s in stops):
+        raise ApiError(400, f"a stop string is longer than {limits.max_stop_chars} characters", param="stop",
                        code="invalid_value")
     return tuple(stops)
 
@@ -219,58 +234,24 @@ def _prompts(body: dict, limits: Limits) -> list[str]:
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ApiError(400, "prompt must be a string or a non-empty list of strings", param="prompt",
                        code="invalid_type")
-    if any(len(p) > limits.max_prompt_chars for p in prompts):
-        raise ApiError(400, f"a prompt is longer than {limits.max_prompt_chars} characters", param="prompt",
-                       code="context_length_exceeded")
+    check_prompt_size(prompts, limits)
     return prompts
 
 
-def encode_prompts(prompts: list[str], vocab: Vocab) -> list[np.ndarray]:
+def check_prompt_size(prompts: list[str], limits: Limits, param: str = "prompt") -> None:
+    """``ApiError`` (400, ``context_length_exceeded``) when a prompt is over ``max_prompt_chars``."""
+    longest = max(map(len, prompts), default=0)
+    if longest > limits.max_prompt_chars:
+        raise ApiError(400, f"a prompt has {longest} characters, more than this server's limit of "
+                            f"{limits.max_prompt_chars} (--max-prompt-chars)", param=param,
+                       code="context_length_exceeded")
+
+
+def encode_prompts(prompts: list[str], vocab: Vocab, param: str = "prompt") -> list[np.ndarray]:
     """The ids of each prompt, or ``ApiError`` listing the characters outside the vocabulary."""
     missing = sorted({ch for p in prompts for ch in vocab.unknown(vocab.normalize(p))})
     if missing and vocab.oov_id is None:
         shown = " ".join(repr(ch) for ch in missing[:20]) + (" ..." if len(missing) > 20 else "")
-        raise ApiError(400, f"prompt has {len(missing)} character(s) outside the model's vocabulary: {shown}",
-                       param="prompt", code="invalid_value")
+        raise ApiError(400, f"{param} has {len(missing)} character(s) outside the model's vocabulary: {shown}",
+                       param=param, code="invalid_value")
     return [vocab.encode(p) for p in prompts]
-
-
-# --- responses -------------------------------------------------------------------------------------
-def completion_id() -> str:
-    """A fresh id, ``cmpl-`` and 24 hex digits."""
-    return "cmpl-" + uuid.uuid4().hex[:24]
-
-
-def now() -> int:
-    """Unix seconds, the ``created`` field."""
-    return int(time.time())
-
-
-def usage(prompt_chars: int, completion_chars: int) -> dict:
-    """OpenAI's ``usage`` in characters."""
-    return {"prompt_tokens": prompt_chars, "completion_tokens": completion_chars,
-            "total_tokens": prompt_chars + completion_chars}
-
-
-def choice(index: int, text: str, finish_reason: str | None) -> dict:
-    """One entry of ``choices``."""
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
-
-
-def completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None) -> dict:
-    """A completion (the whole response, or one streamed chunk with ``usage_`` None)."""
-    body = {"id": cid, "object": OBJECT, "created": created, "model": model, "system_fingerprint": None,
-            "choices": choices}
-    if usage_ is not None:
-        body["usage"] = usage_
-    return body
-
-
-def model_card(model: str, created: int) -> dict:
-    """One entry of ``GET /v1/models``."""
-    return {"id": model, "object": "model", "created": created, "owned_by": OWNER}
-
-
-def model_list(model: str, created: int) -> dict:
-    """``GET /v1/models``: the one model this server serves."""
-    return {"object": "list", "data": [model_card(model, created)]}

@@ -55,8 +55,8 @@ def log_softmax(z):
 
 
 def readme_examples() -> dict[str, str]:
-    """The README's ``<!-- example: NAME -->`` code blocks, by name."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """docs/export.md's ``<!-- example: NAME -->`` code blocks, by name."""
+    text = (ROOT / "docs" / "export.md").read_text(encoding="utf-8")
     return dict(re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", text, flags=re.S))
 
 
@@ -270,7 +270,7 @@ def test_keras_model_of_other_shapes(tmp_path, kw):
         assert nats() < before
 
 
-# --- the README's examples, run where textstream cannot be imported ---------------------------
+# --- docs/export.md's examples, run where textstream cannot be imported ---------------------------
 def test_readme_examples_are_short(tmp_path):
     examples = readme_examples()
     assert sorted(examples) == sorted(README_EXAMPLES)

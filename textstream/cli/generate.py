@@ -13,6 +13,8 @@ blocks go to stderr; the chars/s status only when stderr is a terminal.
 Ctrl-C ends quietly (exit 130); a reader of stdout that goes away (``| head``)
 ends it quietly too (``cli.main`` handles ``BrokenPipeError``), while one of
 stderr only silences the headers and the status (``console.Unbroken``).
+``--regex`` is compiled against the run's vocabulary before the model loads
+(``textstream.generation.constraint``), so a bad pattern is one line and exit 2.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from textstream.cli.options import positive_int
 from textstream.data.vocab import Vocab
 from textstream.errors import TextstreamError
 from textstream.generation.backends import BACKENDS
+from textstream.generation.constraint import Constraint, compile_constraint
 from textstream.generation.generator import Generator
 from textstream.generation.sampling import check_request, random_seed
 from textstream.model.run import CHECKPOINTS, existing_run
@@ -51,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=positive_int, metavar="K")
     p.add_argument("--top-p", type=float, metavar="P")
     p.add_argument("--stop", action="append", metavar="STR", help="stop when this string is produced (repeatable)")
+    p.add_argument("--regex", metavar="PATTERN",
+                   help="constrain the generated text (the prime excluded) to a prefix of a full match of PATTERN "
+                        "(Python re syntax); it ends where the model ends the match")
     p.add_argument("--seed", type=int)
     p.add_argument("--streams", type=positive_int, default=1, metavar="B", help="independent streams in one batch")
     p.add_argument("--follow", action="store_true", help="stream text as it is produced")
@@ -127,6 +133,7 @@ class _Request:
     stops: list[str]
     prime: str
     seed: int
+    regex: Constraint | None = None
 
 
 def _checked_options(args: argparse.Namespace) -> tuple[list[float], list[str]]:
@@ -159,8 +166,10 @@ def run(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     temps, stops = _checked_options(args)  # everything a user can get wrong is checked before TensorFlow loads
     paths = existing_run(args.run_dir)
-    prime = _prime_text(args, paths.read_vocab())
-    req = _Request(temps, stops, prime, args.seed if args.seed is not None else random_seed())
+    vocab = paths.read_vocab()
+    prime = _prime_text(args, vocab)
+    regex = compile_constraint(args.regex, vocab) if args.regex is not None else None
+    req = _Request(temps, stops, prime, args.seed if args.seed is not None else random_seed(), regex)
     console = rich_console() if sys.stderr.isatty() else None
     batch = 1 if args.follow else len(req.temperatures) * args.streams
     gen = Generator.load(paths.root, args.checkpoint, warm=batch, backend=args.backend)  # compiled before the clock
@@ -187,7 +196,7 @@ def _follow(gen: Generator, req: _Request, args: argparse.Namespace, out: _Out) 
     """``--follow``: one stream's chunks written as they come; returns the characters written."""
     count = 0
     for chunk in gen.stream(req.prime, temperature=req.temperatures[0], top_k=args.top_k, top_p=args.top_p,
-                            seed=req.seed, n=args.length, stop=req.stops, unknown=args.unknown):
+                            seed=req.seed, n=args.length, stop=req.stops, unknown=args.unknown, regex=req.regex):
         out.write(chunk)
         count += len(chunk)
     if sys.stdout.isatty():
@@ -199,7 +208,7 @@ def _blocks(gen: Generator, req: _Request, args: argparse.Namespace, out: _Out) 
     """One block per temperature and stream (see the module docstring); returns the characters written."""
     n = DEFAULT_LENGTH if args.length is None else args.length
     blocks = [(t, j) for t in req.temperatures for j in range(args.streams)]
-    options = dict(top_k=args.top_k, top_p=args.top_p, stop=req.stops, unknown=args.unknown)
+    options = dict(top_k=args.top_k, top_p=args.top_p, stop=req.stops, unknown=args.unknown, regex=req.regex)
     if len(blocks) == 1 or n * len(blocks) > STREAM_OVER:
         count = 0
         for t, j in blocks:

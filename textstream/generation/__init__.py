@@ -6,6 +6,9 @@ TensorFlow) and ``step_tf`` (compiled TensorFlow, XLA) implement it, and
 ``backends`` chooses one for a run directory. ``sampling`` holds the rules
 every backend follows (checks, the noise hash of seed, position and
 character, stop strings); ``sampling_np`` and ``sampling_tf`` apply them.
+``constraint`` maps a regex onto the vocabulary (a token DFA, for
+``stream(..., regex=...)``), applied by both backends (``constrained_tf`` is
+TensorFlow's sampling loop under it).
 ``generator`` is ``Generator`` (stream, generate, session) and ``Session``
 (feed, sample, fork, state). Imports the model and data stages and the base.
 """

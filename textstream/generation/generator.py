@@ -27,6 +27,7 @@ from textstream.data.prepared import load_prepared
 from textstream.data.vocab import Vocab
 from textstream.errors import TextstreamError
 from textstream.generation.backends import backend_from_model, load_backend
+from textstream.generation.constraint import Constraints, split_ended
 from textstream.generation.interface import StepBackend, StreamBatch
 from textstream.generation.sampling import (
     StopCut,
@@ -67,6 +68,7 @@ class Generator:
         self.config = config
         self.data_dir = data_dir  # the prepared corpus, for default primes (None: none)
         self._val: np.ndarray | None = None
+        self.constraints = Constraints(vocab)  # regex -> compiled ``Constraint`` (textstream.generation.constraint)
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str = "best", *, warm: bool | int = True,
@@ -143,19 +145,23 @@ class Generator:
     # --- the three ways to generate ------------------------------------------------------------
     def stream(self, prime: str = "", *, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, n: int | None = None,
-               stop: str | Sequence[str] | None = None, unknown: str = "error") -> Iterator[str]:
+               stop: str | Sequence[str] | None = None, unknown: str = "error", regex=None) -> Iterator[str]:
         """An iterator of text chunks continuing ``prime``, as they are produced (endless when ``n`` is None).
 
         Ends after ``n`` characters, or just before the first ``stop`` string
         (the stop string itself is not yielded). An empty prime means
         ``default_prime(seed)``. The same ``seed`` always gives the same text.
+        With ``regex`` the text is always a prefix of a full match of it and
+        ends where the model ends the match (``textstream.generation.constraint``).
 
             gen = Generator.load("runs/default")
             text = "".join(gen.stream("Once ", temperature=0.7, seed=3, n=300, stop="\\n\\n"))
         """
         stops = check_request([temperature], top_k, top_p, n=n, stop=stop, unknown=unknown)
+        constraint = self.constraints(regex)
         (seed,) = stream_seeds(seed, 1)
         streams = self.backend.streams([seed], [temperature], top_k, top_p)
+        streams.constrain(constraint)
         return self._stream(streams, self._prime_ids(prime, seed, unknown), n, stops)
 
     def _stream(self, streams: StreamBatch, prime_ids: np.ndarray, n: int | None, stops: list[str]) -> Iterator[str]:
@@ -167,11 +173,14 @@ class Generator:
             ids = streams.advance(want, feed)[0]
             elapsed = time.perf_counter() - t0
             feed, done = None, done + want
+            ids, ended = split_ended(ids)
             text, stopped = cut(decode(ids))
             if text:
                 yield text
             if stopped:
                 return
+            if ended:
+                break
             # calls as long as possible (throughput) but under CALL_MAX_S (a reader sees text steadily)
             if elapsed * 2 <= CALL_MAX_S:
                 k = min(MAX_K, k * 2)
@@ -182,10 +191,12 @@ class Generator:
             yield rest
 
     def session(self, prime: str = "", *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, seed: int | None = None, unknown: str = "error") -> "Session":
+                top_p: float | None = None, seed: int | None = None, unknown: str = "error",
+                regex=None) -> "Session":
         """A stateful single stream you can feed, sample from, fork, save and restore.
 
-        An empty prime means ``default_prime(seed)``.
+        An empty prime means ``default_prime(seed)``. ``regex``: a match of it
+        starts right after the prime (see ``Session.sample``).
 
             s = gen.session("The ", temperature=0.5, seed=0)
             a = s.sample(40)
@@ -193,31 +204,36 @@ class Generator:
             b = s.sample(40)
         """
         check_request([temperature], top_k, top_p, unknown=unknown)
+        constraint = self.constraints(regex)
         (seed,) = stream_seeds(seed, 1)
         streams = self.backend.streams([seed], [temperature], top_k, top_p)
         streams.advance(0, [self._prime_ids(prime, seed, unknown)])
-        return Session(self, streams, unknown)
+        streams.constrain(constraint)
+        return Session(self, streams, unknown, matching=constraint is not None)
 
     def generate(self, primes: Sequence[str], n: int, *, temperature: float | Sequence[float] = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  seed: int | Sequence[int] | None = None, stop: str | Sequence[str] | None = None,
-                 unknown: str = "error") -> list[str]:
+                 unknown: str = "error", regex=None) -> list[str]:
         """``n`` characters after each prime, all streams in one batch; returns one string per prime.
 
         ``temperature`` and ``seed`` may be one value or one per stream; an
         int seed gives stream i the seed ``seed + i``. Stream i's text equals
         ``"".join(gen.stream(primes[i], seed=seeds[i], ...))``: a batch of B
         is B single streams. Empty primes mean ``default_prime(seed_i)``.
+        ``regex`` constrains every stream as in ``stream``.
 
             a, b = gen.generate(["The ", "The "], 100, temperature=[0.2, 1.0], seed=[5, 5])
         """
         b = len(primes)
         temps = per_stream(temperature, b, "temperature")
         stops = check_request(temps, top_k, top_p, n=n, stop=stop, unknown=unknown)
+        constraint = self.constraints(regex)
         if b == 0:
             return []
         seeds = stream_seeds(seed, b)
         streams = self.backend.streams(seeds, temps, top_k, top_p)
+        streams.constrain(constraint)
         feed = [self._prime_ids(p, s, unknown) for p, s in zip(primes, seeds)]
         decoders = [self.vocab.decoder() for _ in range(b)]
         texts, live, done = [""] * b, set(range(b)), 0
@@ -227,10 +243,12 @@ class Generator:
             feed, done = None, done + k
             for i in sorted(live):
                 start = max(0, len(texts[i]) - max((len(s) for s in stops), default=1) + 1)
-                texts[i] += decoders[i](ids[i])
+                row, ended = split_ended(ids[i])
+                texts[i] += decoders[i](row)
                 cut = find_stop(texts[i], stops, start) if stops else None
                 if cut is not None:
                     texts[i] = texts[i][:cut]
+                if cut is not None or ended:
                     live.discard(i)
         return texts
 
@@ -250,9 +268,10 @@ class Session:
 
     STATE_KEYS = ("h", "c", "seed", "position")
 
-    def __init__(self, generator: Generator, streams: StreamBatch, unknown: str = "error"):
+    def __init__(self, generator: Generator, streams: StreamBatch, unknown: str = "error", *, matching: bool = False):
         self.generator = generator
         self.unknown = unknown
+        self.matching = self._initially_matching = matching  # a regex match under way (``sample``)
         self._streams = streams
         self._initial = streams.copy()
         self._decoder = generator.vocab.decoder()
@@ -262,13 +281,31 @@ class Session:
         """Consume ``text`` as if it had been generated (the RNG position does not move)."""
         ids = self.generator.encode(text, unknown=self.unknown, what="text")
         if len(ids):
+            if self.matching:  # fed text is not generated text: a match under way ends
+                self._match(None)
             self._streams.advance(0, [ids])
             self._held += self._decoder.interrupt()  # a character sampled only in part stays unfinished
 
-    def sample(self, n: int) -> str:
-        """The next ``n`` characters of this stream."""
-        text, self._held = self._held + self._decoder(self._streams.advance(check_length(n))[0]), ""
+    def sample(self, n: int, regex=None) -> str:
+        """The next ``n`` characters of this stream (fewer when a regex match ends first).
+
+        ``regex`` starts a match here: the text generated from now on is a
+        prefix of a full match, across later calls too while ``matching``; the
+        call where the model ends the match returns early, and sampling is free again.
+        """
+        n = check_length(n)
+        if regex is not None:
+            self._match(self.generator.constraints(regex))
+        ids, ended = split_ended(self._streams.advance(n)[0])
+        if ended:
+            self._match(None)
+        text, self._held = self._held + self._decoder(ids), ""
         return text
+
+    def _match(self, constraint) -> None:
+        """Start a match of ``constraint`` here (None: no constraint from now on)."""
+        self._streams.constrain(constraint)
+        self.matching = constraint is not None
 
     def fork(self) -> "Session":
         """An independent copy in the same state: it continues exactly as this one would."""
@@ -282,6 +319,7 @@ class Session:
         self._streams = self._initial.copy()
         self._decoder = self.generator.vocab.decoder()
         self._held = ""
+        self.matching = self._initially_matching
 
     @property
     def state(self) -> dict[str, np.ndarray]:

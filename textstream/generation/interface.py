@@ -41,6 +41,15 @@ class StreamBatch(Protocol):
         """
         ...
 
+    def constrain(self, constraint) -> None:
+        """Generate under ``constraint`` (``textstream.generation.constraint.Constraint``; None: freely) from now on.
+
+        Every stream starts a match. Under a constraint, ``advance`` pads a
+        stream whose match has ended with -1 and leaves it as it is (state,
+        position) until ``constrain`` is called again. ``copy`` copies it.
+        """
+        ...
+
     def copy(self) -> "StreamBatch":
         """An independent copy: advancing one leaves the other as it was."""
         ...

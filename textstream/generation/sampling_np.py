@@ -28,7 +28,7 @@ _HALF = np.float32(0.5)
 _TINY = np.float32(1e-30)
 
 __all__ = ["mix32", "stream_keys", "gumbel_noise", "apply_temperature", "top_k_filter", "top_p_filter",
-           "choose", "choose_scaled"]
+           "choose", "choose_scaled", "constrained_scores"]
 
 
 def mix32(x: np.ndarray) -> np.ndarray:
@@ -122,3 +122,23 @@ def choose(logits: np.ndarray, temperature: np.ndarray, noise: np.ndarray, top_k
            top_p: float | np.ndarray | None = None) -> np.ndarray:
     """Next ids (B,): Gumbel-max over the filtered logits with noise ``noise`` scaled by ``temperature`` (B,)."""
     return choose_scaled(logits, temperature[:, None] * noise, temperature, top_k, top_p)
+
+
+def constrained_scores(logits: np.ndarray, bias: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """The V + 1 candidates under a constraint (``textstream.generation.constraint``): float32 (B, V + 1).
+
+    ``bias``: (B, V), 0 where an id is allowed and ``-inf`` elsewhere;
+    ``accepting``: bool (B,). Columns 0..V-1 are the allowed logits; column V
+    ("end") is ``logsumexp`` of the forbidden ones where the state is
+    accepting, ``-inf`` elsewhere (``sampling_tf.constrained_scores``, the same sums).
+    """
+    b, v = logits.shape
+    out = np.empty((b, v + 1), np.float32)
+    np.add(logits, bias, out=out[:, :v])
+    forbidden = np.where(bias < 0, logits, np.float32(-np.inf))
+    top = forbidden.max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, np.float32(0))
+    with np.errstate(divide="ignore"):
+        end = np.log(np.exp(forbidden - top).sum(axis=1)) + top[:, 0]
+    out[:, v] = np.where(accepting, end, np.float32(-np.inf))
+    return out

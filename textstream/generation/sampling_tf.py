@@ -122,3 +122,15 @@ def choose(logits, temperature, noise, top_k=None, top_p=None):
         keep = tf.logical_or(keep, (top_p >= 1.0)[:, None])
         logits = tf.where(keep, logits, tf.constant(-math.inf, logits.dtype))
     return tf.argmax(logits + temperature[:, None] * noise, axis=-1, output_type=tf.int32)
+
+
+def constrained_scores(logits, allowed, accepting):
+    """The V + 1 candidates under a constraint (``textstream.generation.constraint``): float32 ``(B, V + 1)``.
+
+    ``allowed``: bool ``(B, V)``; ``accepting``: bool ``(B,)``. Columns 0..V-1
+    are the allowed logits (``-inf`` elsewhere); column V ("end") is
+    ``logsumexp`` of the forbidden logits where the state is accepting.
+    """
+    never = tf.constant(-math.inf, logits.dtype)
+    end = tf.reduce_logsumexp(tf.where(allowed, never, logits), axis=-1)
+    return tf.concat([tf.where(allowed, logits, never), tf.where(accepting, end, never)[:, None]], axis=-1)

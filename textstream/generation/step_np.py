@@ -34,7 +34,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from textstream.generation.sampling import seed_u32
-from textstream.generation.sampling_np import choose_scaled, gumbel_noise, stream_keys
+from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, stream_keys
 from textstream.model.stepweights import StepWeights
 
 NOISE_BLOCK = 1 << 16  # noise values (positions x streams x vocabulary) hashed at once, at most
@@ -85,6 +85,7 @@ class NumpyStep:
         streams.seeds, streams.keys = rows.seeds, stream_keys(rows.seeds)
         streams.temperature, streams.top_k = np.asarray(rows.temperature, f32), None
         streams.top_p = rows.top_p if (rows.top_p < 1.0).any() else None
+        streams.constraint = None
         return streams.advance(k, feed)
 
     def logits(self, ids) -> np.ndarray:
@@ -154,7 +155,9 @@ class NumpyStreams:
     """The state of B streams in numpy arrays, and the steps on it (a ``textstream.generation.interface.StreamBatch``).
 
     ``h``, ``c``: float32 (layers, B, units); ``seeds`` (folded by
-    ``sampling.seed_u32``) and ``positions``: uint32 (B,).
+    ``sampling.seed_u32``) and ``positions``: uint32 (B,); ``constraint``
+    (a ``textstream.generation.constraint.Constraint`` or None) and each
+    stream's state in it, ``constraint_state`` int32 (B,; -1: its match has ended).
     """
 
     def __init__(self, model: NumpyStep, seeds: Sequence[int], temperatures: Sequence[float],
@@ -169,12 +172,13 @@ class NumpyStreams:
         self.temperature = np.array(temperatures, f32).reshape(b)
         self.top_k = None if top_k is None or top_k >= model.vocab_size else int(top_k)
         self.top_p = None if top_p is None or top_p >= 1.0 else np.full(b, top_p, f32)  # per row
+        self.constraint, self.constraint_state = None, np.zeros(b, np.int32)
 
     def copy(self) -> "NumpyStreams":
         """An independent copy: advancing one leaves the other as it was."""
         new = object.__new__(NumpyStreams)
         new.__dict__.update(self.__dict__)
-        for name in ("h", "c", "seeds", "keys", "positions"):
+        for name in ("h", "c", "seeds", "keys", "positions", "constraint_state"):
             setattr(new, name, getattr(self, name).copy())
         return new
 
@@ -183,7 +187,15 @@ class NumpyStreams:
         with one_blas_thread():
             if feed is not None:
                 self._feed(feed)
-            return self._generate(k)
+            return self._generate(k) if self.constraint is None else self._generate_constrained(k)
+
+    def constrain(self, constraint) -> None:
+        """Generate under ``constraint`` from now on, every stream at the start of a match (None: free again).
+
+        Under a constraint ``advance`` pads a stream whose match has ended
+        with -1, and that stream stays as it is until ``constrain`` is called again.
+        """
+        self.constraint, self.constraint_state = constraint, np.zeros(self.batch, np.int32)
 
     def consume(self, x: np.ndarray, buffers: _Buffers | None = None) -> None:
         """Every stream takes one step on its id ``x[b]`` without sampling (positions stay)."""
@@ -237,6 +249,43 @@ class NumpyStreams:
                 out[:, lo + t] = x
                 model.consume(x, self.h, self.c, buf, top_rec=buf.top_rec)
         self.positions += np.uint32(k)
+        return out
+
+    def _generate_constrained(self, k: int) -> np.ndarray:
+        """``_generate`` over the V + 1 scores of ``sampling_np.constrained_scores``; a stream stops where it ends."""
+        model, b, v, con = self.model, self.batch, self.model.vocab_size, self.constraint
+        out = np.full((b, k), -1, np.int32)
+        buf, state, steps = _Buffers(model, b), self.constraint_state, np.zeros(b, np.uint32)
+        kept = {row: (self.h[:, row].copy(), self.c[:, row].copy()) for row in np.flatnonzero(state < 0)}
+        h_top, temperature = self.h[-1], self.temperature[None, :, None]
+        block = max(1, NOISE_BLOCK // max(1, b * (v + 1)))
+        for lo in range(0, k, block):
+            if (state < 0).all():
+                break
+            n = min(block, k - lo)
+            noise = gumbel_noise(self.seeds, self.positions + np.uint32(lo), n, v + 1, keys=self.keys)
+            noise *= temperature
+            for t in range(n):
+                live = state >= 0
+                if not live.any():
+                    break
+                np.dot(h_top, model.top, out=buf.z)
+                buf.logits += model.head_bias
+                at = np.maximum(state, 0)
+                scores = constrained_scores(buf.logits, con.bias[at], con.accepting[at])
+                x = choose_scaled(scores, noise[t], self.temperature, self.top_k, self.top_p)
+                go = live & (x < v)
+                for row in np.flatnonzero(live & ~go):  # its match ended: the stream stays as it is now
+                    kept[row] = (self.h[:, row].copy(), self.c[:, row].copy())
+                x = np.where(go, x, 0)
+                state = np.where(go, con.next[at, x], -1).astype(np.int32)
+                out[go, lo + t] = x[go]
+                steps += go
+                model.consume(x, self.h, self.c, buf, top_rec=buf.top_rec)
+        for row, (h, c) in kept.items():
+            self.h[:, row], self.c[:, row] = h, c
+        self.positions += steps
+        self.constraint_state = state
         return out
 
     def row_state(self, row: int) -> dict[str, np.ndarray]:

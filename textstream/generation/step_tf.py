@@ -22,6 +22,7 @@ import numpy as np
 from textstream._tf import tf
 from textstream.config import TrainConfig
 from textstream.data.vocab import Vocab
+from textstream.generation.constrained_tf import constrained_loop
 from textstream.generation.interface import RowBatch
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_tf import choose, gumbel_noise
@@ -93,11 +94,18 @@ def _sample_loop(w, hs, cs, seeds, positions, temperature, k, top_k, top_p):
 
 
 @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-def _run(w, h, c, feed, feed_len, n_feed, seeds, positions, temperature, k, top_k, top_p):
-    """Feed ``feed[:n_feed]`` (P, B) (stream b only its first ``feed_len[b]``), then generate ``k``."""
+def _run(w, h, c, feed, feed_len, n_feed, seeds, positions, temperature, k, top_k, top_p, constraint=None):
+    """Feed ``feed[:n_feed]`` (P, B) (stream b only its first ``feed_len[b]``), then generate ``k``.
+
+    With a ``constraint`` (``constrained_tf.constrained_loop``) the ids come with the new constraint states.
+    """
     n = len(w["rec"])
     hs, cs = _feed_loop(w, list(tf.unstack(h, num=n)), list(tf.unstack(c, num=n)), feed, feed_len, n_feed)
-    hs, cs, positions, ids = _sample_loop(w, hs, cs, seeds, positions, temperature, k, top_k, top_p)
+    if constraint is None:
+        hs, cs, positions, ids = _sample_loop(w, hs, cs, seeds, positions, temperature, k, top_k, top_p)
+    else:
+        hs, cs, positions, ids = constrained_loop(consume, w, hs, cs, seeds, positions, temperature, k, top_k, top_p,
+                                                  constraint, KMAX)
     return tf.stack(hs), tf.stack(cs), positions, ids
 
 
@@ -168,25 +176,32 @@ class TFStep:
         return TFStreams(self, seeds, temperatures, top_k, top_p)
 
     def run(self, h, c, seeds, positions, temperature, k: int, feed: Sequence[np.ndarray] | None = None,
-            top_k=None, top_p=None):
+            top_k=None, top_p=None, constraint=None):
         """One compiled call: feed each stream its ids (at most ``PMAX``), then generate ``k`` <= ``KMAX``.
 
         ``seeds``/``positions``: uint32 (B,); ``temperature``: float32 (B,);
-        ``top_k``: int32 (B,) or None; ``top_p``: float32 (B,) or None.
-        Returns ``(h, c, positions, ids)`` with ``ids`` a numpy int32 array (B, k).
+        ``top_k``: int32 (B,) or None; ``top_p``: float32 (B,) or None;
+        ``constraint``: None or ``(next, accepting, state)`` tensors (``constrained_tf``).
+        Returns ``(h, c, positions, ids)`` with ``ids`` a numpy int32 array (B, k)
+        (under a constraint -1 after a stream's match ended, and the new state as a fifth item).
         """
         batch = int(h.shape[1])
         if not 0 <= k <= KMAX:
             raise ValueError(f"k must be in [0, {KMAX}] (got {k})")
         buf, lens, n_feed = self._feed_buffer(batch, feed)
         args = (self.weights, h, c, buf, lens, tf.constant(n_feed, tf.int32), seeds, positions, temperature,
-                tf.constant(k, tf.int32), top_k, top_p)
-        key = (batch, top_k is None, top_p is None)
+                tf.constant(k, tf.int32), top_k, top_p, constraint)
+        key = (batch, top_k is None, top_p is None, None if constraint is None else tuple(constraint[0].shape))
         fn = self._concrete.get(key)
         if fn is None:  # calling the traced function directly skips tf.function's dispatch (~0.5 ms a call)
             fn = self._concrete[key] = _run.get_concrete_function(*args)
         h, c, positions, ids = fn(*args)
-        return h, c, positions, ids.numpy()[:k].T
+        if constraint is None:
+            return h, c, positions, ids.numpy()[:k].T
+        ids, state, steps = ids
+        ids = ids.numpy()[:k].T
+        ids[:, int(steps):] = -1  # the loop ended early: every stream's match had ended
+        return h, c, positions, ids, state
 
     def _feed_buffer(self, batch: int, feed: Sequence[np.ndarray] | None):
         """``(ids (PMAX, batch), lengths (batch,), longest)`` for ``run``; one cached zero buffer when empty."""
@@ -284,6 +299,19 @@ class TFStreams:
         keep_all = top_k is None or top_k >= model.vocab_size  # no sort when top-k keeps everything
         self.top_k = None if keep_all else tf.constant(np.full(rows, int(top_k), np.int32))
         self.top_p = None if top_p is None or top_p >= 1.0 else tf.constant(np.full(rows, top_p, np.float32))
+        self.constraint = self.constraint_state = None  # (next, accepting) tensors; int32 (rows,), -1: ended
+
+    def constrain(self, constraint) -> None:
+        """Generate under ``constraint`` (a ``textstream.generation.constraint.Constraint``) from now on; None: free.
+
+        Every stream starts a match; under a constraint ``advance`` pads a
+        stream whose match has ended with -1, and it stays as it is until
+        ``constrain`` is called again.
+        """
+        self.constraint = None if constraint is None else tuple(map(tf.constant, constraint.padded()))
+        rows = int(self.h.shape[1])
+        self.constraint_state = None if constraint is None else tf.constant(
+            np.array([0] * self.batch + [-1] * (rows - self.batch), np.int32))  # padding rows: ended
 
     def copy(self) -> "TFStreams":
         """An independent copy: advancing one leaves the other as it was."""
@@ -299,9 +327,16 @@ class TFStreams:
             feed = self._feed_all_but_last_call(feed)
         parts = []
         for lo in range(0, max(k, 1), KMAX):  # one call even for k == 0 (it feeds)
-            self.h, self.c, self.positions, ids = self.model.run(
-                self.h, self.c, self.seeds, self.positions, self.temperature, min(KMAX, k - lo), feed,
-                self.top_k, self.top_p)
+            n = min(KMAX, k - lo)
+            if self.constraint is None:
+                self.h, self.c, self.positions, ids = self.model.run(
+                    self.h, self.c, self.seeds, self.positions, self.temperature, n, feed, self.top_k, self.top_p)
+            elif feed is None and not (self.constraint_state.numpy() >= 0).any():
+                ids = np.full((self.batch, n), -1, np.int32)  # every match has ended
+            else:
+                self.h, self.c, self.positions, ids, self.constraint_state = self.model.run(
+                    self.h, self.c, self.seeds, self.positions, self.temperature, n, feed, self.top_k, self.top_p,
+                    (*self.constraint, self.constraint_state))
             parts.append(ids[:self.batch])
             feed = None
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)

@@ -194,13 +194,14 @@ class Server:
             self.metrics.reject("draining")
             raise SHUTTING_DOWN
 
-    def admit(self, req: CompletionRequest) -> tuple[list[Stream], list[int]]:
-        """The engine's streams for ``req`` and each prompt's length; ``ApiError`` (400 / 429 / 503) if refused."""
+    def admit(self, req: CompletionRequest, param: str = "prompt") -> tuple[list[Stream], list[int]]:
+        """The engine's streams for ``req`` and each prompt's length; ``ApiError`` (400 / 429 / 503) if refused
+        (``param``: the field a bad prompt is reported under, e.g. chat's ``messages``)."""
         max_streams = self.engine.max_streams
         if req.choices > max_streams:
             raise ApiError(400, f"{req.choices} completions asked at once; this server runs at most {max_streams}",
                            param="n" if req.n > 1 else "prompt", code="invalid_value")
-        specs, prompt_chars = self._specs(req)
+        specs, prompt_chars = self._specs(req, param)
         try:
             return self.engine.admit(specs), prompt_chars
         except EngineFull:
@@ -223,9 +224,9 @@ class Server:
             self._events.pop(s.id, None)
             self.engine.cancel(s)
 
-    def _specs(self, req: CompletionRequest) -> tuple[list[StreamSpec], list[int]]:
+    def _specs(self, req: CompletionRequest, param: str) -> tuple[list[StreamSpec], list[int]]:
         """One stream per choice (choice i: prompt i // n, seed ``seed + i``), and each prompt's length."""
-        ids = encode_prompts(req.prompts, self.generator.vocab)
+        ids = encode_prompts(req.prompts, self.generator.vocab, param)
         seeds = stream_seeds(req.seed, req.choices)
         specs = []
         for i, seed in enumerate(seeds):

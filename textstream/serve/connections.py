@@ -171,6 +171,8 @@ class Handler(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # a response has begun: nothing more can be said on this connection
             raise ConnectionError("the response had started")
+        if isinstance(exc, ConnectionError):  # the client went away (e.g. as its stream's headers were written)
+            raise exc
         if isinstance(exc, LineTooLong):
             status = 431
         if status >= 500:

@@ -275,6 +275,7 @@ class Engine:
         for s, row in zip(ready, ids):
             s.fed, s.started = len(s.spec.prompt), True
             s.receive(row)
+        self.stats.waiting = sum(1 for s in self._active if not s.started)  # true until the next turn
         self.stats.calls += 1
         self.stats.chars += k * len(ready)
         self.stats.last_k, self.stats.last_batch = k, len(ready)

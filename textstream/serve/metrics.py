@@ -2,7 +2,9 @@
 
 Every name starts with ``textstream_``; counters end in ``_total``, units
 are in the names. One ``CollectorRegistry`` per ``Server`` (several servers
-in one process keep apart):
+in one process keep apart). The text is Prometheus's format 0.0.4, or
+OpenMetrics when the scraper's ``Accept`` header asks for it (as Prometheus
+itself does):
 
 * ``textstream_requests_total{route, code}`` and
   ``textstream_request_duration_seconds{route}`` (histogram): every request,
@@ -29,9 +31,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import choose_encoder
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["Metrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -101,6 +104,8 @@ class Metrics:
             self.calls.inc()
             self.batch.observe(batch)
 
-    def exposition(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """Every metric as ``(body, content type)``, in the format the ``Accept`` header asks: Prometheus text
+        (version 0.0.4 by default) or OpenMetrics, chosen as ``prometheus_client``'s own handlers choose."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

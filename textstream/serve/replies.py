@@ -129,9 +129,10 @@ class ChatReply(CompletionReply):
 
 
 async def answer(request: web.Request, server, req: CompletionRequest, reply: CompletionReply,
-                 streams: list[Stream], event: asyncio.Event) -> web.StreamResponse:
-    """Send the text of ``streams`` (admitted for ``req``) as ``reply`` shapes it; streamed or whole."""
-    metrics, t0 = server.metrics, time.perf_counter()
+                 streams: list[Stream], event: asyncio.Event, t0: float) -> web.StreamResponse:
+    """Send the text of ``streams`` (admitted for ``req``) as ``reply`` shapes it; streamed or whole (``t0``: the
+    request's arrival, ``time.perf_counter()``, where its time to the first character counts from)."""
+    metrics = server.metrics
     if req.stream:
         resp = web.StreamResponse(headers=SSE_HEADERS)
         await resp.prepare(request)
@@ -151,8 +152,8 @@ async def answer(request: web.Request, server, req: CompletionRequest, reply: Co
             tail = sse(reply.usage_chunk()) if req.include_usage else b""
             await resp.write(tail + DONE)
             await resp.write_eof()
-        except ConnectionError:  # the client went away while we wrote: the caller's finally frees the streams
-            pass
+        except ConnectionError:  # the client went away while we wrote: the caller's finally frees the streams,
+            raise  # the middleware counts the request as 499 (as when aiohttp cancels the handler)
         except ApiError as e:
             return await end_stream(resp, e)
         except Exception as e:  # noqa: BLE001: a fault of ours after the stream began: one line, an error event

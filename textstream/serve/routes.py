@@ -39,7 +39,6 @@ from textstream.serve.connections import error_response
 from textstream.serve.errors import INTERNAL, ApiError, http_error
 from textstream.serve.jsonbody import parse_json
 from textstream.serve.logprobs import CharLogprobs
-from textstream.serve.metrics import CONTENT_TYPE_LATEST
 from textstream.serve.protocol import check_model, parse_completion
 from textstream.serve.replies import ChatReply, CompletionReply, answer
 from textstream.serve.shapes import model_card, model_list
@@ -143,7 +142,8 @@ class Routes:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """``GET /metrics``: the Prometheus text exposition."""
-        return web.Response(body=self.server.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body, content_type = self.server.metrics.exposition(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def page(self, request: web.Request) -> web.Response:
         """``GET /`` and ``GET /page/{name}``: the playground's files, from the package."""
@@ -157,20 +157,20 @@ class Routes:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/completions``: checks, admits the streams, answers with SSE or one JSON."""
-        return await self._generate(request, parse_completion, CompletionReply)
+        return await self._generate(request, parse_completion, CompletionReply, "prompt")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``: the chat's messages made one prompt (``textstream.serve.chat``)."""
-        return await self._generate(request, parse_chat, ChatReply)
+        return await self._generate(request, parse_chat, ChatReply, "messages")
 
-    async def _generate(self, request: web.Request, parse, reply_type) -> web.StreamResponse:
-        server = self.server
+    async def _generate(self, request: web.Request, parse, reply_type, param: str) -> web.StreamResponse:
+        server, arrived = self.server, time.perf_counter()
         server.check_serving()
         req = parse(parse_json(await self._body(request)), self.config.limits)
         if req.logprobs is not None and server.generator.vocab.is_bytes:
             raise ApiError(400, "logprobs are given per character: this model's tokens are bytes",
                            param="logprobs", code="unsupported_parameter")
-        streams, prompt_chars = server.admit(req)
+        streams, prompt_chars = server.admit(req, param)
         event = asyncio.Event()
         server.listen(streams, event)
         try:
@@ -179,7 +179,7 @@ class Routes:
                 reply.scorers = [CharLogprobs(server.generator.backend, server.generator.vocab, s.spec.prompt,
                                               req.logprobs, echo=reply.prompt_of(i) if req.echo else None)
                                  for i, s in enumerate(streams)]
-            return await answer(request, server, req, reply, streams, event)
+            return await answer(request, server, req, reply, streams, event, arrived)
         finally:
             server.release(streams)
 

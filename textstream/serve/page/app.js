@@ -26,9 +26,11 @@ function busy(on) {
   $("stop").disabled = !on;
 }
 
+// Shaded by surprise, -log p, on a log scale: a near-certain character is clear, one the model gave 1 in 400
+// (-log p = 6) or less is the darkest. A linear scale in p would paint nearly everything the same.
 function shade(logprob) {
-  const p = Math.exp(logprob);
-  return "rgba(45, 91, 211, " + (0.55 * (1 - p)).toFixed(3) + ")";
+  const surprise = Math.min(1, Math.max(0, -logprob / 6));
+  return "rgba(232, 110, 28, " + (0.06 + 0.5 * surprise).toFixed(3) + ")";
 }
 
 function alternatives(top) {
@@ -123,22 +125,27 @@ function showTip(event) {
   const tip = $("tip");
   const span = event.target.closest(".ch");
   if (!span || !span.dataset.logprob) { tip.hidden = true; return; }
-  tip.textContent = "p = " + (100 * Math.exp(parseFloat(span.dataset.logprob))).toFixed(1) + "%\n" +
-                    (span.dataset.top || "");
+  tip.textContent = JSON.stringify(span.textContent) + "  p = " +
+                    (100 * Math.exp(parseFloat(span.dataset.logprob))).toFixed(1) + "%\n" + (span.dataset.top || "");
   tip.style.left = (event.clientX + 12) + "px";
   tip.style.top = (event.clientY + 12) + "px";
   tip.hidden = false;
 }
 
+function showModel() {
+  fetch("/v1/models", { headers: headers() }).then((r) => r.ok ? r.json() : null)
+    .then((m) => { $("model").textContent = m && m.data.length ? m.data[0].id : ""; }).catch(() => {});
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("key").value = sessionStorage.getItem("textstream-key") || "";
-  $("key").addEventListener("change", () => sessionStorage.setItem("textstream-key", $("key").value));
+  $("key").addEventListener("input", () => sessionStorage.setItem("textstream-key", $("key").value));
+  $("key").addEventListener("change", showModel);
   $("generate").addEventListener("click", start);
   $("continue").addEventListener("click", () => run(fullText));
   $("stop").addEventListener("click", () => controller && controller.abort());
   $("output").addEventListener("mousemove", showTip);
   $("output").addEventListener("mouseleave", () => { $("tip").hidden = true; });
-  fetch("/v1/models", { headers: headers() }).then((r) => r.ok ? r.json() : null)
-    .then((m) => { if (m && m.data.length) $("model").textContent = m.data[0].id; }).catch(() => {});
+  showModel();
   busy(false);
 });

@@ -18,7 +18,8 @@ the test how to run it as a quick check of the same command:
 
     <!-- test: --time-budget 30 => --preset tiny --steps 20 | background | wait-http: /health -->
 
-``A => B`` replaces text (``{port}`` and ``{port2}`` are free ports of this run); ``background``
+``A => B`` replaces text (``{port}`` and ``{port2}`` are free ports of this run, ``{root}`` the
+repository); ``background``
 starts the block without waiting (killed when the page is done);
 ``wait-http: PATH`` waits until ``http://127.0.0.1:{port}PATH`` answers;
 ``then: CMD`` runs a command after the block. Blocks marked
@@ -46,7 +47,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "tool
          ROOT / "corpora" / "README.md"]
 RUN_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"sh", "python", "text"}
-BLOCK = re.compile(r"(?:<!--\s*(?P<kind>test|example):(?P<directive>[^>]*)-->\s*\n)?"
+BLOCK = re.compile(r"(?:<!--\s*(?P<kind>test|example):(?P<directive>[^\n]*?)-->\s*\n)?"
                    r"^```(?P<lang>[A-Za-z]*)\n(?P<body>.*?)^```\s*$", re.M | re.S)
 LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
 BLOCK_TIMEOUT_S = 600
@@ -96,6 +97,13 @@ def test_every_block_has_a_known_language(page):
             assert b["lang"] == "", "the README's first block is the two command lines .ci/run reads"
             continue
         assert b["lang"] in LANGUAGES, f"{page}:{b['line']}: a block fenced {b['lang']!r} (sh, python or text)"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_every_test_directive_belongs_to_the_block_below_it(page):
+    text = page.read_text(encoding="utf-8")
+    attached = sum(1 for b in blocks(page) if b["directive"] and "example" not in b["directive"])
+    assert text.count("<!-- test:") == attached, f"{page}: a test directive that is not right above a block"
 
 
 def test_the_readme_starts_with_the_two_commands_and_stays_short():
@@ -218,7 +226,7 @@ def test_the_pages_examples_run(page, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     _fixture_texts(work)
-    ports = {"{port}": str(_free_port()), "{port2}": str(_free_port())}
+    ports = {"{port}": str(_free_port()), "{port2}": str(_free_port()), "{root}": str(ROOT)}
     env = dict(os.environ, TEXTSTREAM_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     background: list[subprocess.Popen] = []

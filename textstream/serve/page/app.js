@@ -127,9 +127,12 @@ function showTip(event) {
   if (!span || !span.dataset.logprob) { tip.hidden = true; return; }
   tip.textContent = JSON.stringify(span.textContent) + "  p = " +
                     (100 * Math.exp(parseFloat(span.dataset.logprob))).toFixed(1) + "%\n" + (span.dataset.top || "");
-  tip.style.left = (event.clientX + 12) + "px";
-  tip.style.top = (event.clientY + 12) + "px";
   tip.hidden = false;
+  let x = event.clientX + 12, y = event.clientY + 12;  // below right of the pointer, or flipped at an edge
+  if (x + tip.offsetWidth > window.innerWidth - 4) x = event.clientX - 12 - tip.offsetWidth;
+  if (y + tip.offsetHeight > window.innerHeight - 4) y = event.clientY - 12 - tip.offsetHeight;
+  tip.style.left = Math.max(4, x) + "px";
+  tip.style.top = Math.max(4, y) + "px";
 }
 
 function showModel() {

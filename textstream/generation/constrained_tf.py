@@ -20,11 +20,11 @@ __all__ = ["constrained_loop"]
 def constrained_loop(consume, w, hs, cs, seeds, positions, temperature, k, top_k, top_p, constraint, kmax: int):
     """Generate up to ``k`` ids per stream under ``constraint``; returns ``(hs, cs, positions, (ids, state, steps))``.
 
-    ``constraint``: ``(next (N, V) int32, accepting (N,) bool, state (B,) int32)``;
+    ``constraint``: ``(next (N, V) int32, ends (N,) bool, state (B,) int32)`` (``Constraint.padded``);
     a stream whose state is -1 has ended. ``ids``: (``kmax``, B), -1 where a
     stream did not generate; ``steps``: how many steps ran (the rest of ``ids`` is unwritten).
     """
-    table, accepting, state = constraint
+    table, ends, state = constraint
     vocab = tf.shape(w["head_bias"])[0]
     out = tf.TensorArray(tf.int32, size=kmax, element_shape=seeds.shape)
 
@@ -32,7 +32,7 @@ def constrained_loop(consume, w, hs, cs, seeds, positions, temperature, k, top_k
         z = tf.matmul(hs[-1], w["top"])  # [head kernel | top recurrent kernel], as in step_tf
         at = tf.maximum(state, 0)
         row = tf.gather(table, at)  # (B, V): the state after each id, -1 where it is not allowed
-        scores = constrained_scores(z[:, :vocab] + w["head_bias"], row >= 0, tf.gather(accepting, at))
+        scores = constrained_scores(z[:, :vocab] + w["head_bias"], row >= 0, tf.gather(ends, at))
         x = choose(scores, temperature, gumbel_noise(seeds, pos, vocab + 1), top_k, top_p)
         go = tf.logical_and(state >= 0, x < vocab)
         x = tf.where(go, x, 0)

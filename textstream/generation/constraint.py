@@ -60,16 +60,20 @@ class Constraint:
 
     ``next``: int32 (N, V), the state after each id, -1 where it is not
     allowed; ``accepting``: bool (N,); ``bias``: float32 (N, V), 0 where
-    allowed and ``-inf`` elsewhere (what the numpy backend adds to the logits).
+    allowed and ``-inf`` elsewhere (what the numpy backend adds to the logits);
+    ``ends``: bool (N,), accepting with some id forbidden (where "end" can be
+    chosen: elsewhere the forbidden mass is empty or ending is not allowed).
     """
 
     pattern: str
     next: np.ndarray
     accepting: np.ndarray
     bias: np.ndarray = field(init=False, repr=False)
+    ends: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
         self.bias = np.where(self.next >= 0, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+        self.ends = self.accepting & (self.next < 0).any(axis=1)
 
     @property
     def states(self) -> int:
@@ -80,9 +84,9 @@ class Constraint:
         return int(self.next.shape[1])
 
     def padded(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(next, accepting)`` with unreachable states added up to a power of two (>= 16): few compiled shapes."""
+        """``(next, ends)`` with unreachable states added up to a power of two (>= 16): few compiled shapes."""
         pad = (1 << max(4, (self.states - 1).bit_length())) - self.states
-        return np.pad(self.next, ((0, pad), (0, 0)), constant_values=-1), np.pad(self.accepting, (0, pad))
+        return np.pad(self.next, ((0, pad), (0, 0)), constant_values=-1), np.pad(self.ends, (0, pad))
 
     def walk(self, ids, state: int = 0) -> int:
         """The state after ``ids`` from ``state`` (-1 once an id is not allowed)."""
@@ -156,8 +160,10 @@ def _character_fsm(pattern):
     except interegular.Unsupported as e:
         raise TextstreamError(f"{unsupported} ({e}); anchors inside the pattern, lookarounds and "
                               f"backreferences are not supported") from None
-    except Exception as e:  # interegular's own parse errors (InvalidSyntax and plain exceptions)
-        raise TextstreamError(f"{unsupported} ({type(e).__name__}: {e})") from None
+    except interegular.InvalidSyntax as e:
+        raise TextstreamError(f"{unsupported} ({str(e).strip() or 'interegular cannot read it'})") from None
+    except Exception:  # anything else interegular's parser cannot take
+        raise TextstreamError(f"{unsupported} (interegular cannot read it)") from None
 
 
 class _Fsm:

@@ -124,21 +124,23 @@ def choose(logits: np.ndarray, temperature: np.ndarray, noise: np.ndarray, top_k
     return choose_scaled(logits, temperature[:, None] * noise, temperature, top_k, top_p)
 
 
-def constrained_scores(logits: np.ndarray, bias: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+def constrained_scores(logits: np.ndarray, bias: np.ndarray, accepting: np.ndarray,
+                       out: np.ndarray | None = None) -> np.ndarray:
     """The V + 1 candidates under a constraint (``textstream.generation.constraint``): float32 (B, V + 1).
 
     ``bias``: (B, V), 0 where an id is allowed and ``-inf`` elsewhere;
-    ``accepting``: bool (B,). Columns 0..V-1 are the allowed logits; column V
-    ("end") is ``logsumexp`` of the forbidden ones where the state is
-    accepting, ``-inf`` elsewhere (``sampling_tf.constrained_scores``, the same sums).
+    ``accepting``: bool (B,) (``Constraint.ends``). Columns 0..V-1 are the allowed logits; column V
+    ("end") is the log of the forbidden ids' mass, ``log(sum(exp(logit - max))) + max``
+    over them, where the state is accepting, ``-inf`` elsewhere (``sampling_tf.constrained_scores``).
     """
     b, v = logits.shape
-    out = np.empty((b, v + 1), np.float32)
+    out = np.empty((b, v + 1), np.float32) if out is None else out
     np.add(logits, bias, out=out[:, :v])
-    forbidden = np.where(bias < 0, logits, np.float32(-np.inf))
-    top = forbidden.max(axis=1, keepdims=True)
-    top = np.where(np.isfinite(top), top, np.float32(0))
+    if not accepting.any():
+        out[:, v] = -np.inf
+        return out
+    top = logits.max(axis=1)
+    mass = np.exp(logits - top[:, None]).sum(axis=1, where=bias < 0)
     with np.errstate(divide="ignore"):
-        end = np.log(np.exp(forbidden - top).sum(axis=1)) + top[:, 0]
-    out[:, v] = np.where(accepting, end, np.float32(-np.inf))
+        out[:, v] = np.where(accepting, np.log(mass) + top, np.float32(-np.inf))
     return out

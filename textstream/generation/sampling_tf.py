@@ -128,9 +128,12 @@ def constrained_scores(logits, allowed, accepting):
     """The V + 1 candidates under a constraint (``textstream.generation.constraint``): float32 ``(B, V + 1)``.
 
     ``allowed``: bool ``(B, V)``; ``accepting``: bool ``(B,)``. Columns 0..V-1
-    are the allowed logits (``-inf`` elsewhere); column V ("end") is
-    ``logsumexp`` of the forbidden logits where the state is accepting.
+    are the allowed logits (``-inf`` elsewhere); column V ("end") is the log of
+    the forbidden ids' mass, ``log(sum(exp(logit - max))) + max`` over them,
+    where the state is accepting (``sampling_np.constrained_scores``, the same sums).
     """
     never = tf.constant(-math.inf, logits.dtype)
-    end = tf.reduce_logsumexp(tf.where(allowed, never, logits), axis=-1)
-    return tf.concat([tf.where(allowed, logits, never), tf.where(accepting, end, never)[:, None]], axis=-1)
+    top = tf.reduce_max(logits, axis=-1)
+    mass = tf.reduce_sum(tf.where(allowed, tf.zeros_like(logits), tf.exp(logits - top[:, None])), axis=-1)
+    end = tf.where(accepting, tf.math.log(mass) + top, never)
+    return tf.concat([tf.where(allowed, logits, never), end[:, None]], axis=-1)

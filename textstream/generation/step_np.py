@@ -254,38 +254,47 @@ class NumpyStreams:
     def _generate_constrained(self, k: int) -> np.ndarray:
         """``_generate`` over the V + 1 scores of ``sampling_np.constrained_scores``; a stream stops where it ends."""
         model, b, v, con = self.model, self.batch, self.model.vocab_size, self.constraint
-        out = np.full((b, k), -1, np.int32)
-        buf, state, steps = _Buffers(model, b), self.constraint_state, np.zeros(b, np.uint32)
-        kept = {row: (self.h[:, row].copy(), self.c[:, row].copy()) for row in np.flatnonzero(state < 0)}
+        out, buf = np.empty((b, k), np.int32), _Buffers(model, b)
+        rows, scores, picks = np.empty((b, v), f32), np.empty((b, v + 1), f32), np.empty((b, v + 1), f32)
+        live = self.constraint_state >= 0
+        state = np.maximum(self.constraint_state, 0)
+        ends = np.where(live, k, 0)  # ids each stream generates in this call (k: its match goes on)
+        kept = {r: (self.h[:, r].copy(), self.c[:, r].copy()) for r in np.flatnonzero(~live)}
+        plain = self.top_k is None and self.top_p is None
         h_top, temperature = self.h[-1], self.temperature[None, :, None]
-        block = max(1, NOISE_BLOCK // max(1, b * (v + 1)))
-        for lo in range(0, k, block):
-            if (state < 0).all():
-                break
-            n = min(block, k - lo)
+        block, lo, size = max(1, NOISE_BLOCK // max(1, b * (v + 1))), 0, 16
+        while lo < k and live.any():
+            n = min(size, block, k - lo)
+            size *= 2  # noise blocks grow from 16 positions: a match may end soon
             noise = gumbel_noise(self.seeds, self.positions + np.uint32(lo), n, v + 1, keys=self.keys)
             noise *= temperature
             for t in range(n):
-                live = state >= 0
-                if not live.any():
-                    break
                 np.dot(h_top, model.top, out=buf.z)
                 buf.logits += model.head_bias
-                at = np.maximum(state, 0)
-                scores = constrained_scores(buf.logits, con.bias[at], con.accepting[at])
-                x = choose_scaled(scores, noise[t], self.temperature, self.top_k, self.top_p)
-                go = live & (x < v)
-                for row in np.flatnonzero(live & ~go):  # its match ended: the stream stays as it is now
-                    kept[row] = (self.h[:, row].copy(), self.c[:, row].copy())
-                x = np.where(go, x, 0)
-                state = np.where(go, con.next[at, x], -1).astype(np.int32)
-                out[go, lo + t] = x[go]
-                steps += go
+                np.take(con.bias, state, axis=0, out=rows)
+                can_end = con.ends[state]
+                constrained_scores(buf.logits, rows, can_end, out=scores)
+                if plain:
+                    x = np.add(scores, noise[t], out=picks).argmax(axis=1)
+                else:
+                    x = choose_scaled(scores, noise[t], self.temperature, self.top_k, self.top_p)
+                end = x == v
+                if end.any():
+                    for r in np.flatnonzero(end & live):  # its match ended: the stream stays as it is now
+                        kept[r], ends[r] = (self.h[:, r].copy(), self.c[:, r].copy()), lo + t
+                    live &= ~end
+                    x[end] = 0
+                out[:, lo + t] = x
+                if not live.any():
+                    break
+                state = con.next[state, x]  # (a stream that has ended may go to -1: still an index, undone below)
                 model.consume(x, self.h, self.c, buf, top_rec=buf.top_rec)
-        for row, (h, c) in kept.items():
-            self.h[:, row], self.c[:, row] = h, c
-        self.positions += steps
-        self.constraint_state = state
+            lo += n
+        for r, (h, c) in kept.items():
+            self.h[:, r], self.c[:, r] = h, c
+            out[r, ends[r]:] = -1
+        self.positions += ends.astype(np.uint32)
+        self.constraint_state = np.where(live, state, -1).astype(np.int32)
         return out
 
     def row_state(self, row: int) -> dict[str, np.ndarray]:

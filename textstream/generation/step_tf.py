@@ -299,7 +299,7 @@ class TFStreams:
         keep_all = top_k is None or top_k >= model.vocab_size  # no sort when top-k keeps everything
         self.top_k = None if keep_all else tf.constant(np.full(rows, int(top_k), np.int32))
         self.top_p = None if top_p is None or top_p >= 1.0 else tf.constant(np.full(rows, top_p, np.float32))
-        self.constraint = self.constraint_state = None  # (next, accepting) tensors; int32 (rows,), -1: ended
+        self.constraint = self.constraint_state = None  # (next, ends) tensors; int32 (rows,), -1: ended
 
     def constrain(self, constraint) -> None:
         """Generate under ``constraint`` (a ``textstream.generation.constraint.Constraint``) from now on; None: free.

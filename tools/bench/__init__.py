@@ -8,6 +8,7 @@ each ends with one JSON line on stdout (its figures, baselines and targets).
 * ``scale``: training cost against vocabulary size, corpus size, and a corpus beyond RAM;
 * ``precision``: float32 against bfloat16 training speed;
 * ``generate``: cold start and rates of the numpy and TensorFlow step backends;
+* ``regex``: regex-constrained generation against unconstrained, both backends, one stream and 64;
 * ``export``: the exported LiteRT step model against the SavedModel;
 * ``serve``: ``textstream serve`` under many streaming clients against in-process generation;
 * ``quality``: validation loss in a time budget against nanoGPT and the original example;

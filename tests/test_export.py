@@ -332,12 +332,12 @@ def test_bad_requests_are_one_line_and_leave_nothing(tiny_run, tmp_path, capsys)
     a_file = out_dir / "file"
     a_file.write_text("x")
     refused(capsys, [tiny_run, "-o", a_file / "model"], f"{a_file / 'model'}: cannot write: {a_file} is not a directory")
-    refused(capsys, [tiny_run, "-o", a_file], f"{a_file}: already exists (pass --force to replace it)")
+    refused(capsys, [tiny_run, "-o", a_file], f"{a_file}: already exists (pass --force to replace an earlier export)")
     refused(capsys, [tiny_run, "-o", tiny_run, "--force"], f"{tiny_run}: holds the run being exported; "
                                                           f"choose another output")
     refused(capsys, [tiny_run, "-o", out_dir, "--force"],
-            f"{out_dir}: is a directory that is not an export; --force replaces only an export or a file "
-            f"(remove it yourself if you mean it)")
+            f"{out_dir}: is a directory that textstream's export did not write (no textstream-export.json, not a "
+            f"LiteRT file); --force replaces only an earlier export (remove it yourself if you mean it)")
     with pytest.raises(TextstreamError, match="unknown export format 'onnx'"):
         export_run(tiny_run, out, format="onnx")
     assert entries(out_dir) == ["file"] and a_file.read_text() == "x"
@@ -384,7 +384,8 @@ def test_force_replaces_an_export_and_a_failed_write_leaves_the_old_one(tiny_run
     assert entries(tmp_path) == ["sm"] and (out / "model.keras").read_bytes() == before
     monkeypatch.undo()
     done = export_run(tiny_run, out, format="savedmodel", force=True)
-    assert entries(tmp_path) == ["sm"] and entries(out) == ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    assert entries(tmp_path) == ["sm"]
+    assert entries(out) == ["assets", "fingerprint.pb", "saved_model.pb", "textstream-export.json", "variables"]
     assert done.size == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 

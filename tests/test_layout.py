@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "textstream"
-BASE = {"errors", "fsutil", "temporaries", "progress", "settings", "config", "sizing", "_tf"}
+BASE = {"errors", "fsutil", "temporaries", "progress", "settings", "config", "sizing", "_tf", "claims"}
 STAGES = {"data": 2, "model": 3, "generation": 4, "training": 5, "export": 6, "serve": 6, "cli": 7}
 MAX_LINES = 400
 

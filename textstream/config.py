@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from textstream.claims import read_regular
 from textstream.errors import TextstreamError
 from textstream.settings import WORDS, Option, options_of, setting
 from textstream.sizing import COMPUTE_TIERS, SIZED, tier_fields
@@ -246,7 +247,7 @@ class TrainConfig:
     def load(cls, path: Path | str) -> "TrainConfig":
         """The config saved in ``path`` (a run's config.json), checked like flags; problems name the file."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_regular(path, limit=1 << 20).decode("utf-8")  # a FIFO in its place: one line, no wait
         except FileNotFoundError:
             raise TextstreamError(f"{path}: no such file") from None
         except UnicodeDecodeError as e:

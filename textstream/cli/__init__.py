@@ -15,9 +15,11 @@ from types import ModuleType
 from typing import NoReturn, Sequence
 
 from textstream.cli import cache, corpora, evaluate, export, generate, prepare, serve, train
+from textstream.cli.console import interruptible, standard_streams
 from textstream.errors import Interrupted, TextstreamError
 
 PROG = "textstream"
+PRODUCT_ON_STDOUT = ("generate", "eval", "score", "corpora")  # a closed stdout is an error for these (and cache info)
 
 # command name -> its module, in the order --help lists them
 COMMANDS: dict[str, ModuleType] = {
@@ -67,13 +69,23 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    First the standard streams (``console.standard_streams``: a closed one
+    goes to /dev/null; a command whose product is stdout refuses a closed
+    stdout in one line) and SIGINT (``console.interruptible``).
+    """
+    gone = standard_streams()  # before anything opens a file
+    interruptible()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
+        if "stdout" in gone and _product_on_stdout(args):
+            raise TextstreamError(f"standard output is closed, and {args.command} writes its result there "
+                                  f"(redirect it to a file, or to /dev/null to discard it)")
         return COMMANDS[args.command].run(args)
     except Interrupted as e:
         _say(f"{PROG}: {e}")
@@ -94,6 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: {full}", file=sys.stderr)
         return 2
+
+
+def _product_on_stdout(args: argparse.Namespace) -> bool:
+    """Whether the command's product is what it writes on stdout (text, scores, listings), not a file it writes."""
+    if args.command == "cache":
+        return getattr(args, "action", None) in (None, "info")
+    return args.command in PRODUCT_ON_STDOUT
 
 
 def _no_space(e: Exception):

@@ -1,14 +1,63 @@
-"""Terminal output of the CLI: a rich console on stderr and the progress bars of long library calls.
+"""Terminal output of the CLI: the standard streams made safe, a rich console on stderr, progress bars.
 
 The library never prints: it reports through callbacks, and the commands
 render them with what is here.
+
+``standard_streams`` runs first in ``cli.main``, before anything opens a
+file: a standard descriptor that is closed (``>&-``, ``2>&-``, ``<&-``) or
+opened the wrong way (``1</dev/null``) is pointed at ``/dev/null``, so that
+no file opened later lands on descriptor 1 or 2 (where Python, rich and
+TensorFlow would write into it), and the names of those streams are
+returned: ``main`` then refuses a command whose product is its standard
+output, and lets every other one run (a closed stderr only silences
+progress and errors; a closed stdout never stops a training run).
+``interruptible`` makes SIGINT stop a command even when the process was
+started with it ignored (a background job of a shell script).
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import io
 import os
+import signal
 import sys
+import threading
 from typing import IO, Iterator
+
+STREAMS = ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY))
+
+
+def standard_streams() -> set[str]:
+    """Point a closed or unusable descriptor 0, 1 or 2 at /dev/null; the names of those streams (see the module)."""
+    gone = set()
+    for fd, name, needs in STREAMS:
+        try:
+            mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            usable = mode == os.O_RDWR or mode == needs
+        except OSError:  # EBADF: closed
+            usable = False
+        if usable:
+            continue
+        gone.add(name)
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+        if getattr(sys, name) is None:  # Python found the descriptor closed at start
+            if fd == 0:
+                setattr(sys, name, io.TextIOWrapper(os.fdopen(fd, "rb", closefd=False), encoding="utf-8"))
+            else:
+                setattr(sys, name, io.TextIOWrapper(os.fdopen(fd, "wb", closefd=False), encoding="utf-8",
+                                                    line_buffering=True))
+    return gone
+
+
+def interruptible() -> None:
+    """SIGINT raises ``KeyboardInterrupt`` even when the process started with it ignored (``cmd &`` in a script)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def console():

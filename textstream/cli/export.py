@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="default: best")
     p.add_argument("--quantize", choices=QUANTIZE,
                    help="litert only: float16 (half the size) or dynamic (int8 weights, a quarter)")
-    p.add_argument("--force", action="store_true", help="replace OUT if it is a file or an earlier export")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is an earlier export (never anything else)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,10 @@ DESCRIPTION = "Encode text into token files in two streaming passes (memory does
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="*", metavar="SOURCE")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="output directory")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR",
+                        help="output directory: missing, empty, or an earlier prepare's")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a DIR that holds other files (never a run directory or an export)")
     add_setting_arguments(parser, groups=(PREPARE,))
 
 
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     ui = ProgressUI()
     try:
-        prep = prepare(args.sources, args.output, **options, on_progress=ui)
+        prep = prepare(args.sources, args.output, **options, on_progress=ui, force=args.force)
     finally:
         ui.close()
     state = "cached" if prep.cached else "wrote"

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
     p.add_argument("--from", dest="resume_from", choices=CHECKPOINTS, metavar="{last,best}",
                    help="with --resume: the checkpoint to continue from (default last; best when last is damaged)")
+    p.add_argument("--allow-new-data", action="store_true",
+                   help="with --resume: continue even though the corpus changed since the run started (the resume "
+                        "is then not exact, and best keeps the loss it had on the old validation split)")
     groups = add_setting_arguments(p, groups=GROUPS)  # a flag per TrainConfig field, in groups
     groups[RUN].add_argument("--strategy", choices=STRATEGIES,
                              help="tf.distribute strategy (default auto: mirrored when several GPUs are visible)")
@@ -47,6 +50,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {name: getattr(args, name, None) for name in options()}
     if getattr(args, "resume_from", None) and not args.resume:
         raise TextstreamError(f"--from {args.resume_from} chooses where a resume starts: give it with --resume")
+    if getattr(args, "allow_new_data", False) and not args.resume:
+        raise TextstreamError("--allow-new-data lets a resume go on with a changed corpus: give it with --resume")
     if not args.resume:
         return make_config(given.pop("preset") or TrainConfig.preset, **given)
     paths = RunPaths(_run_dir(args))
@@ -194,7 +199,8 @@ def _train(args: argparse.Namespace, cfg: TrainConfig) -> int:
             from textstream.training.loop import train
 
             train(cfg, args.sources, run_dir, resume=args.resume, resume_from=args.resume_from or "last",
-                  on_event=display, should_stop=stop.is_set, on_progress=ui, strategy=args.strategy)
+                  allow_new_data=args.allow_new_data, on_event=display, should_stop=stop.is_set, on_progress=ui,
+                  strategy=args.strategy)
     finally:
         ui.close()
         display.close()

@@ -21,16 +21,31 @@ from the run's sources). What it may hold that is of no use at all:
 
 Each prepared corpus records its last use in its directory's modification
 time (``mark_used``, whenever ``preparation`` loads it: a cache hit, a
-resume, ``eval``), which ``prune`` reads. Other entries (a benchmark's files) are listed, never removed.
+resume, ``eval``), which ``prune`` reads.
+
+Files of running processes are never removed: a process that uses a
+prepared corpus (a ``train``, for as long as it runs) holds a shared lock on
+its directory (``Lease``, an ``flock`` that ends with the process, even by
+kill -9); ``clean`` and ``prune`` list such a directory as in use and remove
+a prepared corpus only under an exclusive lock they could take. Only what the
+cache writes is removed: a download is named ``NAME-SHA12.txt`` (or
+``.zip``), the default corpus ``default-SHA16.txt``, a prepared corpus is
+``prepared/KEY/`` (24 hex digits) holding ``vocab.json``, ``train.bin`` and
+``val.bin`` and nothing else. Anything else (a file of the user's among
+them, a benchmark's files) is listed as "other", never removed.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from textstream.claims import entries_of
 from textstream.data.sources import cache_dir, registry
 from textstream.errors import TextstreamError
 from textstream.temporaries import TEMPORARY, Temporary, find, remove_path, size_of, subdirectories
@@ -43,6 +58,74 @@ DOWNLOAD, DEFAULT, PREPARED, UNFINISHED, IN_USE, STALE, OTHER = (
     "download", "default corpus", "prepared", "unfinished preparation", "in use",
     "stale temporary", "other")
 REMOVABLE = (STALE, UNFINISHED)
+PREPARED_FILES = frozenset({"vocab.json", "train.bin", "val.bin"})  # all that a prepared corpus directory holds
+_KEY = re.compile(r"[0-9a-f]{24}")  # the name of a prepared corpus directory
+_DOWNLOAD = re.compile(r".+-[0-9a-f]{12}\.(txt|zip)")
+_DEFAULT = re.compile(r"default-[0-9a-f]{16}\.txt")
+
+
+class Lease:
+    """A shared ``flock`` on a prepared corpus directory: its files are in use by this process until ``release``.
+
+        lease = Lease(prep.dir)     # cache clean leaves the directory alone while it is held
+        ...
+        lease.release()
+
+    The lock ends with the process (kill -9 included). Where the file system
+    has no locks, the lease holds nothing (and says so in ``held``).
+    """
+
+    def __init__(self, d: Path):
+        self.dir = Path(d)
+        self._fd: int | None = None
+        try:
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a cleaner holds its exclusive lock only while it removes
+        except OSError:
+            os.close(fd)
+            return
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _exclusive(d: Path) -> int | None:
+    """A descriptor of directory ``d`` holding an exclusive lock (no process leases it), or None when one does.
+
+    A directory that cannot be opened, or a file system without locks, gives
+    a descriptor without a lock (nothing can be leased there either).
+    """
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            os.close(fd)
+            return None
+    return fd
+
+
+def in_use(d: Path) -> bool:
+    """Whether a running process holds a ``Lease`` on the prepared corpus directory ``d``."""
+    fd = _exclusive(d)
+    if fd is None:
+        return True
+    if fd >= 0:
+        os.close(fd)
+    return False
 
 
 @dataclass(frozen=True)
@@ -109,7 +192,23 @@ def prune(root: Path | None = None, *, days: float = 30.0) -> list[Entry]:
 
 
 def _remove(entries) -> list[Entry]:
-    return [e for e in entries if remove_path(e.path)]
+    """Remove ``entries``; a prepared corpus only under an exclusive lock (a process leasing it keeps it)."""
+    removed = []
+    for e in entries:
+        if e.kind not in (PREPARED, UNFINISHED):
+            if remove_path(e.path):
+                removed.append(e)
+            continue
+        fd = _exclusive(e.path)
+        if fd is None:
+            continue  # leased since the inventory: in use
+        try:
+            if remove_path(e.path):
+                removed.append(e)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return removed
 
 
 def _children(d: Path) -> list[Path]:
@@ -142,9 +241,9 @@ def _corpora(d: Path, names: dict[str, str]) -> list[Entry]:
     for path in _children(d):
         if path in temps:
             out.append(_temporary(temps[path]))
-        elif path.name.startswith("default-") and path.suffix == ".txt":
+        elif _DEFAULT.fullmatch(path.name) and path.is_file() and not path.is_symlink():
             out.append(Entry(path, size_of(path), DEFAULT, "the embedded default corpus"))
-        elif path.suffix in (".txt", ".zip") and path.is_file():
+        elif _DOWNLOAD.fullmatch(path.name) and path.is_file() and not path.is_symlink():
             name = names.get(path.stem)
             what = f"{name}{' (zip)' if path.suffix == '.zip' else ''}" if name else "not in the registry now"
             out.append(Entry(path, size_of(path), DOWNLOAD, what))
@@ -157,12 +256,23 @@ def _prepared(d: Path) -> list[Entry]:
     """Each prepared corpus in ``prepared/`` (its own files' size), and the temporaries in and beside them."""
     out = [_temporary(t) for t in find(d)]
     now = time.time()
-    for sub in subdirectories(d):
+    subs = subdirectories(d)
+    for name in entries_of(d):
+        if d / name not in subs:
+            out.append(Entry(d / name, size_of(d / name), OTHER, "not textstream's cache: left alone"))
+    for sub in subs:
         temps = find(sub)
         out.extend(_temporary(t) for t in temps)
         own = size_of(sub) - sum(t.size for t in temps)
         vocab = sub / "vocab.json"
-        if vocab.is_file():
+        unknown = sorted(set(entries_of(sub)) - PREPARED_FILES)
+        if not _KEY.fullmatch(sub.name) or unknown:
+            what = f"holds {', '.join(unknown[:3])}, which the cache did not write" if unknown else \
+                "not a prepared corpus of the cache"
+            out.append(Entry(sub, own, OTHER, f"{what}: left alone"))
+        elif in_use(sub):
+            out.append(Entry(sub, own, IN_USE, "used by a running process (a train)", used=_mtime(sub)))
+        elif vocab.is_file():
             out.append(Entry(sub, own, PREPARED, _describe(vocab), used=_mtime(sub)))
         elif any(not t.stale for t in temps) or now - _mtime(sub) < UNFINISHED_AGE_S:
             out.append(Entry(sub, own, IN_USE, "a preparation in progress"))

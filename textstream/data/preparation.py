@@ -37,7 +37,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from textstream.claims import claim_directory, entries_of, make_directory
 from textstream.config import check_prepare_options
+from textstream.data.cache import PREPARED_FILES, in_use
 from textstream.data.prepared import Prepared, load_prepared
 from textstream.data.sources import cache_dir, describe, resolve
 from textstream.data.textio import Fingerprint, codepoints, count, gather, latin1, read_texts
@@ -65,7 +67,8 @@ def _cached(d: Path, key: str) -> Prepared | None:
 # --- prepare ---------------------------------------------------------------------------------
 def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool = False,
             val_fraction: float = 0.05, max_vocab: int | None = None, tokens: str = "auto", errors: str = "strict",
-            min_chars: int = 61, chunk_size: int = 1 << 22, on_progress: ProgressFn | None = None) -> Prepared:
+            min_chars: int = 61, chunk_size: int = 1 << 22, on_progress: ProgressFn | None = None,
+            force: bool = False) -> Prepared:
     """Encode ``sources`` into token files in ``out_dir`` (default: the cache, keyed by content and options).
 
         from textstream import prepare
@@ -85,6 +88,10 @@ def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool =
         min_chars: the fewest training characters accepted (one window).
         chunk_size: bytes read at a time; memory is O(chunk), never O(text).
         on_progress: ``on_progress(label, done, total)`` for each pass.
+        force: write into an ``out_dir`` that holds other files (never a
+            run directory or an export; see ``claims.claim_directory``).
+            Without it, ``out_dir`` must be missing, empty or an earlier
+            preparation's.
 
     Returns:
         ``Prepared``: the directory, its ``Vocab``, the split sizes, and
@@ -99,7 +106,10 @@ def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool =
     """
     options = _options(lowercase, val_fraction, max_vocab, tokens, errors, chunk_size)
     root = Path(out_dir) if out_dir is not None else cache_dir() / "prepared"
-    created, unwritable = _claim_output(root, explicit=out_dir is not None)  # before any work, downloads too
+    if out_dir is not None:  # before any work, downloads too: never over another kind's files
+        claim_directory(root, what="prepare", kind="prepared corpus", own=is_prepared_dir, force=force,
+                        writes=sorted(PREPARED_FILES))
+    created, unwritable = _claim_output(root, explicit=out_dir is not None)
     try:
         paths, stats = _sources(sources, on_progress)
         total_bytes = sum(st.st_size for st in stats)
@@ -117,6 +127,9 @@ def prepare(sources: Sequence, out_dir: Path | None = None, *, lowercase: bool =
         if unwritable is not None:
             raise unwritable
         out = lookup.out
+        if in_use(out):
+            raise TextstreamError(f"{out}: holds a prepared corpus that a running process (a train) uses; "
+                                  f"prepare into another directory, or wait for it to end")
         if out != root:
             created = _make_dir(out) + created
         assert counted is not None  # only a hit stops the count
@@ -192,23 +205,17 @@ def _claim_output(root: Path, *, explicit: bool) -> tuple[list[Path], Textstream
     return created, None
 
 
+def is_prepared_dir(d: Path) -> bool:
+    """Whether directory ``d`` holds only what ``prepare`` writes (an earlier preparation, whole or stopped)."""
+    return set(entries_of(d)) <= PREPARED_FILES
+
+
 def _make_dir(d: Path) -> list[Path]:
     """Create ``d`` (and parents) and probe that a file can be written there; the directories created, deepest first.
 
     Raises ``TextstreamError`` (having removed what it created) when ``d`` cannot hold the output.
     """
-    missing: list[Path] = []
-    p = d
-    while not os.path.lexists(p) and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    if d.exists() and not d.is_dir():
-        raise TextstreamError(f"{d}: cannot write the output there: it exists and is not a directory")
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _remove_dirs(missing)
-        raise TextstreamError(f"{d}: cannot create the output directory ({e.strerror or e})") from None
+    missing = make_directory(d)
     try:
         PendingFile(d / "vocab.json").discard()  # a temporary, as the token files will be
     except OSError as e:

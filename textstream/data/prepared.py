@@ -2,17 +2,22 @@
 
 A prepared corpus directory (``textstream.data.preparation.prepare`` writes
 it) holds ``vocab.json`` (written last: the commit marker), ``train.bin``
-and ``val.bin``. Loading checks each token file's size against the counts
-``vocab.json`` records, so a truncated or foreign file is one line naming it.
+and ``val.bin``. Loading checks that each is a regular file (a FIFO in its
+place is one line, never a hang) and each token file's size against the
+counts ``vocab.json`` records, so a truncated or foreign file is one line
+naming it. A process that uses the files for long (``train``) holds the
+corpus (``Prepared.hold``: ``cache.Lease``), and ``cache clean`` leaves it
+alone meanwhile.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from textstream.data.cache import mark_used
+from textstream.claims import check_regular
+from textstream.data.cache import Lease, mark_used
 from textstream.data.vocab import Vocab
 from textstream.errors import TextstreamError
 
@@ -32,6 +37,26 @@ class Prepared:
     cached: bool
     train_tokens: int | None = None
     val_tokens: int | None = None
+    lease: Lease | None = field(default=None, repr=False, compare=False)
+
+    def hold(self) -> "Prepared":
+        """Mark the files in use by this process until ``release`` (or its end): ``cache clean`` keeps them.
+
+        A ``TextstreamError`` when they were removed before the lease was taken.
+        """
+        if self.lease is None:
+            self.lease = Lease(self.dir)
+            if not (self.dir / "vocab.json").is_file():
+                self.release()
+                raise TextstreamError(f"{self.dir}: the prepared corpus was removed as it was being opened "
+                                      f"(textstream cache clean?); run the command again")
+        return self
+
+    def release(self) -> None:
+        """End ``hold``."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def __post_init__(self) -> None:
         if self.train_tokens is None:
@@ -63,8 +88,10 @@ class Prepared:
 def load_prepared(dir: Path) -> Prepared:
     """The prepared corpus in ``dir`` (as written by ``prepare``), checked against its vocab.json; marked used."""
     d = Path(dir)
-    if not (d / "vocab.json").is_file():
-        raise TextstreamError(f"{d / 'vocab.json'}: missing (not a prepared corpus)")
+    try:
+        check_regular(d / "vocab.json")
+    except FileNotFoundError:
+        raise TextstreamError(f"{d / 'vocab.json'}: missing (not a prepared corpus)") from None
     vocab = Vocab.load(d / "vocab.json")
     train, val = (_split_size(d / f"{split}.bin", vocab, split) for split in ("train", "val"))
     mark_used(d)
@@ -76,7 +103,7 @@ def _split_size(path: Path, vocab: Vocab, split: str) -> tuple[int, int]:
     """``(characters, ids)`` of token file ``path``, checked against ``vocab.meta`` (the size tells without it)."""
     size = vocab.dtype.itemsize
     try:
-        got = path.stat().st_size
+        got = check_regular(path).st_size
     except FileNotFoundError:
         raise TextstreamError(f"{path}: missing (prepare the corpus again)") from None
     meta = vocab.meta

@@ -12,22 +12,28 @@ signatures and a generation example for each):
 format      OUT                   contents
 ==========  ====================  ==============================================================
 savedmodel  a directory           signatures ``initial_state``, ``step``, ``generate``,
-                                  ``vocabulary`` (``graph.py``); ``assets/vocab.json``
+                                  ``vocabulary`` (``graph.py``); ``assets/vocab.json``;
+                                  ``textstream-export.json``
 litert      one ``.tflite`` file  signatures ``initial_state``, ``step``, ``vocabulary``
                                   (``litert.py``); ``quantize``: None, "float16", "dynamic"
-keras       a directory           ``model.keras`` (standard layers only, ``kerasfile.py``) and
-                                  ``vocab.json``
+keras       a directory           ``model.keras`` (standard layers only, ``kerasfile.py``),
+                                  ``vocab.json`` and ``textstream-export.json``
 ==========  ====================  ==============================================================
 
 The artefact is built in a temporary directory next to OUT
 (``.OUT.PID@HOST.RANDOM.tmp``) and renamed into place, so OUT is whole or absent
-(a full disk: ``NoSpace``, nothing left behind);
-an existing OUT is refused unless ``force`` (and even then only a file or a
-previous export is replaced). No TensorFlow at import: every check on the
-request runs before it loads.
+(a full disk: ``NoSpace``, nothing left behind). An existing OUT is refused
+unless ``force``, and even then only an earlier export is replaced: a
+directory holding the marker ``textstream-export.json`` (every directory
+export has one: ``{"format": "textstream-export/1", "export": FORMAT, ...}``),
+or a LiteRT file (a TFLite flatbuffer). Anything else (a run directory or a
+file in one, a directory that merely holds a ``model.keras``, a user's file)
+is never replaced. No TensorFlow at import: every check on the request runs
+before it loads.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Iterator
 
 from textstream import temporaries
+from textstream.claims import open_regular, other_kind, read_regular
 from textstream.config import TrainConfig
 from textstream.data.vocab import Vocab
 from textstream.errors import TextstreamError
@@ -46,7 +53,9 @@ from textstream.model.run import CHECKPOINTS, RunPaths, existing_run
 
 FORMATS = ("savedmodel", "litert", "keras")
 QUANTIZE = ("float16", "dynamic")  # LiteRT only
-EXPORT_MARKERS = ("saved_model.pb", "model.keras")  # a directory holding one of these is an export (force)
+MARKER = "textstream-export.json"  # in every directory export: what ``force`` may replace
+MARKER_FORMAT = "textstream-export/1"
+TFLITE_ID = b"TFL3"  # a TFLite flatbuffer's file identifier (bytes 4..8): a LiteRT export
 
 __all__ = ["export_run", "Exported", "FORMATS", "QUANTIZE", "check_request", "vocab_info"]
 
@@ -75,23 +84,50 @@ def check_request(format: str, checkpoint: str = "best", quantize: str | None = 
 
 
 def check_output(out: Path, run_root: Path, force: bool = False) -> None:
-    """A ``TextstreamError`` unless ``out`` can be written: its directory exists; it is absent, or ``force``."""
+    """A ``TextstreamError`` unless ``out`` can be written: its directory exists; it is absent, or ``force`` and an export.
+
+    ``force`` replaces only an earlier export (``is_export``), never the run,
+    a directory holding it, or another kind of textstream directory.
+    """
     parent = out.parent
     if not parent.is_dir():
         why = "is not a directory" if parent.exists() else "does not exist"
         raise TextstreamError(f"{out}: cannot write: {parent} {why}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise TextstreamError(f"{out}: cannot write: {parent} is not writable")
-    if not (out.exists() or out.is_symlink()):
+    if not os.path.lexists(out):
         return
     if not force:
-        raise TextstreamError(f"{out}: already exists (pass --force to replace it)")
+        raise TextstreamError(f"{out}: already exists (pass --force to replace an earlier export)")
     resolved = out.resolve()
     if resolved == run_root.resolve() or resolved in run_root.resolve().parents:
         raise TextstreamError(f"{out}: holds the run being exported; choose another output")
-    if out.is_dir() and not out.is_symlink() and not any((out / m).exists() for m in EXPORT_MARKERS):
-        raise TextstreamError(f"{out}: is a directory that is not an export; --force replaces only an export "
-                              f"or a file (remove it yourself if you mean it)")
+    if out.is_symlink():
+        raise TextstreamError(f"{out}: is a symbolic link; --force replaces only an earlier export itself, never "
+                              f"what a link points to (remove the link yourself if you mean it)")
+    reason = other_kind(out, "export") if out.is_dir() else None
+    if reason:
+        raise TextstreamError(f"{out}: {reason}; export never replaces it (choose another output)")
+    if not is_export(out):
+        what = "a directory" if out.is_dir() else "a file"
+        raise TextstreamError(f"{out}: is {what} that textstream's export did not write (no {MARKER}, not a LiteRT "
+                              f"file); --force replaces only an earlier export (remove it yourself if you mean it)")
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is what an earlier ``export_run`` wrote: a directory with ``MARKER``, or a LiteRT file."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            marker = json.loads(read_regular(path / MARKER, limit=1 << 16).decode("utf-8"))
+            return isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT
+        fd = open_regular(path)
+        try:
+            head = os.pread(fd, 8, 0)
+        finally:
+            os.close(fd)
+        return head[4:8] == TFLITE_ID
+    except (OSError, ValueError, TextstreamError):
+        return False
 
 
 def vocab_info(cfg: TrainConfig, vocab: Vocab) -> dict:
@@ -117,7 +153,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, format: str = "savedmode
         checkpoint: "best" (falling back to "last" when the run never
             validated) or "last".
         quantize: LiteRT only: None, "float16" or "dynamic" (int8 weights).
-        force: replace an existing ``out`` that an earlier export wrote.
+        force: replace an existing ``out`` that an earlier export wrote
+            (``is_export``); nothing else is ever replaced.
 
     Returns:
         ``Exported``: the path written, its format and size, the checkpoint.
@@ -164,6 +201,9 @@ def _write(format: str, dest: Path, run: RunPaths, cfg: TrainConfig, vocab: Voca
                                                                 scratch=stage / "savedmodel")
     else:
         import_module("textstream.export.kerasfile").write_keras(dest, model, cfg, vocab_file)
+    if dest.is_dir():  # the marker that lets a later --force replace this export, and nothing else
+        marker = {"format": MARKER_FORMAT, "export": format, "vocab_size": vocab.size}
+        (dest / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
 
 
 @contextmanager

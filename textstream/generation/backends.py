@@ -49,12 +49,9 @@ def load_backend(run_dir: str | Path, checkpoint: str = "best",
     run = existing_run(run_dir)
     checkpoint_series(checkpoint)  # an unknown name is an error on every path
     if backend != "tf":
-        found = _numpy_backend(run, checkpoint)
+        found = _numpy_backend(run, checkpoint, strict=backend == "numpy")
         if found is not None:
             return found
-        if backend == "numpy":
-            raise TextstreamError(f"{run.root}: the {checkpoint} checkpoint has no current step weights file "
-                                  f"(ckpt-N.step.npz); load it once with the auto or tf backend to write it")
     try:
         from textstream.model import checkpoint as checkpoints  # TensorFlow: only to read a checkpoint
     except ModuleNotFoundError as e:
@@ -70,19 +67,39 @@ def load_backend(run_dir: str | Path, checkpoint: str = "best",
     return cfg, vocab, NumpyStep(weights)
 
 
-def _numpy_backend(run: RunPaths, checkpoint: str) -> tuple["TrainConfig", "Vocab", StepBackend] | None:
-    """The numpy backend from the step weights file of the run's ``checkpoint``; None when there is no current one.
+def _numpy_backend(run: RunPaths, checkpoint: str, *,
+                   strict: bool) -> tuple["TrainConfig", "Vocab", StepBackend] | None:
+    """The numpy backend from the step weights file of the run's ``checkpoint``; None when there is no usable one.
 
-    The file must match its checkpoint (``stepweights.read``) and the run's
-    config and vocabulary (its shapes).
+    The file must pass every check of ``stepweights.load`` (it matches its
+    checkpoint; finite, well-formed arrays). ``strict`` (``--backend numpy``):
+    a ``TextstreamError`` naming the file instead of None, with advice that
+    works (the auto backend writes or rebuilds the file from the
+    checkpoint). A config or vocabulary that does not describe the weights
+    is one line naming it, whatever the backend.
     """
-    prefix = run.newest_checkpoint(checkpoint)
-    weights = stepweights.read(prefix) if prefix is not None else None
-    if weights is None:
+    found = run.chosen_series(checkpoint)
+    if found.prefix is None or found.problem:
+        if strict:
+            raise TextstreamError(found.problem or f"{run.root}: no checkpoint yet (train first)")
+        return None
+    try:
+        weights = stepweights.load(found.prefix)
+    except stepweights.StepFileError as e:
+        if strict:
+            how = "writes it" if e.missing else "rebuilds it from the checkpoint"
+            raise TextstreamError(f"the {checkpoint} checkpoint has no current step weights file: {e}; --backend "
+                                  f"numpy reads no checkpoint: generate once with --backend auto (the default), "
+                                  f"which {how}") from None
         return None
     cfg, vocab = run.read_config(), run.read_vocab()
-    if (weights.layers, weights.units, weights.vocab_size) != (cfg.layers, cfg.units, vocab.size):
-        return None
+    if (weights.layers, weights.units) != (cfg.layers, cfg.units):
+        raise TextstreamError(f"{run.config}: layers {cfg.layers}, units {cfg.units}, but the step weights of "
+                              f"{found.prefix.name} hold layers {weights.layers}, units {weights.units}: the file "
+                              f"was edited or belongs to another run (restore the run's own)")
+    if weights.vocab_size != vocab.size:
+        raise TextstreamError(f"{run.vocab}: {vocab.size} symbols, but the step weights of {found.prefix.name} "
+                              f"hold {weights.vocab_size}: the file was edited or belongs to another run")
     return cfg, vocab, NumpyStep(weights)
 
 

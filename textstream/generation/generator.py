@@ -340,6 +340,9 @@ class Session:
         if h_shape != want or c_shape != want:
             raise TextstreamError(f"session state is for a model of shape {h_shape} (layers, units); "
                                   f"this model is {want}")
+        for key in ("h", "c"):
+            if not np.isfinite(np.asarray(state[key], dtype=np.float64)).all():
+                raise TextstreamError(f"session state: {key} holds NaN or Inf (a damaged or foreign state)")
         self._streams.set_row_state(0, state)
 
 

@@ -13,8 +13,10 @@ which generation reads without TensorFlow; a checkpoint without a current
 one gets it on its first load for generation.
 
 Every checkpoint is checked before it is used (``verify``: the state file,
-the files present, every tensor read and its CRC32C checked), and damage is
-one line naming the file. Readers (``generate``, ``eval``, ``export``) go
+the files present, every tensor read, its CRC32C checked and its values
+finite), and damage is one line naming the file; ``config.json`` and
+``vocab.json`` are checked against the checkpoint's shapes before a model is
+built (``check_shapes``). Readers (``generate``, ``eval``, ``export``) go
 through ``checked_checkpoint``.
 
     cfg, vocab, model = load_model("runs/tiny", "best")
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +38,10 @@ from textstream.errors import NoSpace, TextstreamError
 from textstream.model import stepweights
 from textstream.model.network import build_model, head_weights, lstm_weights
 from textstream.model.run import RunPaths, existing_run
-from textstream.model.series import Series
+from textstream.model.series import Series, glob_escape
 from textstream.model.stepweights import StepWeights
+
+MAY_BE_INFINITE = ("best_val_nats/",)  # checkpoint tensors that are infinite before a first validation
 
 
 def verify(found: Series) -> Series:
@@ -57,20 +62,29 @@ def _read_problem(prefix: Path) -> str | None:
 
     TensorFlow reports damage as many exception types (``OpError``s,
     ``IndexError`` for a short read, ...) and this code only reads the
-    files, so every ``Exception`` here is about their content.
+    files, so every ``Exception`` here is about their content. A float
+    tensor holding NaN or Inf (the weights, the optimizer's slots) is
+    damage too; only ``best_val_nats`` is infinite before a first validation.
     """
     try:
         reader = tf.train.load_checkpoint(str(prefix))
     except Exception as e:  # noqa: BLE001 - see the docstring
         return f"{prefix}.index: damaged ({first_line(e)})"
+    data = sorted(prefix.parent.glob(glob_escape(prefix.name) + ".data-*"))
+    where = str(data[0]) if len(data) == 1 else f"{prefix}.data-*"
     try:
         for name in reader.get_variable_to_dtype_map():
-            reader.get_tensor(name)
+            value = reader.get_tensor(name)
+            if not name.startswith(MAY_BE_INFINITE) and _not_finite(value):
+                return f"{where}: damaged ({name.split('/.ATTRIBUTES')[0]} holds NaN or Inf)"
     except Exception as e:  # noqa: BLE001 - see the docstring
-        data = sorted(prefix.parent.glob(prefix.name + ".data-*"))
-        where = str(data[0]) if len(data) == 1 else f"{prefix}.data-*"
         return f"{where}: damaged ({first_line(e)})"
     return None
+
+
+def _not_finite(value) -> bool:
+    a = np.asarray(value)
+    return a.dtype.kind == "f" and not np.isfinite(a).all()
 
 
 def first_line(e: BaseException) -> str:
@@ -121,7 +135,7 @@ def load_for_generation(run_dir: Path | str, checkpoint: str = "best") -> tuple[
     """
     cfg, vocab, model, prefix = _load(existing_run(run_dir), checkpoint)
     weights = step_weights_of(model)
-    if not stepweights.is_current(prefix):
+    if stepweights.read(prefix) is None:  # missing, stale or failing any check (stepweights.load): rebuilt
         save_step_weights(weights, prefix)
     return cfg, vocab, model, weights
 
@@ -130,14 +144,54 @@ def _load(run: RunPaths, checkpoint: str) -> tuple[TrainConfig, Vocab, Any, str]
     """``(config, vocab, model, checkpoint prefix)`` of the run's ``checkpoint``."""
     cfg = run.read_config()
     vocab = run.read_vocab()
-    model = build_model(cfg, vocab.size)
     prefix = latest_checkpoint(run, checkpoint)
+    check_shapes(run, cfg, vocab, prefix)  # before the model is built: an edited size is one line, not an OOM
+    model = build_model(cfg, vocab.size)
     try:
         tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
     except (tf.errors.OpError, AssertionError, ValueError) as e:
         raise TextstreamError(f"{prefix}: cannot load checkpoint ({first_line(e)}); does config.json or "
                               f"vocab.json still describe this run?") from None
     return cfg, vocab, model, prefix
+
+
+def check_shapes(run: RunPaths, cfg: TrainConfig, vocab: Vocab, prefix: str | Path) -> None:
+    """A ``TextstreamError`` naming config.json or vocab.json when it does not describe the checkpoint ``prefix``.
+
+    Read from the checkpoint's index only (``tf.train.list_variables``), before
+    any model is built: layers, units and embedding width against the
+    config, the number of symbols against the vocabulary.
+    """
+    try:
+        shapes = dict(tf.train.list_variables(str(prefix)))
+    except Exception as e:  # noqa: BLE001 - a damaged index: verify (latest_checkpoint) says so first
+        raise TextstreamError(f"{prefix}.index: damaged ({first_line(e)})") from None
+    found = model_shape(shapes)
+    if found is None:
+        raise TextstreamError(f"{prefix}: not a textstream checkpoint (no model/lstms, model/head variables)")
+    want = {"layers": cfg.layers, "units": cfg.units, "embedding": cfg.embedding or 0}
+    wrong = [k for k in want if want[k] != found[k]]
+    if wrong:
+        said = ", ".join(f"{k} {want[k]}" for k in wrong)
+        held = ", ".join(f"{k} {found[k]}" for k in wrong)
+        raise TextstreamError(f"{run.config}: {said}, but checkpoint {Path(prefix).name} holds a model of {held}: "
+                              f"the file was edited or belongs to another run (restore the run's own)")
+    if found["vocab_size"] != vocab.size:
+        raise TextstreamError(f"{run.vocab}: {vocab.size} symbols, but checkpoint {Path(prefix).name} was trained "
+                              f"with {found['vocab_size']}: the file was edited or belongs to another run")
+
+
+def model_shape(shapes: dict[str, list[int]]) -> dict[str, int] | None:
+    """``layers``, ``units``, ``embedding`` (0: one-hot) and ``vocab_size`` of a checkpoint's model; None if none."""
+    layers = [int(m.group(1)) for name in shapes
+              if (m := re.fullmatch(r"model/lstms/(\d+)/cell/recurrent_kernel/\.ATTRIBUTES/VARIABLE_VALUE", name))]
+    head = shapes.get("model/head/bias/.ATTRIBUTES/VARIABLE_VALUE")
+    if not layers or head is None or len(head) != 1:
+        return None
+    recurrent = shapes[f"model/lstms/{min(layers)}/cell/recurrent_kernel/.ATTRIBUTES/VARIABLE_VALUE"]
+    embedding = shapes.get("model/encode/embeddings/.ATTRIBUTES/VARIABLE_VALUE")
+    return {"layers": max(layers) + 1, "units": int(recurrent[0]), "vocab_size": int(head[0]),
+            "embedding": int(embedding[1]) if embedding is not None and len(embedding) == 2 else 0}
 
 
 def step_weights_of(model) -> StepWeights:

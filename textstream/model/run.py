@@ -19,6 +19,11 @@ reads their content). A directory is a run once it holds a checkpoint: one
 without any (a start that failed, or a process killed before its first save)
 may be started again; ``runstart.NewRun`` removes what a failed start created.
 
+Regular files only: every file textstream keeps in the run is checked to
+be one before anything is read (``check_entries``; a FIFO, a device or a
+socket in its place is one line, never a hang), and the files read here are
+opened so that a FIFO cannot block (``claims.read_regular``).
+
 No links: the run directory itself may be a symbolic link, but none of the
 files and directories textstream keeps in it may be (``RunPaths.check_entries``,
 called before a run is read or trained): nothing is read from or written to a
@@ -42,10 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from textstream.claims import entries_of, make_directory, open_regular, read_regular
 from textstream.config import TrainConfig
 from textstream.data.vocab import Vocab
 from textstream.errors import TextstreamError
 from textstream.fsutil import append_bytes, atomic_write_text
+from textstream.model.runcheck import check_kinds, check_new_run
 from textstream.model.series import Series, inspect_series
 from textstream.temporaries import Temporary, remove_path, remove_stale, size_of, tf_temporaries
 
@@ -166,7 +173,7 @@ class RunPaths:
     def read_data(self) -> DataRecord | None:
         """``data.json``, or None when the run has none; a ``TextstreamError`` naming the file when it is damaged."""
         try:
-            text = self.data.read_text(encoding="utf-8")
+            text = read_regular(self.data, limit=1 << 20).decode("utf-8")
         except FileNotFoundError:
             return None
         except UnicodeDecodeError as e:
@@ -205,7 +212,7 @@ class RunPaths:
     def end_metrics_line(self) -> None:
         """Check ``metrics.jsonl`` can be appended to, and end a last line cut short (a crash, a hand edit)."""
         try:
-            fd = os.open(self.metrics, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            fd = open_regular(self.metrics, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW)
             try:
                 size = os.fstat(fd).st_size
                 cut = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
@@ -223,7 +230,7 @@ class RunPaths:
         hand) is skipped: the log is a record, never a reason to stop.
         """
         try:
-            lines = self.metrics.read_bytes().decode("utf-8", errors="replace").splitlines()
+            lines = read_regular(self.metrics).decode("utf-8", errors="replace").splitlines()
         except FileNotFoundError:
             return []
         records = []
@@ -255,17 +262,19 @@ class RunPaths:
             directory = self.checkpoints(which)
             entries.append(directory)
             if directory.is_dir() and not directory.is_symlink() and not self.checkpoint_root.is_symlink():
-                entries.extend(sorted(directory.iterdir()))
+                entries.extend(directory / name for name in entries_of(directory))
         directories = {self.root / name for name in DIRECTORIES} | {self.checkpoints(w) for w in CHECKPOINTS}
-        for path in entries:
-            if path.is_symlink():
-                raise TextstreamError(f"{path}: is a symbolic link; textstream does not read or write a run's "
-                                      f"files through links (replace it with the file or directory itself)")
-            if path in directories and path.exists() and not path.is_dir():
-                raise TextstreamError(f"{path}: is not a directory (textstream keeps a directory there; "
-                                      f"move it away)")
-            if path.parent == self.root and path not in directories and path.is_dir():
-                raise TextstreamError(f"{path}: is a directory, not the file textstream keeps there (move it away)")
+        check_kinds(self.root, entries, directories)
+
+    def check_claim(self, resume: bool) -> None:
+        """Before anything is written: the entries' kinds, and for a new run that the directory may hold one.
+
+        (``runcheck.check_new_run``: never over another kind's files.)
+        """
+        self.check_directory()
+        self.check_entries()
+        if not resume:
+            check_new_run(self.root, [n for n in ENTRIES if n != ".lock"])
 
     def remove_stale_temporaries(self) -> list[Temporary]:
         """Remove the temporaries that killed writers left in the run; the ones removed.
@@ -292,7 +301,11 @@ class RunPaths:
 
         A directory without any checkpoint (a start that failed, a process
         killed before its first save) is not a run: a new start may use it.
+        Its entries are checked first (``check_entries``): nothing is read
+        from a FIFO or through a link.
         """
+        if self.root.is_dir():
+            self.check_entries()
         if resume:
             if not self.has_checkpoint():
                 what = "no checkpoint yet: the run stopped before its first" if self.root.is_dir() else \
@@ -347,9 +360,9 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        self.paths.root.mkdir(parents=True, exist_ok=True)
+        make_directory(self.paths.root, "run directory")
         try:
-            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = open_regular(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             if e.errno == errno.ELOOP:  # never truncate what a planted link points to
                 raise TextstreamError(f"{self.paths.lock}: is a symbolic link; textstream does not write a run's "

@@ -3,18 +3,23 @@
 ``tf.train.CheckpointManager`` writes each checkpoint as ``ckpt-N.index`` and
 ``ckpt-N.data-K-of-M`` files, then names the current one in the small state
 file ``checkpoint`` (a text protobuf, replaced by rename). ``inspect_series``
-reads that state file strictly (any line CheckpointManager does not write is
-damage) and checks that the index and data files it implies are there and not
-empty; ``checkpoint.verify`` then reads their content with TensorFlow.
+reads that state file strictly (a regular file; any line CheckpointManager
+does not write is damage) and checks that the index and data files it implies
+are there, regular files and not empty; ``checkpoint.verify`` then reads their content with TensorFlow.
 
     found = inspect_series("last", run / "checkpoints" / "last")
     found.prefix, found.problem     # the current checkpoint; one line naming a damaged file, or None
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from textstream.claims import kind_of, read_regular
+from textstream.errors import TextstreamError
 
 STATE_FILE = "checkpoint"  # CheckpointManager's state file in each series directory
 # the lines CheckpointManager writes in its state file (a text protobuf); any other line is damage
@@ -58,7 +63,7 @@ def inspect_series(which: str, directory: Path) -> Series:
     """The ``Series`` in ``directory``: its state file parsed strictly, its index and data files there, not empty."""
     state = directory / STATE_FILE
     try:
-        text = state.read_text(encoding="utf-8")
+        text = read_regular(state, limit=1 << 20).decode("utf-8")
     except FileNotFoundError:
         leftovers = sorted(p.name for p in directory.iterdir()
                            if _CHECKPOINT_FILE.fullmatch(p.name)) if directory.is_dir() else []
@@ -69,6 +74,8 @@ def inspect_series(which: str, directory: Path) -> Series:
         return Series(which, directory, problem=f"{state}: damaged (not UTF-8: invalid byte at offset {e.start})")
     except OSError as e:
         return Series(which, directory, problem=f"{state}: cannot read ({e.strerror or e})")
+    except TextstreamError as e:  # not a regular file, or far too big for a state file
+        return Series(which, directory, problem=str(e))
     names = []
     for n, line in enumerate(text.splitlines(), 1):
         match = _STATE_LINE.fullmatch(line.strip())
@@ -92,9 +99,13 @@ def _missing_files(prefix: Path) -> str | None:
     wanted = [prefix.with_name(prefix.name + ".index")]
     wanted += [prefix.with_name(f"{prefix.name}.data-{k:05d}-of-{shards:05d}") for k in range(shards)]
     for path in wanted:
-        if not path.is_file():
+        try:
+            st = os.stat(path)
+        except OSError:
             return f"{path}: missing (checkpoint {prefix.name} is incomplete)"
-        if path.stat().st_size == 0:
+        if not stat.S_ISREG(st.st_mode):
+            return f"{path}: is {kind_of(st.st_mode)}, not a regular file (checkpoint {prefix.name} is damaged)"
+        if st.st_size == 0:
             return f"{path}: empty (checkpoint {prefix.name} is damaged)"
     return None
 

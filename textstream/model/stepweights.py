@@ -20,28 +20,36 @@ float32, gates in Keras's order (input, forget, cell, output). The
 name, the sha256 of its ``.index`` file (which holds a CRC32C of every
 tensor, so it changes whenever a weight does) and the name and size of each
 data file. A file whose fingerprint does not match the checkpoint on disk,
-or that cannot be read, is never used (``read`` returns None).
+or that fails any check of ``load`` (it is read without trusting it: see
+there; NaN or Inf in an array is damage), is never used.
 
-    weights = read(prefix)            # None: missing, damaged, stale or foreign
+    weights = load(prefix)            # StepFileError naming the file: missing, damaged, stale or foreign
+    weights = read(prefix)            # the same, None instead of the error
     write(weights, prefix)            # atomically; older step files in the directory are removed
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from textstream.claims import open_regular, read_regular
+from textstream.errors import TextstreamError
 from textstream.fsutil import atomic_file, remove_quietly
 
 FORMAT = "textstream-step/1"
 SUFFIX = ".step.npz"
+MAX_META_BYTES = 1 << 16  # the JSON header member: a few hundred bytes
 
-__all__ = ["StepWeights", "FORMAT", "SUFFIX", "path_for", "fingerprint", "read", "write", "is_current"]
+__all__ = ["StepWeights", "StepFileError", "FORMAT", "SUFFIX", "path_for", "fingerprint", "load", "read", "write",
+           "is_current"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,7 @@ def fingerprint(prefix: str | os.PathLike) -> dict[str, Any]:
     """
     prefix = Path(prefix)
     index = prefix.with_name(prefix.name + ".index")
-    digest = hashlib.sha256(index.read_bytes()).hexdigest()
+    digest = hashlib.sha256(read_regular(index)).hexdigest()
     data = {}
     with os.scandir(prefix.parent) as entries:
         for entry in entries:
@@ -159,34 +167,125 @@ def write(weights: StepWeights, prefix: str | os.PathLike) -> Path:
     return path
 
 
-def read(prefix: str | os.PathLike) -> StepWeights | None:
-    """The step weights beside the checkpoint ``prefix``, or None when missing, unreadable, stale or foreign."""
+class StepFileError(TextstreamError):
+    """The step weights file of a checkpoint cannot be used: missing, stale (another checkpoint's), or damaged.
+
+    The message names the file and says which; ``missing`` tells the first apart.
+    """
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+def load(prefix: str | os.PathLike) -> StepWeights:
+    """The step weights beside the checkpoint ``prefix``, every array checked; a ``StepFileError`` otherwise.
+
+    Read without trusting the file: a regular file (a FIFO is refused, not
+    waited on), a zip whose members are all stored (a compressed member is
+    refused before it is inflated), a JSON header whose fingerprint matches
+    the checkpoint on disk, then each array's own header (name, shape,
+    float32) and size checked against what the header implies before its
+    data is read, and the data finite (no NaN or Inf).
+    """
+    path = path_for(prefix)
     try:
-        with np.load(path_for(prefix), allow_pickle=False) as npz:
-            meta = _current_meta(npz, prefix)
-            return None if meta is None else StepWeights.from_arrays(npz, int(meta["layers"]))
-    except Exception:  # noqa: BLE001 - see _current_meta
+        fd = open_regular(path)
+    except FileNotFoundError:
+        raise StepFileError(f"{path}: missing", missing=True) from None
+    except OSError as e:
+        raise StepFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    except TextstreamError as e:
+        raise StepFileError(str(e)) from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            with zipfile.ZipFile(f) as zf:
+                return _checked(zf, path, prefix)
+        except StepFileError:
+            raise
+        except Exception as e:  # noqa: BLE001 - zipfile and numpy report damaged bytes in many types
+            raise StepFileError(f"{path}: damaged ({first_line(e)})") from None
+
+
+def read(prefix: str | os.PathLike) -> StepWeights | None:
+    """The step weights beside the checkpoint ``prefix``, or None when missing, damaged, stale or foreign (``load``)."""
+    try:
+        return load(prefix)
+    except StepFileError:
         return None
 
 
 def is_current(prefix: str | os.PathLike) -> bool:
-    """Whether the step file beside ``prefix`` is readable and matches the checkpoint (only its header is read)."""
+    """Whether the step file beside ``prefix`` passes every check of ``load`` (then generation may use it)."""
+    return read(prefix) is not None
+
+
+def _checked(zf: zipfile.ZipFile, path: Path, prefix: str | os.PathLike) -> StepWeights:
+    """The weights in the open step file ``zf``, read as ``load`` says (every problem: ``StepFileError``)."""
+    members = {info.filename: info for info in zf.infolist()}
+    packed = sorted(name for name, info in members.items() if info.compress_type != zipfile.ZIP_STORED)
+    if packed:
+        raise StepFileError(f"{path}: damaged ({packed[0]} is compressed; a step file is stored uncompressed)")
+    if "meta.npy" not in members or members["meta.npy"].file_size > MAX_META_BYTES:
+        raise StepFileError(f"{path}: damaged (no readable meta header)")
+    with zf.open("meta.npy") as fp:
+        meta = json.loads(str(np.lib.format.read_array(io.BytesIO(fp.read(MAX_META_BYTES)), allow_pickle=False)[()]))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise StepFileError(f"{path}: not a textstream step file (format {_short(meta)})")
+    sizes = [meta.get(k) for k in ("layers", "units", "vocab_size")]
+    if not all(type(n) is int and n >= 1 for n in sizes):
+        raise StepFileError(f"{path}: damaged (its header's layers, units and vocab_size are not counts)")
+    if meta.get("checkpoint") != fingerprint(prefix):
+        raise StepFileError(f"{path}: stale (written for another state of checkpoint {Path(prefix).name})")
+    layers, units, vocab = sizes
+    want = _shapes(layers, units, vocab)
+    names = {f"{name}.npy" for name in want} | {"meta.npy"}
+    if set(members) != names:
+        odd = sorted(set(members) ^ names)
+        raise StepFileError(f"{path}: damaged ({odd[0]}: {'unexpected' if odd[0] in members else 'missing'})")
+    arrays = {name: _array(zf, members[f"{name}.npy"], shape, path) for name, shape in want.items()}
     try:
-        with np.load(path_for(prefix), allow_pickle=False) as npz:
-            return _current_meta(npz, prefix) is not None
-    except Exception:  # noqa: BLE001 - see _current_meta
-        return False
+        return StepWeights.from_arrays(arrays, layers)
+    except ValueError as e:
+        raise StepFileError(f"{path}: damaged ({e})") from None
 
 
-def _current_meta(npz, prefix: str | os.PathLike) -> dict | None:
-    """The file's header when it is a step file of the checkpoint ``prefix`` as it is on disk now, else None.
+def _shapes(layers: int, units: int, vocab: int) -> dict[str, tuple[int, ...]]:
+    """The arrays of a step file and their shapes (the module docstring's table)."""
+    want = {"embed": (vocab, 4 * units), "head_kernel": (units, vocab), "head_bias": (vocab,)}
+    for i in range(layers):
+        want[f"recurrent_{i}"] = (units, 4 * units)
+    for i in range(1, layers):
+        want[f"kernel_{i}"], want[f"bias_{i}"] = (units, 4 * units), (4 * units,)
+    return want
 
-    Its callers treat any exception on the way (a missing or truncated file,
-    an altered zip, a missing array, a bad JSON header, a checkpoint gone:
-    numpy and zipfile raise many kinds) as "no usable file": a cache miss,
-    never a traceback.
-    """
-    meta = json.loads(str(npz["meta"][()]))
-    if isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("checkpoint") == fingerprint(prefix):
-        return meta
-    return None
+
+def _array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """One stored member: its .npy header checked (shape, float32, C order, size) before any data is read; finite."""
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        got, fortran, dtype = read_header(fp)
+        nbytes = int(np.prod(shape)) * 4
+        if tuple(got) != shape or dtype != np.dtype("<f4") or fortran or info.file_size != fp.tell() + nbytes:
+            raise StepFileError(f"{path}: damaged ({info.filename} is {dtype} {tuple(got)} in "
+                                f"{info.file_size:,} bytes; the header says float32 {shape})")
+        data = fp.read(nbytes)
+    if len(data) != nbytes:
+        raise StepFileError(f"{path}: damaged ({info.filename} is cut short)")
+    a = np.frombuffer(data, "<f4").reshape(shape)
+    if not np.isfinite(a).all():
+        raise StepFileError(f"{path}: damaged ({info.filename[:-4]} holds NaN or Inf)")
+    return a
+
+
+def _short(value: Any) -> str:
+    text = repr(value.get("format") if isinstance(value, dict) else type(value).__name__)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line, at most 160 characters."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if len(line) <= 160 else line[:157] + "..."

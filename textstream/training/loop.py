@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +32,7 @@ from textstream.data.prepared import Prepared
 from textstream.data.tokens import TokenChoice
 from textstream.errors import Interrupted, NoSpace, TextstreamError
 from textstream.generation.generator import Generator
-from textstream.model.checkpoint import weights_sha256
+from textstream.model.checkpoint import check_shapes, weights_sha256
 from textstream.model.run import RunLock, RunPaths
 from textstream.training import events
 from textstream.training.checkpoints import Checkpoints, ResumePoint, resume_point, save_directory
@@ -40,7 +41,13 @@ from textstream.training.evaluation import IdStream, score, train_context
 from textstream.training.metricslog import MetricsLog, NoLog
 from textstream.training.runstart import NewRun
 from textstream.training.schedule import Every, Meter, Plan
-from textstream.training.setup import check_same_vocab, prepare_corpus, resolve_precision, size_for_budget
+from textstream.training.setup import (
+    check_same_data,
+    check_same_vocab,
+    prepare_corpus,
+    resolve_precision,
+    size_for_budget,
+)
 from textstream.training.update import (
     build_state,
     distributed_batches,
@@ -54,8 +61,9 @@ LOG_EVERY_S = 0.25
 
 
 def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | Path = "runs/default", *,
-          resume: bool = False, resume_from: str = "last", on_event: events.OnEvent | None = None,
-          should_stop: Callable[[], bool] | None = None, on_progress=None, strategy=None) -> events.Finished:
+          resume: bool = False, resume_from: str = "last", allow_new_data: bool = False,
+          on_event: events.OnEvent | None = None, should_stop: Callable[[], bool] | None = None, on_progress=None,
+          strategy=None) -> events.Finished:
     """Train (or with ``resume=True`` continue) the run in ``run_dir``; returns the ``Finished`` summary.
 
         from textstream import make_config, train
@@ -71,6 +79,11 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
         resume: continue from the newest checkpoint, exactly.
         resume_from: the series a resume starts from, "last" or "best" (when
             "last" is damaged; see ``training.checkpoints.resume_point``).
+        allow_new_data: let a resume go on when the corpus is no longer the
+            one the run was trained on (its sha256 differs from the one in
+            the run's vocab.json): the resume is then not exact, and "best"
+            keeps the loss it had on the old validation split. Without it,
+            such a resume is refused (``setup.check_same_data``).
         on_event: called with each ``training.events`` record (progress,
             validation, samples, notices); the library itself never prints.
         should_stop: polled between steps; True saves a checkpoint and stops.
@@ -87,8 +100,10 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
     Raises:
         TextstreamError: every problem a user can cause (bad sources, a corpus
             shorter than a window, a run directory in use or of another kind,
-            a damaged checkpoint, a full disk, a NaN loss), as one line. A new
-            run that fails before its first checkpoint leaves nothing behind.
+            a damaged checkpoint, a corpus changed since the run started, a
+            token file changed during training (after saving the last good
+            step), a full disk, a NaN loss), as one line. A new run that
+            fails before its first checkpoint leaves nothing behind.
         Interrupted: ``should_stop`` returned True; "last" was saved first.
     """
     if strategy is None or isinstance(strategy, str):
@@ -96,25 +111,30 @@ def train(cfg: TrainConfig, sources: Sequence[str | Path] = (), run_dir: str | P
     chief = is_chief(strategy)  # the one worker that writes the run directory and emits events
     emit = on_event if chief and on_event is not None else _ignore
     paths = RunPaths(Path(run_dir))
-    paths.check_directory()
-    paths.check_entries()  # before the lock writes anything
+    paths.check_claim(resume)  # before the lock writes anything: entries' kinds, never over another kind's files
     start = NewRun(paths) if chief and not resume else None  # before the lock creates the directory
     with RunLock(paths) if chief else contextlib.nullcontext(), save_directory(paths, chief) as save_dir, \
-            start.undone_on_failure() if start else contextlib.nullcontext():
+            start.undone_on_failure() if start else contextlib.nullcontext(), contextlib.ExitStack() as stack:
         if chief:
             paths.check_for_training(resume)
             paths.remove_stale_temporaries()  # of writers killed earlier (we hold the lock)
             if not resume:
                 paths.clear_attempt()  # the log of an earlier start that saved no checkpoint
         point = resume_point(paths, resume_from, chief=chief) if resume else None  # checked before any work
+        if point is not None:
+            check_shapes(paths, cfg, paths.read_vocab(), point.start.prefix)  # an edited size: one line, no OOM
         for notice in point.notices if point else ():
             emit(events.Notice(notice))
         corpus, sources = prepare_corpus(cfg, sources, paths, resume, on_progress, emit)
+        stack.callback(corpus.hold().release)  # cache clean leaves the token files alone while the run uses them
         emit(events.Prepared(dir=str(corpus.dir), vocab_size=corpus.vocab.size, train_chars=corpus.train_chars,
                              val_chars=corpus.val_chars, cached=corpus.cached, choice=TokenChoice.of(corpus.vocab),
                              train_tokens=corpus.train_tokens, val_tokens=corpus.val_tokens))
         if resume:
-            check_same_vocab(paths, corpus.vocab)
+            check_same_vocab(paths, corpus.vocab)  # another vocabulary: never, whatever the flags
+            check_same_data(paths, corpus.vocab, allow_new_data, emit)
+            if allow_new_data and chief:
+                paths.write_vocab(corpus.vocab)  # the new corpus is the run's from now on
         started = time.monotonic()  # a time budget counts from here: sizing's measurement is part of it
         cfg = size_for_budget(resolve_precision(cfg, strategy, paths, resume), corpus, strategy, paths, resume)
         if not resume and chief:
@@ -176,7 +196,11 @@ class Trainer:
         while step < self.plan.horizon:
             asked = self.should_stop()
             out_of_time = self.plan.out_of_time(time.monotonic())
-            agreed = self.train_one(batches, step, stop=asked or out_of_time)
+            try:
+                agreed = self.train_one(batches, step, stop=asked or out_of_time)
+            except tf.errors.OpError as e:  # a batch that could not be read: the token file changed?
+                self.stop_if_data_changed(step, e)
+                raise
             step += 1
             if self.log_every.due() or step == self.plan.horizon:
                 self.log_step(step)
@@ -224,6 +248,7 @@ class Trainer:
         previous "last" and finds this epoch's model already in "best".
         """
         cfg = self.cfg
+        self.stop_if_data_changed(step)  # before validation reads a split that may be cut short
         with self.state.averaged():  # validation, checkpoints and samples see the weights' average (--ema)
             val = self.validation()
             best = val is not None and val.nats_per_char < float(self.state.best_val_nats.numpy())
@@ -260,6 +285,32 @@ class Trainer:
         again = " --from best" if Path(last).parent.name == "best" else ""
         return (f"training stopped; the last checkpoint, {last}, is intact: free some space, then continue with: "
                 f"textstream train --resume{again} -o {self.paths.root}")
+
+    def stop_if_data_changed(self, step: int, error: BaseException | None = None) -> None:
+        """When a token file is not what it was at the start (or ``error`` names one): save the step, stop in one line.
+
+        The state is step ``step``'s, the last good one (a batch that could
+        not be read takes no step): it is saved to "last", and the error says
+        how to go on (the resume prepares the run's sources again).
+        """
+        problem = None
+        for tokens in (self.windows.tokens, self.val):
+            try:
+                size = os.stat(tokens.path).st_size
+            except OSError:
+                size = None
+            if size != tokens.nbytes or (error is not None and str(tokens.path) in str(error)):
+                now = "gone" if size is None else f"{size:,} bytes now"
+                problem = f"{tokens.path}: changed during training ({tokens.nbytes:,} bytes at the start, {now})"
+                break
+        if problem is None:
+            return
+        if self.saved_step != step:
+            self.save("last", "data changed")
+        if self.last_good is None:
+            raise TextstreamError(f"{problem}; training stopped before its first checkpoint: start it again")
+        raise TextstreamError(f"{problem}; training stopped, step {step} saved in {self.last_good}: continue with "
+                              f"textstream train --resume -o {self.paths.root} (it prepares the run's sources again)")
 
     def epoch_number(self, step: int) -> int:
         return int(self.windows.epoch_of(step, self.cfg.batch_size))

@@ -2,8 +2,9 @@
 
 ``train`` (``training.loop``) calls these in order: ``prepare_corpus`` (a
 resume reuses the run's prepared corpus, or prepares its sources again),
-``check_same_vocab`` (a resume's corpus must mean what the run's ids mean),
-``resolve_precision`` (``--precision auto``, timed here) and
+``check_same_vocab`` (a resume's ids must mean what the run's ids mean),
+``check_same_data`` (its corpus must be the run's, unless
+``--allow-new-data``), ``resolve_precision`` (``--precision auto``, timed here) and
 ``size_for_budget`` (``--time-budget``, the machine's speed measured here).
 """
 from __future__ import annotations
@@ -76,6 +77,28 @@ def size_for_budget(cfg: TrainConfig, corpus: Prepared, strategy, paths: RunPath
     if strategy.num_replicas_in_sync == 1:
         speed = training_speed(corpus.vocab.size, **REFERENCE, precision=resolved_precision(cfg))
     return sized(cfg, speed, corpus.train_chars)
+
+
+def check_same_data(paths: RunPaths, vocab: Vocab, allow: bool, emit: events.OnEvent) -> None:
+    """A resume's corpus must be the run's: the sha256 of its sources (``fingerprint``) as the run's vocab.json has it.
+
+    Another corpus (the source file edited, the prepared directory replaced)
+    would make the resume inexact and compare "best" across two validation
+    splits: refused, unless ``allow`` (``--allow-new-data``), which goes on
+    with a notice saying so. A run or a corpus that records no fingerprint
+    is not checked.
+    """
+    old, new = paths.read_vocab().meta.get("fingerprint"), vocab.meta.get("fingerprint")
+    if old is None or new is None or old == new:
+        return
+    what = (f"the corpus is not the one the run was trained on (its sources' sha256 is {str(new)[:12]}..., "
+            f"{paths.vocab} records {str(old)[:12]}...)")
+    if not allow:
+        raise TextstreamError(f"{paths.root}: cannot resume: {what}; the resume would not be exact and \"best\" would "
+                              f"be compared on another validation split. Restore the run's text, pass "
+                              f"--allow-new-data to continue on the new one anyway, or start a new run")
+    emit(events.Notice(f"{what}: continuing on the new text (--allow-new-data); the resume is not exact, and "
+                       f"\"best\" keeps the loss it had on the old validation split"))
 
 
 def check_same_vocab(paths: RunPaths, vocab: Vocab) -> None:

@@ -147,6 +147,7 @@ def test_numpy_and_tensorflow_give_the_same_text(gens):
                             (PATTERNS[4], {"temperature": 1.2, "top_p": 0.8})):
         got = numpy_gen.generate(primes, 300, seed=[3, 3, 4, 5], regex=pattern, **kwargs)
         assert got == tf_gen.generate(primes, 300, seed=[3, 3, 4, 5], regex=pattern, **kwargs), (pattern, kwargs)
+        assert all(is_prefix(pattern, t) for t in got) and len(set(got)) > 1  # top-k, top-p: still inside
     texts = []
     for gen in gens:  # a long match crosses the compiled loop's calls (KMAX) and stream's growing chunks
         pieces = list(gen.stream("the ", temperature=1.0, seed=2, n=3000, regex=r"[a-z ]{1100}"))

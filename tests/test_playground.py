@@ -8,9 +8,11 @@ as text; the key field is the Bearer header. With ``TEXTSTREAM_PLAYGROUND_PNG``
 set to a path the screenshot is also saved there (how ``docs/playground.png``
 is made).
 """
+import copy
 import json
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -19,7 +21,7 @@ pytest.importorskip("openai", reason="the openai client is not installed (pip in
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 
 from conftest import TEXT, make_run  # noqa: E402
-from serving import KEY, ServerThread, expected, post  # noqa: E402
+from serving import KEY, WAIT_S, ServerThread, SlowBackend, expected, post  # noqa: E402
 
 from textstream.generation.generator import Generator  # noqa: E402
 
@@ -124,17 +126,43 @@ def test_generate_streams_the_models_text_with_logprobs_and_alternatives_on_hove
     assert page.faults == []
 
 
-def test_stop_ends_the_servers_stream_and_continue_picks_up_where_the_text_stopped(page, srv, model):
+class GatedBackend(SlowBackend):
+    """A backend that stops generating once ``chars`` characters are out, until ``opened`` is set."""
+
+    def __init__(self, backend, chars: int):
+        super().__init__(backend, 0.0)
+        self.left, self.opened = chars, threading.Event()
+
+    def advance_rows(self, rows, k, feed=None):
+        if self.left <= 0:
+            self.opened.wait(WAIT_S)
+        self.left -= k
+        return super().advance_rows(rows, k, feed)
+
+
+@pytest.fixture
+def gated(model):
+    """A server whose stream holds still after its first characters (so Stop always finds it running)."""
+    gen = copy.copy(model)
+    gen.backend = GatedBackend(model.backend, 60)
+    s = ServerThread(gen, max_streams=4, api_key=KEY)
+    yield s
+    gen.backend.opened.set()
+    s.close()
+
+
+def test_stop_ends_the_servers_stream_and_continue_picks_up_where_the_text_stopped(page, gated, model):
+    page.goto(gated.url + "/")
     _settings(page, length=4000, seed=3)
     assert page.is_disabled("#continue") and page.is_disabled("#stop")
     page.click("#generate")
     _wait_for_chars(page, 50)
-    cancelled = srv.server.engine.stats.finished.get("cancelled", 0)
     page.click("#stop")
     _wait_until_idle(page)
     assert "(stopped)" in page.text_content("#status")
-    srv.wait_until(lambda: srv.health()["streams"] == 0)  # the server's stream was stopped, not run to 4000
-    assert srv.server.engine.stats.finished.get("cancelled", 0) == cancelled + 1
+    gated.server.generator.backend.opened.set()
+    gated.wait_until(lambda: gated.health()["streams"] == 0)  # the server's stream was stopped, not run to 4000
+    assert gated.server.engine.stats.finished == {"cancelled": 1}
     first = "".join(c["text"] for c in _chars(page))
     assert 50 <= len(first) < 4000
     assert first == expected(model, PROMPT, 4000, temperature=0.8, seed=3)[:len(first)]

@@ -201,10 +201,26 @@ def _train(args: argparse.Namespace, cfg: TrainConfig) -> int:
             train(cfg, args.sources, run_dir, resume=args.resume, resume_from=args.resume_from or "last",
                   allow_new_data=args.allow_new_data, on_event=display, should_stop=stop.is_set, on_progress=ui,
                   strategy=args.strategy)
+    except Exception as e:
+        lost = _lost_worker(e)
+        if lost is None:
+            raise
+        raise TextstreamError(lost) from None
     finally:
         ui.close()
         display.close()
     return 0
+
+
+def _lost_worker(e: BaseException) -> str | None:
+    """The one line for a cluster that lost a worker (TensorFlow's collective ops aborted), else None."""
+    import tensorflow as tf
+
+    if not isinstance(e, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)):
+        return None
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return (f"the training cluster lost contact with a worker ({first[:200]}); every worker must run the same "
+            "command with its own TF_CONFIG: start them again (with --resume once a checkpoint exists)")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

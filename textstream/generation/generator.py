@@ -58,8 +58,20 @@ class Generator:
         for chunk in gen.stream("The ", temperature=0.8, n=500):
             print(chunk, end="", flush=True)
 
-    ``backend`` is the ``StepBackend`` that runs the model, ``vocab`` its
-    ``Vocab``, ``config`` the run's ``TrainConfig`` (None when unknown).
+    Args:
+        backend: the ``StepBackend`` that runs the model (``Generator.load``
+            picks one; ``Generator.from_model`` wraps a model in memory).
+        vocab: its ``Vocab``.
+        config: the run's ``TrainConfig`` (None when unknown).
+        data_dir: the prepared corpus, whose validation text primes empty
+            primes (None: a newline).
+
+    Every method returns text (``stream``: an iterator of chunks;
+    ``generate``: one string per prime; ``session``: a ``Session``) and
+    raises ``TextstreamError`` for what a caller can get wrong: a bad
+    temperature, top-k, top-p, length or stop string, prime characters
+    outside the vocabulary (named), or, in ``load``, a run directory that is
+    missing, foreign or damaged (the damaged file named).
     """
 
     def __init__(self, backend: StepBackend, vocab: Vocab, config=None, *, data_dir: Path | None = None):
@@ -85,6 +97,10 @@ class Generator:
         for XLA to compile it (TensorFlow backend).
 
             gen = Generator.load("runs/default", checkpoint="last")
+
+        Returns the ``Generator``. Raises ``TextstreamError``: no such run, no
+        checkpoint, a damaged file (named), or ``backend="numpy"`` without a
+        current step weights file.
         """
         cfg, vocab, backend = load_backend(run_dir, checkpoint, backend)
         gen = cls(backend, vocab, cfg, data_dir=RunPaths(Path(run_dir)).prepared_dir())

@@ -12,6 +12,7 @@ import logging
 import random
 import re
 import socket
+import sys
 import urllib.error
 import urllib.request
 
@@ -239,6 +240,13 @@ def test_no_metrics_is_a_404_and_the_flag_reaches_the_server(tiny_gen, tiny_run,
         assert main(["serve", str(tiny_run), "--backend", "numpy", "--checkpoint", "last", "--max-streams", "2",
                      "--port", "0", *flags]) == 0
         assert seen.pop() is want
+
+
+def test_serve_without_prometheus_client_says_how_to_install_the_extra(tiny_run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if it were not installed
+    assert main(["serve", str(tiny_run)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == 'textstream: serve needs the serve extra: pip install "textstream[serve]"\n'
 
 
 # --- a burst: 256 clients at once, some refused (429), some dropping -------------------------------

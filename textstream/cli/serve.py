@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``textstream serve``; returns the exit status."""
-    if importlib.util.find_spec("aiohttp") is None:
+    if any(importlib.util.find_spec(name) is None for name in ("aiohttp", "prometheus_client")):
         raise TextstreamError('serve needs the serve extra: pip install "textstream[serve]"')
     if not 0 <= args.port <= 65535:
         raise TextstreamError(f"--port must be in [0, 65535] (got {args.port})")

@@ -192,6 +192,18 @@ def test_a_prompt_with_markup_is_shown_as_text_and_runs_nothing(page, model):
     assert page.faults == []
 
 
+def test_past_the_servers_cap_for_logprobs_the_text_comes_unshaded(page, model):
+    prompt = (PROMPT * 1500)[:16380]  # with 10 more characters, past MAX_LOGPROB_CHARS (16384)
+    _settings(page, prompt=prompt, length=10, seed=2)
+    page.click("#generate")
+    _wait_until_idle(page)
+    assert "10 characters (length)" in page.text_content("#status")
+    chars = _chars(page)
+    assert "".join(c["text"] for c in chars) == expected(model, prompt, 10, temperature=0.8, seed=2)
+    assert [c["logprob"] for c in chars] == [None] * 10
+    assert page.faults == []
+
+
 def test_the_key_field_is_sent_as_the_bearer_header(page, browser, srv):
     _settings(page, key="")
     page.click("#generate")

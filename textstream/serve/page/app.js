@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const TOP = 5;
 let controller = null;   // the running request's AbortController
 let fullText = null;     // the prompt and all the text generated since: what "Continue" sends as its prompt
+let scored = true;       // false once the server says it gives no logprobs for this model (a byte-level one)
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -61,21 +62,29 @@ async function run(prompt) {
   controller = new AbortController();
   busy(true);
   const body = {
-    prompt: prompt, stream: true, logprobs: TOP,
+    prompt: prompt, stream: true,
     max_tokens: parseInt($("length").value, 10) || 300,
     temperature: parseFloat($("temperature").value),
     top_p: parseFloat($("top_p").value),
   };
   if ($("seed").value !== "") body.seed = parseInt($("seed").value, 10);
+  if (scored) body.logprobs = TOP;
   status("generating...");
   let chars = 0;
   try {
-    const resp = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body),
+    const send = () => fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body),
                                                   signal: controller.signal });
-    if (!resp.ok) {
-      const err = await resp.json().catch(() => ({ error: { message: resp.statusText } }));
-      throw new Error(resp.status + ": " + err.error.message);
+    let resp = await send();
+    let err = resp.ok ? null : await resp.json().catch(() => ({ error: { message: resp.statusText } }));
+    if (err && err.error.param === "logprobs" && body.logprobs !== undefined) {
+      // no logprobs for this request (a prompt and length past the server's cap for them) or for this model:
+      // the text without its shading rather than no text
+      if (err.error.code === "unsupported_parameter") scored = false;
+      delete body.logprobs;
+      resp = await send();
+      err = resp.ok ? null : await resp.json().catch(() => ({ error: { message: resp.statusText } }));
     }
+    if (err) throw new Error(resp.status + ": " + err.error.message);
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";

@@ -42,7 +42,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def srv(model):
-    s = ServerThread(model, max_streams=4, api_key=KEY)
+    s = ServerThread(model, max_streams=4, api_key=KEY, max_connections=64)
     yield s
     s.close()
 
@@ -145,7 +145,7 @@ def gated(model):
     """A server whose stream holds still after its first characters (so Stop always finds it running)."""
     gen = copy.copy(model)
     gen.backend = GatedBackend(model.backend, 60)
-    s = ServerThread(gen, max_streams=4, api_key=KEY)
+    s = ServerThread(gen, max_streams=4, api_key=KEY, max_connections=64)
     yield s
     gen.backend.opened.set()
     s.close()

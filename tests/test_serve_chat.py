@@ -18,7 +18,8 @@ MAX_PROMPT = 2000
 
 @pytest.fixture(scope="module")
 def srv(tiny_gen):
-    s = ServerThread(tiny_gen, max_streams=8, api_key=KEY, limits={"max_prompt_chars": MAX_PROMPT})
+    s = ServerThread(tiny_gen, max_streams=8, api_key=KEY, limits={"max_prompt_chars": MAX_PROMPT},
+                     max_connections=64)
     yield s
     s.close()
 

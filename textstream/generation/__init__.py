@@ -9,6 +9,12 @@ character, stop strings); ``sampling_np`` and ``sampling_tf`` apply them.
 ``constraint`` maps a regex onto the vocabulary (a token DFA, for
 ``stream(..., regex=...)``), applied by both backends (``constrained_tf`` is
 TensorFlow's sampling loop under it).
-``generator`` is ``Generator`` (stream, generate, session) and ``Session``
-(feed, sample, fork, state). Imports the model and data stages and the base.
+``generator`` is ``Generator`` (stream, generate, session, restore, score)
+and ``Session`` (feed, sample, fork, state, save, top, sample_logprobs), with
+the parts of them that have a module of their own: ``state`` (the saved
+session's blob), ``probabilities`` (top alternatives and characters with
+their logprobs), ``scoring`` (``Score``, scoring text and batches of texts);
+``logprobs_np`` and ``logprobs_tf`` are each backend's loops for them, and
+``blas`` sets OpenBLAS's threads for the numpy step. Imports the model and
+data stages and the base.
 """

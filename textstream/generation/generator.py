@@ -29,6 +29,7 @@ from textstream.errors import TextstreamError
 from textstream.generation.backends import backend_from_model, load_backend
 from textstream.generation.constraint import Constraints, split_ended
 from textstream.generation.interface import StepBackend, StreamBatch
+from textstream.generation.probabilities import SessionProbabilities
 from textstream.generation.sampling import (
     StopCut,
     check_length,
@@ -39,6 +40,8 @@ from textstream.generation.sampling import (
     seed_u32,
     stream_seeds,
 )
+from textstream.generation.scoring import Scoring
+from textstream.generation.state import SessionSaving, read as read_state
 from textstream.model.run import RunPaths
 
 FIRST_K = 32  # characters in a stream's first call: the first chunk comes quickly
@@ -49,7 +52,7 @@ PRIME_CHARS = 60  # default prime: at most this many characters of a validation 
 __all__ = ["Generator", "Session"]
 
 
-class Generator:
+class Generator(Scoring):
     """Text from a trained run: streams, sessions and batches over one step backend.
 
         from textstream import Generator
@@ -225,7 +228,19 @@ class Generator:
         streams = self.backend.streams([seed], [temperature], top_k, top_p)
         streams.advance(0, [self._prime_ids(prime, seed, unknown)])
         streams.constrain(constraint)
-        return Session(self, streams, unknown, matching=constraint is not None)
+        return Session(self, streams, unknown, matching=constraint is not None,
+                       settings={"temperature": temperature, "top_k": top_k, "top_p": top_p})
+
+    def restore(self, blob: bytes) -> "Session":
+        """The session saved in ``blob`` (``Session.save``), continuing exactly where it was saved.
+
+        A blob of another model, truncated, altered, or of an unknown format
+        version raises ``TextstreamError`` saying which (``textstream.generation.state``).
+
+            twin = gen.restore(s.save())
+        """
+        saved = read_state(blob, self.backend, self.vocab)
+        return Session(self, saved.streams(self.backend), saved.unknown, settings=saved.settings)._resumed(saved)
 
     def generate(self, primes: Sequence[str], n: int, *, temperature: float | Sequence[float] = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
@@ -269,7 +284,7 @@ class Generator:
         return texts
 
 
-class Session:
+class Session(SessionSaving, SessionProbabilities):
     """One stream with state: ``feed`` text, ``sample`` characters, ``fork``, ``reset``, save and restore.
 
         import numpy as np
@@ -277,16 +292,18 @@ class Session:
         first = s.sample(50)
         twin = s.fork()                        # same state; continues identically, separately
         assert twin.sample(20) == s.sample(20)
-        np.savez("state.npz", **s.state)       # later, in another process:
-        s2 = gen.session("The ", temperature=0.8)
-        s2.set_state(np.load("state.npz"))     # continues exactly where s was saved
+        blob = s.save()                        # a few KB; later, in another process:
+        s2 = gen.restore(blob)                 # continues exactly where s was saved
+        assert s2.sample(30) == s.sample(30)
     """
 
     STATE_KEYS = ("h", "c", "seed", "position")
 
-    def __init__(self, generator: Generator, streams: StreamBatch, unknown: str = "error", *, matching: bool = False):
+    def __init__(self, generator: Generator, streams: StreamBatch, unknown: str = "error", *, matching: bool = False,
+                 settings: Mapping | None = None):
         self.generator = generator
         self.unknown = unknown
+        self.settings = dict(settings or {"temperature": 1.0, "top_k": None, "top_p": None})  # for save()
         self.matching = self._initially_matching = matching  # a regex match under way (``sample``)
         self._streams = streams
         self._initial = streams.copy()

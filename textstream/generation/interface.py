@@ -14,6 +14,14 @@ server's engine talk only to these small interfaces, never to tensors:
   every call (the continuous-batching server, ``textstream.serve``), with
   ``StepBackend.advance_rows``.
 
+Log-probabilities come from the same batched step: ``StreamBatch.advance_logprobs``
+samples and returns the model's log-probabilities of each chosen id (and the
+likeliest alternatives) from the very step that chose it, and
+``StepBackend.score_rows`` feeds given ids and returns the log-probability of
+each (scoring, ``textstream.generation.scoring``). ``StepBackend.fingerprint``
+names the weights (the same on every backend for one checkpoint: what a saved
+session, ``textstream.generation.state``, is checked against).
+
 A backend must follow the sampling rules of ``textstream.generation.sampling``
 (the noise hash of seed, position and character), so that every backend
 gives the same text for the same seed, up to the last bits of its logits.
@@ -38,6 +46,18 @@ class StreamBatch(Protocol):
 
         Returns the generated ids, int (B, k). Each generated id moves its
         stream's position by one. ``advance(0, feed)`` only feeds.
+        """
+        ...
+
+    def advance_logprobs(self, k: int, top: int = 0,
+                         feed: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
+        """``advance(k, feed)`` (never under a constraint) that also returns each step's log-probabilities.
+
+        Returns ``(ids, chosen, top_ids, top_logprobs)``: int32 (B, k); float32
+        (B, k), the natural log of each generated id's probability under the
+        model's own distribution (before temperature, top-k or top-p), taken
+        from the step that chose it; int32 and float32 (B, k, ``top``), the
+        ``top`` likeliest ids there, best first.
         """
         ...
 
@@ -93,6 +113,7 @@ class StepBackend(Protocol):
     layers: int
     units: int
     vocab_size: int
+    fingerprint: str  # a hex digest of the weights (``state.weights_digest``), the same on every backend
 
     def streams(self, seeds: Sequence[int], temperatures: Sequence[float], top_k: int | None = None,
                 top_p: float | None = None) -> StreamBatch:
@@ -111,4 +132,14 @@ class StepBackend(Protocol):
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits after each position of ``ids`` (B, T) fed one at a time from the zero state: float (B, T, V)."""
+        ...
+
+    def head_logits(self, h_top: np.ndarray) -> np.ndarray:
+        """The logits after top-layer states ``h_top`` float32 (B, units), as the sampling step computes them: (B, V)."""
+        ...
+
+    def score_rows(self, h: np.ndarray, c: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Feed row b the ids ``ids[b]`` (int (B, T)) from state ``h``, ``c`` (float32 (layers, B, units), updated
+        in place); returns float32 (B, T): the natural log of the probability of ``ids[b, t]`` given the row's
+        state before it (the first from the state given)."""
         ...

@@ -22,19 +22,22 @@ cell) and the sigmoid gates' columns halved, so one ``tanh`` over all four
 gates gives them all (``sigmoid(x) = 0.5 + 0.5 * tanh(x / 2)``; halving is
 exact in float32); the noise of a whole block of positions is hashed at once
 (it does not depend on the model's state). OpenBLAS runs the step's small
-products on one thread: spreading a (1 x 384) @ (384 x 1600) product over
-the cores costs far more than it saves, and on a loaded 2-core machine
-it made each product 30 times slower.
+products on one thread (``textstream.generation.blas`` says why).
+Log-probabilities (scoring, and sampling that records them) run the same
+step in ``textstream.generation.logprobs_np``.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from textstream.generation.blas import one_blas_thread
+from textstream.generation.logprobs_np import Recorder, score_rows
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, stream_keys
+from textstream.generation.state import weights_digest
 from textstream.model.stepweights import StepWeights
 
 NOISE_BLOCK = 1 << 16  # noise values (positions x streams x vocabulary) hashed at once, at most
@@ -101,6 +104,28 @@ class NumpyStep:
                 np.dot(streams.h[-1], self.head_kernel, out=buffers.scores)
                 np.add(buffers.scores, self.head_bias, out=out[:, t])
         return out
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """``state.weights_digest`` of the weights: what a saved session is checked against."""
+        return weights_digest(self.weights)
+
+    def head_logits(self, h_top: np.ndarray) -> np.ndarray:
+        """The logits after top-layer states ``h_top`` (B, units), as the sampling loop computes them: (B, V)."""
+        with one_blas_thread():
+            z = np.dot(np.ascontiguousarray(h_top, f32), self.top)
+        logits = z[:, :self.vocab_size]
+        logits += self.head_bias
+        return logits
+
+    def score_rows(self, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
+        """ln p of each ``ids[b, t]`` (B, T) given row b's state before it; ``h``, ``c`` advanced in place."""
+        with one_blas_thread():
+            return score_rows(self, h, c, ids)
+
+    def scratch(self, b: int) -> "_Buffers":
+        """Scratch arrays (and the LSTM cell) for ``b`` streams, as ``consume`` takes them."""
+        return _Buffers(self, b)
 
     # --- one step of every layer (the arithmetic; state lives in the caller's arrays) ---------------
     def consume(self, x: np.ndarray, h: np.ndarray, c: np.ndarray, buffers: "_Buffers",
@@ -189,6 +214,14 @@ class NumpyStreams:
                 self._feed(feed)
             return self._generate(k) if self.constraint is None else self._generate_constrained(k)
 
+    def advance_logprobs(self, k: int, top: int = 0, feed: Sequence[np.ndarray] | None = None):
+        """``advance`` (unconstrained) that also returns ``(chosen, top_ids, top_logprobs)`` of every step."""
+        record = Recorder(self.batch, k, top, self.model.vocab_size)
+        with one_blas_thread():
+            if feed is not None:
+                self._feed(feed)
+            return (self._generate(k, record), *record.result())
+
     def constrain(self, constraint) -> None:
         """Generate under ``constraint`` from now on, every stream at the start of a match (None: free again).
 
@@ -226,8 +259,8 @@ class NumpyStreams:
                 self.h[:, rows], self.c[:, rows] = h, c
             start = end
 
-    def _generate(self, k: int) -> np.ndarray:
-        """Generate ``k`` ids per stream (the sampling loop); positions move by ``k``."""
+    def _generate(self, k: int, record: Recorder | None = None) -> np.ndarray:
+        """Generate ``k`` ids per stream (the sampling loop); positions move by ``k``; ``record`` keeps the logits."""
         model, b, v = self.model, self.batch, self.model.vocab_size
         out = np.empty((b, k), np.int32)
         buf = _Buffers(model, b)
@@ -238,9 +271,12 @@ class NumpyStreams:
             n = min(block, k - lo)
             noise = gumbel_noise(self.seeds, self.positions + np.uint32(lo), n, v, keys=self.keys)
             noise *= temperature  # T * g, as the graph computes it; T = 0 rows become greedy
+            kept = record.block(n) if record is not None else None
             for t in range(n):
                 np.dot(h_top, model.top, out=buf.z)
                 buf.logits += model.head_bias
+                if kept is not None:
+                    kept[t] = buf.logits
                 if plain:
                     np.add(buf.logits, noise[t], out=buf.scores)
                     x = buf.scores.argmax(axis=1)
@@ -248,6 +284,8 @@ class NumpyStreams:
                     x = choose_scaled(buf.logits, noise[t], self.temperature, self.top_k, self.top_p)
                 out[:, lo + t] = x
                 model.consume(x, self.h, self.c, buf, top_rec=buf.top_rec)
+            if record is not None:
+                record.add(out[:, lo:lo + n])
         self.positions += np.uint32(k)
         return out
 
@@ -308,60 +346,3 @@ class NumpyStreams:
         self.seeds[row] = np.uint32(state["seed"])
         self.keys[row] = stream_keys(self.seeds[row:row + 1])[0]
         self.positions[row] = np.uint32(state["position"])
-
-
-# --- OpenBLAS on one thread while the step runs ------------------------------------------------------
-class _BlasThreads:
-    """Get/set OpenBLAS's thread count through its C API, if numpy's BLAS is a loaded OpenBLAS (else nothing).
-
-    Found the way threadpoolctl finds it: the shared objects mapped into this
-    process (Linux), the ``[scipy_]openblas_{get,set}_num_threads[64_]`` symbols.
-    """
-
-    def __init__(self):
-        self.get = self.set = None
-        try:
-            with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-                paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
-        except OSError:
-            return
-        if not paths:
-            return
-        import ctypes  # only where there is an OpenBLAS to talk to
-
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix in ("scipy_openblas", "openblas"):
-                for suffix in ("64_", ""):
-                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    if get is not None and set_ is not None:
-                        set_.argtypes, set_.restype, get.restype = [ctypes.c_int], None, ctypes.c_int
-                        self.get, self.set = get, set_
-                        return
-
-
-_blas: _BlasThreads | None = None
-
-
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """OpenBLAS on one thread inside the block (the whole process's setting; restored after)."""
-    global _blas
-    if _blas is None:
-        _blas = _BlasThreads()
-    if _blas.set is None:
-        yield
-        return
-    before = _blas.get()
-    if before == 1:
-        yield
-        return
-    _blas.set(1)
-    try:
-        yield
-    finally:
-        _blas.set(before)

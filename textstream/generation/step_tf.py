@@ -24,8 +24,10 @@ from textstream.config import TrainConfig
 from textstream.data.vocab import Vocab
 from textstream.generation.constrained_tf import constrained_loop
 from textstream.generation.interface import RowBatch
+from textstream.generation.logprobs_tf import sample_logprobs, score_rows
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_tf import choose, gumbel_noise
+from textstream.generation.state import weights_digest
 from textstream.model.checkpoint import load_model, step_weights_of
 from textstream.model.stepweights import StepWeights
 
@@ -159,6 +161,7 @@ class TFStep:
         }
         self._zero_feed: dict[int, tuple] = {}
         self._concrete: dict[tuple, object] = {}
+        self.fingerprint = weights_digest(weights)  # what a saved session is checked against (state.py)
 
     @classmethod
     def from_model(cls, model) -> "TFStep":
@@ -268,6 +271,15 @@ class TFStep:
         out, _, _ = _teacher_forced(self.weights, h, c, tf.constant(ids.T))
         return np.transpose(out.numpy(), (1, 0, 2))
 
+    def head_logits(self, h_top: np.ndarray) -> np.ndarray:
+        """The logits after top-layer states ``h_top`` (B, units), as the sampling loop computes them: (B, V)."""
+        z = tf.matmul(tf.constant(np.asarray(h_top, np.float32)), self.weights["top"])
+        return (z[:, :self.vocab_size] + self.weights["head_bias"]).numpy()
+
+    def score_rows(self, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
+        """ln p of each ``ids[b, t]`` (B, T) given row b's state before it; ``h``, ``c`` updated in place."""
+        return score_rows(self, consume, h, c, ids)
+
 
 # --- streams: B of them, their state on the device ------------------------------------------------
 def _bucket(b: int) -> int:
@@ -340,6 +352,12 @@ class TFStreams:
             parts.append(ids[:self.batch])
             feed = None
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def advance_logprobs(self, k: int, top: int = 0, feed: Sequence[np.ndarray] | None = None):
+        """``advance`` (unconstrained) that also returns ``(chosen, top_ids, top_logprobs)`` (``logprobs_tf``)."""
+        if feed is not None and any(len(f) for f in feed):
+            self.advance(0, feed)
+        return sample_logprobs(self, consume, k, top)
 
     def _feed_all_but_last_call(self, feed: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Pad ``feed`` to the bucket's rows and consume all but its last ``PMAX`` chunk; returns the rest."""

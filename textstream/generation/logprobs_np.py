@@ -1,0 +1,107 @@
+"""Log-probabilities on the numpy step backend: scoring fed ids, and recording them while sampling. No TensorFlow.
+
+Both run the step of ``textstream.generation.step_np`` as generation does
+(one product of the top layer's state with ``[head | recurrent]`` gives the
+logits and the next recurrent term), and take the log-softmax of a block of
+positions at once after the loop (it does not feed back into the state), so
+the loop itself pays for one copy per step at most.
+
+    from textstream.generation.logprobs_np import score_rows
+    h = np.zeros((step.layers, 1, step.units), np.float32); c = h.copy()
+    lp = score_rows(step, h, c, np.array([[3, 1, 4]]))     # float32 (1, 3); h, c now after the three ids
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_FLOATS = 1 << 20  # floats of logits (positions x rows x (V + 4U)) kept for one block, at most
+f32 = np.float32
+
+__all__ = ["score_rows", "log_softmax", "Recorder"]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """``logits - logsumexp(logits)`` over the last axis, float32 (a new array)."""
+    top = logits.max(axis=-1, keepdims=True)
+    shifted = logits - top
+    lse = np.log(np.exp(shifted).sum(axis=-1, keepdims=True, dtype=np.float64)).astype(f32)
+    shifted -= lse
+    return shifted
+
+
+def score_rows(model, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
+    """ln p of each ``ids[b, t]`` given row b's state before it: float32 (B, T); ``h``, ``c`` advanced in place.
+
+    ``model``: a ``step_np.NumpyStep``; ``h``, ``c``: float32 (layers, B, units), C-contiguous.
+    ``NumpyStep.score_rows`` calls it with OpenBLAS on one thread (as the sampling loop runs).
+    """
+    ids = np.asarray(ids, np.int64)
+    b, steps = ids.shape
+    v, width = model.vocab_size, model.vocab_size + 4 * model.units
+    out = np.empty((b, steps), f32)
+    if steps == 0:
+        return out
+    block = max(1, min(steps, BLOCK_FLOATS // (b * width)))
+    zs = np.empty((block, b, width), f32)
+    buf = model.scratch(b)
+    h_top = h[-1]
+    for lo in range(0, steps, block):
+        n = min(block, steps - lo)
+        for t in range(n):
+            z = zs[t]
+            np.dot(h_top, model.top, out=z)
+            model.consume(ids[:, lo + t], h, c, buf, top_rec=z[:, v:])
+        logits = zs[:n, :, :v]
+        logits += model.head_bias
+        chosen = np.take_along_axis(logits, ids[:, lo:lo + n].T[:, :, None], axis=2)[:, :, 0]
+        out[:, lo:lo + n] = (chosen - _logsumexp(logits)).T
+    return out
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    """logsumexp over the last axis (float64 sum), float32 (...,)."""
+    top = logits.max(axis=-1)
+    total = np.exp(logits - top[..., None]).sum(axis=-1, dtype=np.float64)
+    return (np.log(total) + top).astype(f32)
+
+
+class Recorder:
+    """What ``NumpyStreams`` fills while it samples ``k`` ids per row: each position's logits, block by block.
+
+    The sampling loop copies its logits into ``block(n)`` at each step and
+    calls ``add(ids)`` after the block; ``result()`` is ``(chosen, top_ids,
+    top_logprobs)`` as ``StreamBatch.advance_logprobs`` returns them.
+    """
+
+    def __init__(self, batch: int, k: int, top: int, vocab_size: int):
+        self.top = max(0, min(int(top), vocab_size))
+        self.chosen = np.zeros((batch, k), f32)
+        self.top_ids = np.zeros((batch, k, self.top), np.int32)
+        self.top_logprobs = np.zeros((batch, k, self.top), f32)
+        self._buffer = np.empty((0, batch, vocab_size), f32)
+        self._done = 0
+
+    def block(self, n: int) -> np.ndarray:
+        """A (n, B, V) buffer for the logits of the next ``n`` positions (reused from block to block)."""
+        if len(self._buffer) < n:
+            self._buffer = np.empty((n, *self._buffer.shape[1:]), f32)
+        return self._buffer[:n]
+
+    def add(self, ids: np.ndarray) -> None:
+        """The block's chosen ids, int (B, n): their log-probabilities and the block's top alternatives."""
+        n = ids.shape[1]
+        lp = log_softmax(self._buffer[:n])  # (n, B, V)
+        at = slice(self._done, self._done + n)
+        self.chosen[:, at] = np.take_along_axis(lp, ids.T[:, :, None].astype(np.int64), axis=2)[:, :, 0].T
+        if self.top:
+            v = lp.shape[-1]
+            best = np.argpartition(-lp, self.top - 1, axis=-1)[..., :self.top] if self.top < v else \
+                np.broadcast_to(np.arange(v), lp.shape).copy()
+            vals = np.take_along_axis(lp, best, axis=-1)
+            order = np.argsort(-vals, axis=-1, kind="stable")
+            self.top_ids[:, at] = np.take_along_axis(best, order, axis=-1).transpose(1, 0, 2)
+            self.top_logprobs[:, at] = np.take_along_axis(vals, order, axis=-1).transpose(1, 0, 2)
+        self._done += n
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.chosen, self.top_ids, self.top_logprobs

@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import NoReturn, Sequence
 
-from textstream.cli import cache, corpora, evaluate, export, generate, prepare, serve, train
+from textstream.cli import cache, corpora, evaluate, export, generate, prepare, score, serve, train
 from textstream.cli.console import interruptible, standard_streams
 from textstream.errors import Interrupted, TextstreamError
 
@@ -28,6 +28,7 @@ COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "generate": generate,
     "eval": evaluate,
+    "score": score,
     "export": export,
     "serve": serve,
     "cache": cache,

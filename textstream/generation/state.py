@@ -25,9 +25,10 @@ the folded seed (``sampling.seed_u32``), ``position`` the characters
 generated, ``temperature``/``top_k``/``top_p``/``unknown`` the session's
 settings; ``pending`` (hex) the bytes of an unfinished UTF-8 character a
 byte model has generated but not yet returned, ``held`` text owed to the
-next ``sample``. Sizes: 1,309 bytes for the seed preset (1 x 128),
-3,359 bytes for the default preset (1 x 384) (the header is ~270 bytes;
-``h`` and ``c`` are ``8 x layers x units``).
+next ``sample``. Sizes: 1,378 bytes for the seed preset (1 x 128) and
+3,426 bytes for the default preset (1 x 384): ``h`` and ``c`` are
+``8 x layers x units`` bytes, the header about 330 (a few bytes more or
+less with the digits of the seed and the settings).
 
 ``read`` checks in this order and says which: not a session state (no
 magic), an unknown version, truncated (or trailing bytes), altered (the

@@ -36,6 +36,8 @@ from textstream.generation.generator import Generator
 from textstream.generation.sampling import check_request, random_seed
 from textstream.model.run import CHECKPOINTS, existing_run
 
+MAX_PRIME_FILE_BYTES = 1 << 24  # a --prime-file's size, at most (16 MiB)
+
 HELP = "generate text from a trained run"
 DESCRIPTION = "Generate text with a stateful single-step copy of the trained model."
 DEFAULT_LENGTH = 400
@@ -80,9 +82,15 @@ def parse_temperatures(text: str) -> list[float]:
 
 
 def read_prime_file(path: Path) -> str:
-    """The file's text (UTF-8); any problem is one line naming the file."""
+    """The file's text (UTF-8, at most ``MAX_PRIME_FILE_BYTES``); any problem is one line naming the file.
+
+    Read in bounded pieces, so a device or a pipe that never ends (``/dev/zero``) is an error, not all memory.
+    """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_PRIME_FILE_BYTES + 1)
+        if len(data) > MAX_PRIME_FILE_BYTES:
+            raise TextstreamError(f"{path}: more than {MAX_PRIME_FILE_BYTES:,} bytes, the most a prime file may hold")
     except FileNotFoundError:
         raise TextstreamError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -34,6 +34,7 @@ from textstream.generation.sampling import (
     StopCut,
     check_length,
     check_request,
+    check_text_size,
     check_unknown,
     find_stop,
     per_stream,
@@ -127,8 +128,9 @@ class Generator(Scoring):
 
     # --- primes -----------------------------------------------------------------------------
     def encode(self, text: str, *, unknown: str = "error", what: str = "prime") -> np.ndarray:
-        """Ids of ``text``; characters outside the vocabulary raise (listing them) or, with "skip", are dropped."""
-        return self.vocab.encode(text, unknown=check_unknown(unknown), what=what)
+        """Ids of ``text`` (at most ``MAX_TEXT_CHARS``); characters outside the vocabulary raise (listing them) or,
+        with "skip", are dropped."""
+        return self.vocab.encode(check_text_size(text, what), unknown=check_unknown(unknown), what=what)
 
     def default_prime(self, seed: int | None = None) -> str:
         """A random line of the run's validation text (chosen by ``seed``), or "\\n" when there is none.

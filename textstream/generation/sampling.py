@@ -87,13 +87,32 @@ def check_unknown(unknown: str) -> str:
     return unknown
 
 
+MAX_TEXT_CHARS = 1 << 24  # characters in one prime or one fed text, at most (16 Mi: minutes of feeding)
+MAX_STOPS = 16  # stop strings per request, at most
+MAX_STOP_CHARS = 1024  # characters in one stop string, at most
+
+
+def check_text_size(text: str, what: str = "prime") -> str:
+    """``text`` itself, or a ``TextstreamError`` when it is longer than ``MAX_TEXT_CHARS``."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise TextstreamError(f"the {what} is {len(text):,} characters; at most {MAX_TEXT_CHARS:,} are fed at once "
+                              "(feed a longer text in parts)")
+    return text
+
+
 def stop_strings(stop: str | Sequence[str] | None) -> list[str]:
-    """``stop`` as a list (one string or several; None: none); an empty stop string is an error."""
+    """``stop`` as a list (one string or several; None: none): none empty, at most ``MAX_STOPS`` of at most
+    ``MAX_STOP_CHARS`` characters."""
     if stop is None:
         return []
     stops = [stop] if isinstance(stop, str) else [str(s) for s in stop]
     if any(not s for s in stops):
         raise TextstreamError("stop strings must not be empty")
+    if len(stops) > MAX_STOPS:
+        raise TextstreamError(f"{len(stops)} stop strings; at most {MAX_STOPS}")
+    longest = max(stops, key=len, default="")
+    if len(longest) > MAX_STOP_CHARS:
+        raise TextstreamError(f"a stop string of {len(longest):,} characters; at most {MAX_STOP_CHARS:,}")
     return stops
 
 

@@ -344,10 +344,12 @@ def test_cli_blocks_per_temperature(tiny_run, tiny_gen, capsys, tmp_path):
     assert out == tiny_gen.generate(["the wo"], 30, seed=1, stop="\n")[0] + "\n"
 
 
-def _follow(run, *extra):
+def _follow(run, *extra, sigint=signal.SIG_DFL):
+    """``generate --follow`` in its own process, started with SIGINT's disposition ``sigint`` (inherited)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "textstream", "generate", str(run), "--follow", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 def test_follow_into_a_pipe_closed_early_ends_quietly(tiny_run):
@@ -362,12 +364,22 @@ def test_follow_into_a_pipe_closed_early_ends_quietly(tiny_run):
     assert rc == 0
 
 
-def test_follow_stops_cleanly_on_ctrl_c(tiny_run, tiny_gen):
-    proc = _follow(tiny_run, "--seed", "4", "--prime", PRIME)
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["inherited default", "inherited ignored"])
+def test_follow_stops_cleanly_on_ctrl_c(tiny_run, tiny_gen, sigint):
+    """SIGINT ends ``--follow`` (exit 130), also when the process started with SIGINT ignored.
+
+    A shell without job control starts a background job (``cmd &`` in a
+    script, a CI runner's) with SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: ``--follow`` could never be stopped by a
+    signal and this test hung. The CLI restores the handler at its entry
+    (``console.interruptible``). The text read first proves the process is
+    past its start, so the signal cannot come before the handler.
+    """
+    proc = _follow(tiny_run, "--seed", "4", "--prime", PRIME, sigint=sigint)
     got = proc.stdout.read(3000).decode("utf-8")
     proc.send_signal(signal.SIGINT)
     try:
-        rest, err = proc.communicate(timeout=120)  # a hang guard: a loaded machine (CI beside a benchmark) took > 30 s
+        rest, err = proc.communicate(timeout=120)  # a hang guard, not a timing: without the handler it never ends
     finally:
         proc.kill()
     assert proc.returncode == 130

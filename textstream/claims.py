@@ -135,7 +135,7 @@ def entries_of(d: Path) -> list[str]:
 
 
 def other_kind(d: Path, kind: str | None) -> str | None:
-    """Why directory ``d`` is another of textstream's kinds than ``kind`` (``KINDS``): "holds X, a Y's file"; or None."""
+    """Why directory ``d`` is another of textstream's kinds than ``kind`` (``KINDS``): "holds X: it is a Y"; or None."""
     for name, markers in KINDS.items():
         if name != kind:
             for marker in markers:

@@ -12,7 +12,11 @@ Families of cases, each a module registered with ``@family``
   either exit 2 with one line naming the file or recover as documented: never
   a traceback, never a silent restart, never a worse "best";
 * ``files``: a full disk wherever textstream writes, temporaries left by
-  killed processes, ``eval`` on bad sources, links planted in a run directory.
+  killed processes, ``eval`` on bad sources, links planted in a run directory;
+* ``hostile``: weights damaged or hostile (NaN, a size claim, a FIFO, an
+  edited config), commands that could destroy files, closed standard
+  streams, data changed under a run, SIGINT to a ``--follow`` that started
+  with it ignored: one line or the documented recovery, nothing destroyed.
 
 Run from the repository root (a table, then one JSON line; exit 1 on any
 failed check)::

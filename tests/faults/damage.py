@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,12 +49,15 @@ FILES: dict[str, tuple[str, dict[str, str]]] = {
     "prepared/train.bin": ("binary", CACHE),
     "prepared/val.bin": ("binary", CACHE),
 }
-DAMAGES = ("deleted", "emptied", "truncated", "garbage", "json-type")
+DAMAGES = ("deleted", "emptied", "truncated", "garbage", "json-type", "fifo")
+# a FIFO in place of a run's file: one line naming it from every command (textstream reads only regular files)
+FIFO_IN_RUN = dict(generate=E, eval=E, export=E, resume=E)
+HANG_S = 300  # a command still running after this (a FIFO read waits forever) is a failure, not a hung drill
 
 
 def damage(path: Path, kind: str) -> None:
     """Damage ``path`` in the way named ``kind`` (``DAMAGES``)."""
-    data = path.read_bytes()
+    data = path.read_bytes() if kind != "fifo" else b""
     if kind == "deleted":
         path.unlink()
     elif kind == "emptied":
@@ -62,6 +66,9 @@ def damage(path: Path, kind: str) -> None:
         path.write_bytes(data[:len(data) // 2])
     elif kind == "garbage":
         path.write_bytes(random.Random(len(data)).randbytes(200))
+    elif kind == "fifo":  # a reader that opens it would wait for a writer forever
+        path.unlink()
+        os.mkfifo(path)
     else:  # valid JSON of the wrong type
         path.write_bytes(b"[1, 2, 3]\n")
 
@@ -145,7 +152,7 @@ def run_case(case: Case) -> list[Row]:
     damage(target, case.kind)
     step = before.best if "/best/" in case.file else before.last
     label = f"{case.file.replace('ckpt-*', f'ckpt-{step}')}: {case.kind}"
-    expect = FILES[case.file][1]
+    expect = FIFO_IN_RUN if case.kind == "fifo" and case.file.startswith("run/") else FILES[case.file][1]
     rows = []
     for command in ("generate", "eval", "export", "resume", "recover"):
         if command not in expect:
@@ -232,6 +239,12 @@ def in_process(argv: list, env: dict) -> Call:
         saved = os.dup(1), os.dup(2)
         os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
         tb = None
+
+        def hung(signum, frame):
+            raise TimeoutError(f"still running after {HANG_S} s")
+
+        signal.signal(signal.SIGALRM, hung)
+        signal.alarm(HANG_S)
         try:
             rc = main([str(a) for a in argv])
         except SystemExit as e:
@@ -239,6 +252,7 @@ def in_process(argv: list, env: dict) -> Call:
         except BaseException:  # noqa: BLE001 - an escaped exception is what the drill looks for
             rc, tb = 1, traceback.format_exc()
         finally:
+            signal.alarm(0)
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             os.close(saved[0]), os.close(saved[1])
@@ -247,7 +261,10 @@ def in_process(argv: list, env: dict) -> Call:
 
 
 def isolated_call(argv: list, env: dict) -> Call:
-    r = subprocess.run([sys.executable, "-m", "textstream", *map(str, argv)], capture_output=True, text=True,
-                       env={**os.environ, **env}, timeout=600)
+    try:
+        r = subprocess.run([sys.executable, "-m", "textstream", *map(str, argv)], capture_output=True, text=True,
+                           env={**os.environ, **env}, timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        return Call(1, "", "", f"still running after {HANG_S} s")
     return Call(r.returncode, r.stdout, r.stderr)
 

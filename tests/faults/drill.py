@@ -14,7 +14,7 @@ may use ``Drill.cli`` and ``Drill.train_argv``, in a module imported below):
   run's (``weights_sha256`` of the ``end`` record of ``metrics.jsonl``).
 * ``damage`` (``tests.faults.damage``): a trained run whose "last" checkpoint is ahead of "best"
   (interrupted mid-epoch), copied per case; one file damaged (``--damages``:
-  deleted, emptied, truncated, garbage, wrong JSON type) for every file
+  deleted, emptied, truncated, garbage, wrong JSON type, a FIFO) for every file
   textstream reads (``--files``: the run's JSON files and metrics, each
   checkpoint series' state, index, data and step weights files, the
   prepared corpus in the cache); then ``generate``, ``eval``, ``export``,
@@ -28,6 +28,13 @@ may use ``Drill.cli`` and ``Drill.train_argv``, in a module imported below):
 * ``files`` (``tests.faults.files``): a full disk wherever textstream
   writes, temporaries of killed processes, ``eval`` on bad sources, links
   planted in a run directory, each of its cases a row.
+* ``hostile`` (``tests.faults.hostile``): what a hostile user tries, a case
+  or more per class: damaged and hostile weights (NaN, a 40 GB claim, a FIFO,
+  an edited config.json), commands that could destroy files (``export
+  --force``, ``prepare -o RUN``, ``cache clean --all`` under a running
+  train), closed standard streams, data changed under a run (a changed
+  corpus, a token file truncated mid-training, an output directory that
+  cannot be made), and SIGINT to a ``--follow`` started with it ignored.
 
 The damage family's commands run in worker processes that import textstream
 once (``--jobs``), or each in its own process (``--isolated``: slower, closest
@@ -57,7 +64,7 @@ import time
 from pathlib import Path
 
 # importing a family's module registers it; the default order of --families is this order
-from tests.faults import kill, damage, files  # noqa: F401  # isort: skip
+from tests.faults import kill, damage, files, hostile  # noqa: F401  # isort: skip
 from tests.faults.damage import DAMAGES
 from tests.faults.harness import FAMILIES, ROOT, Drill, Row, write_corpus
 

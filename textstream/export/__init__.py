@@ -84,7 +84,7 @@ def check_request(format: str, checkpoint: str = "best", quantize: str | None = 
 
 
 def check_output(out: Path, run_root: Path, force: bool = False) -> None:
-    """A ``TextstreamError`` unless ``out`` can be written: its directory exists; it is absent, or ``force`` and an export.
+    """A ``TextstreamError`` unless ``out`` can be written: its directory exists; absent, or ``force`` and an export.
 
     ``force`` replaces only an earlier export (``is_export``), never the run,
     a directory holding it, or another kind of textstream directory.

@@ -238,6 +238,9 @@ def _checked(zf: zipfile.ZipFile, path: Path, prefix: str | os.PathLike) -> Step
     if meta.get("checkpoint") != fingerprint(prefix):
         raise StepFileError(f"{path}: stale (written for another state of checkpoint {Path(prefix).name})")
     layers, units, vocab = sizes
+    if len(members) != 3 * layers + 2:  # meta, embed, the head's two, and three per layer but the first's one
+        raise StepFileError(f"{path}: damaged ({len(members)} members, not the {3 * layers + 2} of a "
+                            f"{layers}-layer model)")
     want = _shapes(layers, units, vocab)
     names = {f"{name}.npy" for name in want} | {"meta.npy"}
     if set(members) != names:

@@ -21,7 +21,8 @@ one product gives the logits and the next step's recurrent term, as
 cell) and the sigmoid gates' columns halved, so one ``tanh`` over all four
 gates gives them all (``sigmoid(x) = 0.5 + 0.5 * tanh(x / 2)``; halving is
 exact in float32); the noise of a whole block of positions is hashed at once
-(it does not depend on the model's state). OpenBLAS runs the step's small
+(it does not depend on the model's state); the cell's arithmetic writes only
+contiguous arrays (``_Buffers.cell``). OpenBLAS runs the step's small
 products on one thread (``textstream.generation.blas`` says why).
 Log-probabilities (scoring, and sampling that records them) run the same
 step in ``textstream.generation.logprobs_np``.
@@ -137,7 +138,7 @@ class NumpyStep:
         """
         g = buffers.gates
         top = self.layers - 1
-        np.take(self.embed, x, axis=0, out=g)
+        np.take(self.embed, x, axis=0, out=g, mode="clip")  # ("raise", the default, copies through a temporary)
         for layer in range(self.layers):
             if layer:
                 np.dot(h[layer - 1], self.kernel[layer], out=g)
@@ -157,21 +158,29 @@ class _Buffers:
         u, v = model.units, model.vocab_size
         self.gates = np.empty((b, 4 * u), f32)
         self.rec = np.empty((b, 4 * u), f32)
-        self.z = np.empty((b, v + 4 * u), f32)  # [logits | top layer's recurrent term]
-        self.logits, self.top_rec = self.z[:, :v], self.z[:, v:]
+        self.z = np.empty((b, v + 4 * u), f32)  # [logits before the head bias | top layer's recurrent term]
+        self.raw, self.top_rec = self.z[:, :v], self.z[:, v:]
+        self.logits = np.empty((b, v), f32)  # raw + head bias, written to an array of its own (see cell)
         self.scores = np.empty((b, v), f32)
-        g = self.gates
-        self.sig, self.cand = g[:, :3 * u], g[:, 3 * u:]  # the sigmoid gates (i, f, o), the cell candidate
-        self.i, self.f, self.o = g[:, :u], g[:, u:2 * u], g[:, 2 * u:3 * u]
+        self.u = np.empty((b, u), f32)
+        self.sig = np.empty((b, 3 * u), f32)  # the sigmoid gates (i, f, o), contiguous (see cell)
+        self.i, self.f, self.o = self.sig[:, :u], self.sig[:, u:2 * u], self.sig[:, 2 * u:]
+        self.cand = self.gates[:, 3 * u:]
 
     def cell(self, c: np.ndarray, h: np.ndarray) -> None:
-        """``c = sigmoid(f) * c + sigmoid(i) * tanh(cand)``, ``h = sigmoid(o) * tanh(c)``, in place."""
-        np.tanh(self.gates, out=self.gates)  # sigmoid gates were halved: sigmoid(x) = 0.5 + 0.5 * tanh(x / 2)
-        self.sig *= f32(0.5)
+        """``c = sigmoid(f) * c + sigmoid(i) * tanh(cand)``, ``h = sigmoid(o) * tanh(c)``, in place.
+
+        One ``tanh`` over all the gates; the sigmoid gates were halved, so
+        ``sigmoid = 0.5 + 0.5 * tanh``. Every result goes to a contiguous
+        array (the sigmoids to ``sig``): numpy's loops that write into a
+        column slice of the gates run several times slower.
+        """
+        np.tanh(self.gates, out=self.gates)
+        np.multiply(self.gates[:, :self.sig.shape[1]], f32(0.5), out=self.sig)
         self.sig += f32(0.5)
         c *= self.f
-        self.cand *= self.i
-        c += self.cand
+        np.multiply(self.cand, self.i, out=self.u)
+        c += self.u
         np.tanh(c, out=h)
         h *= self.o
 
@@ -274,7 +283,7 @@ class NumpyStreams:
             kept = record.block(n) if record is not None else None
             for t in range(n):
                 np.dot(h_top, model.top, out=buf.z)
-                buf.logits += model.head_bias
+                np.add(buf.raw, model.head_bias, out=buf.logits)
                 if kept is not None:
                     kept[t] = buf.logits
                 if plain:
@@ -308,7 +317,7 @@ class NumpyStreams:
             noise *= temperature
             for t in range(n):
                 np.dot(h_top, model.top, out=buf.z)
-                buf.logits += model.head_bias
+                np.add(buf.raw, model.head_bias, out=buf.logits)
                 np.take(con.bias, state, axis=0, out=rows)
                 can_end = con.ends[state]
                 constrained_scores(buf.logits, rows, can_end, out=scores)

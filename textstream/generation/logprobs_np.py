@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK_FLOATS = 1 << 20  # floats of logits (positions x rows x (V + 4U)) kept for one block, at most
+BLOCK_FLOATS = 1 << 18  # floats of logits (positions x rows x V) kept for one block, at most
 f32 = np.float32
 
 __all__ = ["score_rows", "log_softmax", "Recorder"]
@@ -37,22 +37,21 @@ def score_rows(model, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
     """
     ids = np.asarray(ids, np.int64)
     b, steps = ids.shape
-    v, width = model.vocab_size, model.vocab_size + 4 * model.units
+    v = model.vocab_size
     out = np.empty((b, steps), f32)
     if steps == 0:
         return out
-    block = max(1, min(steps, BLOCK_FLOATS // (b * width)))
-    zs = np.empty((block, b, width), f32)
+    block = max(1, min(steps, BLOCK_FLOATS // (b * v)))
+    kept = np.empty((block, b, v), f32)  # each position's logits (the product's buffer stays one, in cache)
     buf = model.scratch(b)
     h_top = h[-1]
     for lo in range(0, steps, block):
         n = min(block, steps - lo)
         for t in range(n):
-            z = zs[t]
-            np.dot(h_top, model.top, out=z)
-            model.consume(ids[:, lo + t], h, c, buf, top_rec=z[:, v:])
-        logits = zs[:n, :, :v]
-        logits += model.head_bias
+            np.dot(h_top, model.top, out=buf.z)
+            np.add(buf.raw, model.head_bias, out=kept[t])
+            model.consume(ids[:, lo + t], h, c, buf, top_rec=buf.top_rec)
+        logits = kept[:n]
         chosen = np.take_along_axis(logits, ids[:, lo:lo + n].T[:, :, None], axis=2)[:, :, 0]
         out[:, lo:lo + n] = (chosen - _logsumexp(logits)).T
     return out

@@ -241,6 +241,11 @@ def bench_model(preset: str, text: str, tmp: Path, args) -> tuple[dict, Path, st
               f"(stream() {b['stream_chars_per_s']:,.0f}; per CPU-s {b['single_chars_per_cpu_s']:,.0f}); "
               f"64 streams {b['batch64_chars_per_s']:,.0f} chars/s", flush=True)
     r["single_numpy_over_tf"] = r["numpy"]["single_chars_per_s"] / r["tf"]["single_chars_per_s"]
+    r["batch64_numpy_over_tf"] = r["numpy"]["batch64_chars_per_s"] / r["tf"]["batch64_chars_per_s"]
+    r["batch64_numpy_over_tf_per_cpu_s"] = r["numpy"]["batch64_chars_per_cpu_s"] / r["tf"]["batch64_chars_per_cpu_s"]
+    print(f"[{preset}] 64 streams, numpy over TensorFlow (the compiled tf.while_loop of the same size): "
+          f"{r['batch64_numpy_over_tf']:.2f} per wall second, {r['batch64_numpy_over_tf_per_cpu_s']:.2f} per CPU "
+          f"second", flush=True)
     if preset == "seed":
         r.update(original_loop(model, vocab, prime, args.seed_chars))
         r["speedup_vs_seed"] = r["numpy"]["single_chars_per_s"] / r["seed_loop_chars_per_s"]

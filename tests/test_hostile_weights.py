@@ -297,6 +297,15 @@ def test_a_checkpoint_holding_nan_is_damage_naming_its_data_file(tmp_path, capsy
     assert not step_file(run).exists()  # nothing was written from it
 
 
+def test_an_index_claiming_more_than_its_data_files_hold_is_refused_before_any_tensor_is_read(tmp_path, capsys):
+    small, big = make_run(tmp_path, name="small", units=16), make_run(tmp_path, name="big", units=512)
+    index = Path(f"{prefix(small)}.index")
+    shutil.copyfile(f"{prefix(big)}.index", index)  # its CRCs and offsets describe 4 MB of tensors
+    for argv in (["generate", small, "--prime", PRIME, "-n", "5"], ["eval", small],
+                 ["train", "-o", small, "--resume", "--steps", "3"]):
+        one_line(capsys, argv, f"{prefix(small)}.data-00000-of-00001: damaged", "ckpt-1.index lists")
+
+
 def test_a_session_state_holding_nan_is_refused(base):
     gen = Generator.load(base, warm=False)
     s = gen.session(PRIME, seed=1)

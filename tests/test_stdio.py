@@ -76,6 +76,14 @@ def test_every_command_whose_product_is_stdout_refuses_a_closed_one(run, tmp_pat
     assert r.returncode == 2 and r.stderr.startswith(f"textstream: {CLOSED}"), r.stderr
 
 
+@pytest.mark.parametrize("argv", [["generate", "RUN", "-n", "50"], ["generate", "RUN", "--follow", "-n", "5000"],
+                                  ["eval", "RUN"]])
+def test_a_product_on_stdout_that_cannot_be_written_is_one_line(run, argv):
+    r = textstream(">/dev/full", *[run if a == "RUN" else a for a in argv])
+    assert r.returncode == 2
+    assert r.stderr == "textstream: standard output: cannot write (No space left on device)\n"
+
+
 def test_eval_with_stderr_closed_prints_its_result(run):
     r = textstream("2>&-", "eval", run)
     assert r.returncode == 0 and "bits/char" in r.stdout

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from tests.faults.harness import Call, Drill, Row, family, started_at
+from tests.faults.harness import NEUTRAL, Call, Drill, Row, family, started_at
 
 E, OK, NOTICE = "error", "ok", "notice"  # exit 2 naming the file; exit 0; exit 0 with a notice naming the file
 READERS = ("generate", "eval", "export")
@@ -263,7 +263,7 @@ def in_process(argv: list, env: dict) -> Call:
 def isolated_call(argv: list, env: dict) -> Call:
     try:
         r = subprocess.run([sys.executable, "-m", "textstream", *map(str, argv)], capture_output=True, text=True,
-                           env={**os.environ, **env}, timeout=HANG_S)
+                           env={**os.environ, **env}, timeout=HANG_S, cwd=NEUTRAL)
     except subprocess.TimeoutExpired:
         return Call(1, "", "", f"still running after {HANG_S} s")
     return Call(r.returncode, r.stdout, r.stderr)

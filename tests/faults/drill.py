@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fault-drill-")) if args.keep is None else args.keep
     work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()  # the commands run from another directory (harness.NEUTRAL)
     env = {**os.environ, "TEXTSTREAM_CACHE": str(work / "cache"), "TF_CPP_MIN_LOG_LEVEL": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     os.environ.update({k: env[k] for k in ("TEXTSTREAM_CACHE", "TF_CPP_MIN_LOG_LEVEL", "PYTHONPATH")})

@@ -21,6 +21,9 @@ WORDS = ("the cat sat on a mat while the dog ran after a red ball and the bird s
          "as the sun went down over the hill; then a man came, asked why, and left? no: he stayed!").split()
 PROBE = re.compile(r"cuInit|cuda|CUDA")  # TensorFlow probing for a GPU at import: not about the run
 TRAIN = ["--preset", "tiny", "--seq-len", "16", "--batch-size", "8", "--no-samples", "--seed", "7"]
+# the commands run from here, not the checkout: ``python -m`` puts the current directory first on the path,
+# which would shadow ``--textstream DIR`` with the checkout's own code (every path given them is absolute)
+NEUTRAL = "/"
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Drill:
     def cli(self, argv: list[str], timeout: float = 600) -> Call:
         """Run ``textstream ARGV`` in its own process (the kill family; ``--isolated``)."""
         r = subprocess.run([sys.executable, "-m", "textstream", *map(str, argv)], capture_output=True, text=True,
-                           env=self.env, timeout=timeout)
+                           env=self.env, timeout=timeout, cwd=NEUTRAL)
         return Call(r.returncode, r.stdout, r.stderr)
 
     def train_argv(self, run: Path, *, resume: bool, extra: list[str] = ()) -> list:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.faults.harness import TRAIN, Call, Drill, Row, family, last_step
+from tests.faults.harness import NEUTRAL, TRAIN, Call, Drill, Row, family, last_step
 
 TIMEOUT = 120  # a hang guard per command (a FIFO read blocks forever)
 
@@ -46,7 +46,7 @@ def call(drill: Drill, argv: list, *, shell: str = "", timeout: float = TIMEOUT,
                "stderr": subprocess.DEVNULL if "2>&-" in shell else subprocess.PIPE}
     pre = (lambda: signal.signal(signal.SIGINT, sigint)) if sigint is not None else None
     try:
-        r = subprocess.run(cmd, env=drill.env, timeout=timeout, text=True, preexec_fn=pre, **streams)
+        r = subprocess.run(cmd, env=drill.env, timeout=timeout, text=True, preexec_fn=pre, cwd=NEUTRAL, **streams)
     except subprocess.TimeoutExpired:
         return Call(124, "", f"hung for {timeout} s")
     return Call(r.returncode, r.stdout or "", r.stderr or "")
@@ -179,7 +179,7 @@ def cache_clean_during_train(drill: Drill, base: Path) -> Row:
     shutil.rmtree(run, ignore_errors=True)
     proc = subprocess.Popen([sys.executable, "-m", "textstream", *map(str, drill.train_argv(
         run, resume=False, extra=["--epochs", "400"]))], env=drill.env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+        stderr=subprocess.DEVNULL, cwd=NEUTRAL)
     try:
         if not wait_for(lambda: last_step(run) is not None, proc):
             return Row("hostile", "cache clean --all during a train", "keeps its corpus", False, "no checkpoint")
@@ -250,7 +250,7 @@ def truncated_during_training(drill: Drill) -> Row:
     # TF_CPP_MIN_LOG_LEVEL=1; a user gets textstream's default (3): what is checked here is what a user sees
     env = {k: v for k, v in drill.env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.Popen([sys.executable, "-m", "textstream", *map(str, argv)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=NEUTRAL)
     try:
         if not wait_for(lambda: last_step(run) is not None, proc):
             return Row("hostile", "train.bin truncated during training", "one line, step saved", False,
@@ -275,7 +275,7 @@ def signals(drill: Drill, base: Path) -> list[Row]:
     """``generate --follow`` started with SIGINT ignored (``cmd &`` in a script): SIGINT still ends it (130)."""
     call(drill, ["generate", base, "-n", "1"])  # its step weights file, so the follow starts on numpy
     proc = subprocess.Popen([sys.executable, "-m", "textstream", "generate", str(base), "--follow", "--seed", "2"],
-                            env=drill.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=drill.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=NEUTRAL,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         started = len(proc.stdout.read(2000)) == 2000

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.faults.harness import Call, Drill, Row, end_record, family, last_step, started_at
+from tests.faults.harness import NEUTRAL, Call, Drill, Row, end_record, family, last_step, started_at
 
 
 @family("kill")
@@ -64,7 +64,7 @@ def one_launch(drill: Drill, run: Path, n: int, before: int | None, kill_after: 
     argv = drill.train_argv(run, resume=before is not None, extra=extra)
     with tempfile.NamedTemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "textstream", *map(str, argv)], stdout=subprocess.DEVNULL,
-                                stderr=err, text=True, env=drill.env)
+                                stderr=err, text=True, env=drill.env, cwd=NEUTRAL)
         killed = False
         if kill_after is not None:
             deadline = time.monotonic() + 300

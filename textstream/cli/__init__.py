@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import NoReturn, Sequence
 
 from textstream.cli import cache, corpora, evaluate, export, generate, prepare, score, serve, train
-from textstream.cli.console import interruptible, standard_streams
+from textstream.cli.console import Checked, StreamError, interruptible, standard_streams
 from textstream.errors import Interrupted, TextstreamError
 
 PROG = "textstream"
@@ -84,10 +84,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        if "stdout" in gone and _product_on_stdout(args):
+        if not _product_on_stdout(args):
+            return COMMANDS[args.command].run(args)
+        if "stdout" in gone:
             raise TextstreamError(f"standard output is closed, and {args.command} writes its result there "
                                   f"(redirect it to a file, or to /dev/null to discard it)")
-        return COMMANDS[args.command].run(args)
+        stdout, sys.stdout = sys.stdout, Checked(sys.stdout, "standard output")  # a failed write: one line
+        try:
+            return COMMANDS[args.command].run(args)
+        finally:
+            sys.stdout = stdout
+    except StreamError as e:
+        _to_devnull(e.stream)  # what is still buffered goes nowhere at exit
+        _say(f"{PROG}: {e}")
+        return 2
     except Interrupted as e:
         _say(f"{PROG}: {e}")
         return 130

@@ -25,6 +25,8 @@ import sys
 import threading
 from typing import IO, Iterator
 
+from textstream.errors import TextstreamError
+
 STREAMS = ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY))
 
 
@@ -52,6 +54,47 @@ def standard_streams() -> set[str]:
                 setattr(sys, name, io.TextIOWrapper(os.fdopen(fd, "wb", closefd=False), encoding="utf-8",
                                                     line_buffering=True))
     return gone
+
+
+class StreamError(TextstreamError):
+    """A write to a standard stream failed (a full disk, an I/O error): one line naming the stream."""
+
+    def __init__(self, message: str, stream):
+        super().__init__(message)
+        self.stream = stream
+
+
+class Checked:
+    """A standard stream whose failed writes are one ``StreamError`` naming it (a reader gone stays ``BrokenPipeError``).
+
+    For the commands whose product is their output: ``generate > /dev/full``
+    is "standard output: cannot write (No space left on device)", not a
+    traceback. ``buffer`` is checked the same way.
+    """
+
+    def __init__(self, stream, name: str):
+        self._stream, self._name = stream, name
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self._stream, method)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StreamError(f"{self._name}: cannot write ({e.strerror or e})", self._stream) from None
+
+    def write(self, data):
+        return self._call("write", data)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    @property
+    def buffer(self):
+        return Checked(self._stream.buffer, self._name)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def interruptible() -> None:

@@ -62,7 +62,10 @@ def _read_problem(prefix: Path) -> str | None:
 
     TensorFlow reports damage as many exception types (``OpError``s,
     ``IndexError`` for a short read, ...) and this code only reads the
-    files, so every ``Exception`` here is about their content. A float
+    files, so every ``Exception`` here is about their content. Data files
+    that hold fewer bytes than the index's tensors take (cut short, or a
+    hostile index) are refused before any tensor is read (nothing the index
+    claims is allocated), and a float
     tensor holding NaN or Inf (the weights, the optimizer's slots) is
     damage too; only ``best_val_nats`` is infinite before a first validation.
     """
@@ -73,6 +76,13 @@ def _read_problem(prefix: Path) -> str | None:
     data = sorted(prefix.parent.glob(glob_escape(prefix.name) + ".data-*"))
     where = str(data[0]) if len(data) == 1 else f"{prefix}.data-*"
     try:
+        claimed, held = _claimed_bytes(reader), sum(p.stat().st_size for p in data)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return f"{prefix}.index: damaged ({first_line(e)})"
+    if claimed > held:  # tensors are stored whole: the data cut short, or an index claiming more (never allocated)
+        return (f"{where}: damaged ({held:,} bytes, but {prefix.name}.index lists {claimed:,} bytes of tensors: "
+                f"cut short, or the index is not its own)")
+    try:
         for name in reader.get_variable_to_dtype_map():
             value = reader.get_tensor(name)
             if not name.startswith(MAY_BE_INFINITE) and _not_finite(value):
@@ -80,6 +90,13 @@ def _read_problem(prefix: Path) -> str | None:
     except Exception as e:  # noqa: BLE001 - see the docstring
         return f"{where}: damaged ({first_line(e)})"
     return None
+
+
+def _claimed_bytes(reader) -> int:
+    """The bytes that the numeric tensors an index lists take, by their shapes and types (strings aside)."""
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    return sum(int(np.prod(shapes[name], dtype=np.float64)) * dtypes[name].size
+               for name in shapes if dtypes[name] != tf.string)
 
 
 def _not_finite(value) -> bool:

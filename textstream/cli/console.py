@@ -65,7 +65,7 @@ class StreamError(TextstreamError):
 
 
 class Checked:
-    """A standard stream whose failed writes are one ``StreamError`` naming it (a reader gone stays ``BrokenPipeError``).
+    """A standard stream whose failed writes are one ``StreamError`` naming it (``BrokenPipeError`` stays itself).
 
     For the commands whose product is their output: ``generate > /dev/full``
     is "standard output: cannot write (No space left on device)", not a

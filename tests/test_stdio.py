@@ -95,7 +95,7 @@ def test_export_with_stdout_closed_writes_its_file(run, tmp_path):
     assert r.returncode == 0 and (out / "model.keras").is_file()
 
 
-@pytest.mark.parametrize("redirections", ["2>&-", ">&- 2>&-"])
+@pytest.mark.parametrize("redirections", [">&- 2>&-"])  # 2>&- alone: the drill's hostile family
 def test_train_with_its_streams_closed_trains_to_the_end(tmp_path, redirections):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on a mat while the dog ran after a red ball.\n" * 40)

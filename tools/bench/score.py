@@ -5,9 +5,8 @@ directories as ``tools.bench.generate`` saves them. Measured, in the same run:
 
 * memory: ``textstream score RUN FILE`` (and ``--lines``) spawned on a
   ``--small-mb`` and a ``--big-mb`` file of the corpus's text, numpy backend,
-  ``--memory-preset`` model; each child's peak RSS (``ru_maxrss`` from
-  ``wait4``): the big file's over the small file's is the figure (constant
-  memory: about 1);
+  ``--memory-preset`` model; each child's peak RSS (its ``VmHWM``): the big
+  file's over the small file's is the figure (constant memory: about 1);
 * speed, in this process, ``--preset`` model, both backends:
   ``Generator.score`` of one long text (``--long-chars``), ``score_many`` of
   ``--lines`` lines of the corpus, and one stream of ``Session.sample`` (best
@@ -49,19 +48,34 @@ def write_text(path: Path, body: str, megabytes: float) -> int:
     return written
 
 
+_CHILD = """
+import sys
+from textstream.cli import main
+rc = main(sys.argv[1:])
+with open("/proc/self/status") as f:
+    peak = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+print(f"VmHWM {peak}", file=sys.stderr)
+sys.exit(rc)
+"""
+
+
 def peak_rss_mb(run: Path, path: Path, *extra: str) -> tuple[float, float]:
-    """(peak RSS in MB, seconds) of ``textstream score RUN PATH EXTRA`` in a child process."""
-    cmd = [sys.executable, "-m", "textstream", "score", str(run), str(path), "--backend", "numpy", *extra]
+    """(peak RSS in MB, seconds) of ``textstream score RUN PATH EXTRA`` in a child process.
+
+    The child reports its own ``VmHWM`` (the high-water mark of its memory,
+    which starts anew at exec): ``wait4``'s ``ru_maxrss`` would include the
+    RSS it had as a fork of this process, TensorFlow and all.
+    """
+    cmd = [sys.executable, "-c", _CHILD, "score", str(run), str(path), "--backend", "numpy", *extra]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     elapsed = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-500:]}")
-    return usage.ru_maxrss / 1024, elapsed
+    err = proc.stderr.decode(errors="replace")
+    if proc.returncode != 0 or "VmHWM" not in err:
+        raise RuntimeError(f"{' '.join(cmd[3:])} failed: {err[-500:]}")
+    peak_kb = int(err.rsplit("VmHWM ", 1)[1].split()[0])
+    return peak_kb / 1024, elapsed
 
 
 def memory(run: Path, body: str, tmp: Path, args) -> dict:

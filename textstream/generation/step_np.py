@@ -165,18 +165,20 @@ class _Buffers:
         self.u = np.empty((b, u), f32)
         self.sig = np.empty((b, 3 * u), f32)  # the sigmoid gates (i, f, o), contiguous (see cell)
         self.i, self.f, self.o = self.sig[:, :u], self.sig[:, u:2 * u], self.sig[:, 2 * u:]
-        self.cand = self.gates[:, 3 * u:]
+        self.cand = np.empty((b, u), f32)
+        self.pre_sig, self.pre_cand = self.gates[:, :3 * u], self.gates[:, 3 * u:]
 
     def cell(self, c: np.ndarray, h: np.ndarray) -> None:
         """``c = sigmoid(f) * c + sigmoid(i) * tanh(cand)``, ``h = sigmoid(o) * tanh(c)``, in place.
 
-        One ``tanh`` over all the gates; the sigmoid gates were halved, so
-        ``sigmoid = 0.5 + 0.5 * tanh``. Every result goes to a contiguous
-        array (the sigmoids to ``sig``): numpy's loops that write into a
-        column slice of the gates run several times slower.
+        ``tanh`` of every gate; the sigmoid gates were halved, so ``sigmoid =
+        0.5 + 0.5 * tanh``. Every result goes to a contiguous array (the
+        sigmoids to ``sig``, the candidate to ``cand``): numpy's loops that
+        write into a column slice of the gates run several times slower.
         """
-        np.tanh(self.gates, out=self.gates)
-        np.multiply(self.gates[:, :self.sig.shape[1]], f32(0.5), out=self.sig)
+        np.tanh(self.pre_sig, out=self.sig)
+        np.tanh(self.pre_cand, out=self.cand)
+        self.sig *= f32(0.5)
         self.sig += f32(0.5)
         c *= self.f
         np.multiply(self.cand, self.i, out=self.u)

@@ -11,10 +11,23 @@ loop stops once every stream has ended. The LSTM step comes in as ``consume``
 """
 from __future__ import annotations
 
+import weakref
+
 from textstream._tf import tf
 from textstream.generation.sampling_tf import choose, constrained_scores, gumbel_noise
 
-__all__ = ["constrained_loop"]
+__all__ = ["constrained_loop", "constraint_tensors"]
+
+_TENSORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # Constraint -> its padded tables as tensors
+
+
+def constraint_tensors(constraint) -> tuple:
+    """``constraint.padded()`` as tensors, made once per ``Constraint`` while it lives (the server's engine
+    calls ``advance_rows`` under one constraint turn after turn)."""
+    tensors = _TENSORS.get(constraint)
+    if tensors is None:
+        tensors = _TENSORS[constraint] = tuple(map(tf.constant, constraint.padded()))
+    return tensors
 
 
 def constrained_loop(consume, w, hs, cs, seeds, positions, temperature, k, top_k, top_p, constraint, kmax: int):

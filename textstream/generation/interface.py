@@ -18,7 +18,9 @@ Log-probabilities come from the same batched step: ``StreamBatch.advance_logprob
 samples and returns the model's log-probabilities of each chosen id (and the
 likeliest alternatives) from the very step that chose it, and
 ``StepBackend.score_rows`` feeds given ids and returns the log-probability of
-each (scoring, ``textstream.generation.scoring``). ``StepBackend.fingerprint``
+each (scoring, ``textstream.generation.scoring``); the server's engine gets the
+same from its rows with ``advance_rows_logprobs`` and ``score_rows_top``, and
+a ``RowBatch`` may carry a regex ``constraint`` with each row's place in it. ``StepBackend.fingerprint``
 names the weights (the same on every backend for one checkpoint: what a saved
 session, ``textstream.generation.state``, is checked against).
 
@@ -92,6 +94,9 @@ class RowBatch:
     ``sampling.seed_u32``) and ``positions``: uint32 (B,); ``temperature``:
     float32 (B,); ``top_p``: float32 (B,), where a row with ``top_p >= 1`` is
     sampled exactly as without top-p (so rows with and without it share a call).
+    ``constraint``: a ``textstream.generation.constraint.Constraint`` every row
+    generates under (None: freely), with ``match`` int32 (B,), each row's state
+    in it (0: a match begins; -1: it has ended, the row stays as it is), updated in place.
     """
 
     h: np.ndarray
@@ -100,6 +105,8 @@ class RowBatch:
     positions: np.ndarray
     temperature: np.ndarray
     top_p: np.ndarray
+    constraint: object = None
+    match: np.ndarray | None = None
 
     @property
     def batch(self) -> int:
@@ -127,7 +134,14 @@ class StepBackend(Protocol):
         Updates ``rows.h``, ``rows.c`` and ``rows.positions`` in place. Row i's
         ids depend only on row i (its state, seed, position and settings), never
         on the other rows or on B, so any subset of streams can share a call.
+        Under ``rows.constraint`` a row whose match ends pads with -1 (as ``StreamBatch.advance``).
         """
+        ...
+
+    def advance_rows_logprobs(self, rows: RowBatch, k: int, top: int,
+                              feed: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
+        """``advance_rows`` (never under a constraint) returning ``(ids, chosen, top_ids, top_logprobs)`` as
+        ``StreamBatch.advance_logprobs`` does: the log-probabilities from the step that chose each id."""
         ...
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
@@ -142,4 +156,9 @@ class StepBackend(Protocol):
         """Feed row b the ids ``ids[b]`` (int (B, T)) from state ``h``, ``c`` (float32 (layers, B, units), updated
         in place); returns float32 (B, T): the natural log of the probability of ``ids[b, t]`` given the row's
         state before it (the first from the state given)."""
+        ...
+
+    def score_rows_top(self, h: np.ndarray, c: np.ndarray, ids: np.ndarray, top: int) -> tuple[np.ndarray, ...]:
+        """``score_rows`` that also returns the ``top`` likeliest ids at each position and their log-probabilities:
+        ``(logprobs (B, T), top_ids int32 (B, T, top), top_logprobs float32 (B, T, top))``, best first."""
         ...

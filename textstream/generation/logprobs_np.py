@@ -17,7 +17,7 @@ import numpy as np
 BLOCK_FLOATS = 1 << 18  # floats of logits (positions x rows x V) kept for one block, at most
 f32 = np.float32
 
-__all__ = ["score_rows", "log_softmax", "Recorder"]
+__all__ = ["score_rows", "log_softmax", "best_of", "Recorder"]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -29,18 +29,22 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def score_rows(model, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
+def score_rows(model, h: np.ndarray, c: np.ndarray, ids, top: int | None = None):
     """ln p of each ``ids[b, t]`` given row b's state before it: float32 (B, T); ``h``, ``c`` advanced in place.
 
     ``model``: a ``step_np.NumpyStep``; ``h``, ``c``: float32 (layers, B, units), C-contiguous.
     ``NumpyStep.score_rows`` calls it with OpenBLAS on one thread (as the sampling loop runs).
+    With ``top`` (an int): ``(logprobs, top_ids (B, T, top), top_logprobs (B, T, top))``, best first.
     """
     ids = np.asarray(ids, np.int64)
     b, steps = ids.shape
     v = model.vocab_size
     out = np.empty((b, steps), f32)
+    if top is not None:
+        top = max(0, min(int(top), v))
+        best = (np.zeros((b, steps, top), np.int32), np.zeros((b, steps, top), f32))
     if steps == 0:
-        return out
+        return out if top is None else (out, *best)
     block = max(1, min(steps, BLOCK_FLOATS // (b * v)))
     kept = np.empty((block, b, v), f32)  # each position's logits (the product's buffer stays one, in cache)
     buf = model.scratch(b)
@@ -54,7 +58,20 @@ def score_rows(model, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
         logits = kept[:n]
         chosen = np.take_along_axis(logits, ids[:, lo:lo + n].T[:, :, None], axis=2)[:, :, 0]
         out[:, lo:lo + n] = (chosen - _logsumexp(logits)).T
-    return out
+        if top:
+            top_ids, top_lp = best_of(log_softmax(logits), top)
+            best[0][:, lo:lo + n], best[1][:, lo:lo + n] = top_ids.transpose(1, 0, 2), top_lp.transpose(1, 0, 2)
+    return out if top is None else (out, *best)
+
+
+def best_of(lp: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` largest of ``lp`` over its last axis, best first: ``(ids int32, values)``, shape (..., top)."""
+    v = lp.shape[-1]
+    best = np.argpartition(-lp, top - 1, axis=-1)[..., :top] if top < v else \
+        np.broadcast_to(np.arange(v), lp.shape).copy()
+    vals = np.take_along_axis(lp, best, axis=-1)
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    return np.take_along_axis(best, order, axis=-1).astype(np.int32), np.take_along_axis(vals, order, axis=-1)
 
 
 def _logsumexp(logits: np.ndarray) -> np.ndarray:
@@ -93,13 +110,8 @@ class Recorder:
         at = slice(self._done, self._done + n)
         self.chosen[:, at] = np.take_along_axis(lp, ids.T[:, :, None].astype(np.int64), axis=2)[:, :, 0].T
         if self.top:
-            v = lp.shape[-1]
-            best = np.argpartition(-lp, self.top - 1, axis=-1)[..., :self.top] if self.top < v else \
-                np.broadcast_to(np.arange(v), lp.shape).copy()
-            vals = np.take_along_axis(lp, best, axis=-1)
-            order = np.argsort(-vals, axis=-1, kind="stable")
-            self.top_ids[:, at] = np.take_along_axis(best, order, axis=-1).transpose(1, 0, 2)
-            self.top_logprobs[:, at] = np.take_along_axis(vals, order, axis=-1).transpose(1, 0, 2)
+            top_ids, top_lp = best_of(lp, self.top)
+            self.top_ids[:, at], self.top_logprobs[:, at] = top_ids.transpose(1, 0, 2), top_lp.transpose(1, 0, 2)
         self._done += n
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

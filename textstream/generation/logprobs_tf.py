@@ -25,35 +25,46 @@ def rows_for(b: int) -> int:
 
 
 @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
-def _score(consume, w, h, c, ids, n):
-    """ln p of ``ids[t]`` (CHUNK, B) for ``t < n``, each from the state before it: ``(logprobs, h, c)``."""
+def _score(consume, w, h, c, ids, n, top: int = 0):
+    """ln p of ``ids[t]`` (CHUNK, B) for ``t < n``, each from the state before it, and the ``top`` likeliest ids
+    and their ln p: ``(logprobs, h, c, top_ids, top_logprobs)``."""
     layers = len(w["rec"])
     vocab = tf.shape(w["head_bias"])[0]
-    out = tf.TensorArray(tf.float32, size=CHUNK, element_shape=ids.shape[1:])
+    out, best, best_lp = (tf.TensorArray(dtype, size=CHUNK, element_shape=shape) for dtype, shape in (
+        (tf.float32, ids.shape[1:]), (tf.int32, (ids.shape[1], top)), (tf.float32, (ids.shape[1], top))))
 
-    def body(t, hs, cs, out):
+    def body(t, hs, cs, out, best, best_lp):
         z = tf.matmul(hs[-1], w["top"])
         logits = z[:, :vocab] + w["head_bias"]
         x = ids[t]
-        lp = tf.gather(logits, x, batch_dims=1) - tf.reduce_logsumexp(logits, axis=-1)
+        lse = tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
+        lp = tf.gather(logits, x, batch_dims=1) - lse[:, 0]
+        if top:
+            top_lp, top_ids = tf.math.top_k(logits - lse, k=top)
+            best, best_lp = best.write(t, top_ids), best_lp.write(t, top_lp)
         hs, cs = consume(w, hs, cs, x, z[:, vocab:])
-        return t + 1, hs, cs, out.write(t, lp)
+        return t + 1, hs, cs, out.write(t, lp), best, best_lp
 
-    start = (tf.constant(0), list(tf.unstack(h, num=layers)), list(tf.unstack(c, num=layers)), out)
-    _, hs, cs, out = tf.while_loop(lambda t, *_: t < n, body, start)
-    return out.stack(), tf.stack(hs), tf.stack(cs)
+    start = (tf.constant(0), list(tf.unstack(h, num=layers)), list(tf.unstack(c, num=layers)), out, best, best_lp)
+    _, hs, cs, out, best, best_lp = tf.while_loop(lambda t, *_: t < n, body, start)
+    tops = (best.stack(), best_lp.stack()) if top else (tf.zeros([0]), tf.zeros([0]))
+    return out.stack(), tf.stack(hs), tf.stack(cs), *tops
 
 
-def score_rows(step, consume, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
+def score_rows(step, consume, h: np.ndarray, c: np.ndarray, ids, top: int | None = None):
     """ln p of each ``ids[b, t]`` given row b's state before it: float32 (B, T); ``h``, ``c`` updated in place.
 
-    ``step``: a ``step_tf.TFStep``; ``h``, ``c``: numpy float32 (layers, B, units).
+    ``step``: a ``step_tf.TFStep``; ``h``, ``c``: numpy float32 (layers, B, units). With ``top`` (an int):
+    ``(logprobs, top_ids (B, T, top), top_logprobs (B, T, top))``, best first.
     """
     ids = np.asarray(ids, np.int32)
     b, steps = ids.shape
     out = np.empty((b, steps), np.float32)
+    if top is not None:
+        top = max(0, min(int(top), step.vocab_size))
+        best = (np.zeros((b, steps, top), np.int32), np.zeros((b, steps, top), np.float32))
     if steps == 0 or b == 0:
-        return out
+        return out if top is None else (out, *best)
     pad = rows_for(b) - b
     th = tf.constant(np.pad(h, ((0, 0), (0, pad), (0, 0))))
     tc = tf.constant(np.pad(c, ((0, 0), (0, pad), (0, 0))))
@@ -61,10 +72,14 @@ def score_rows(step, consume, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
         n = min(CHUNK, steps - lo)
         chunk = np.zeros((CHUNK, b + pad), np.int32)
         chunk[:n, :b] = ids[:, lo:lo + n].T
-        lp, th, tc = _score(consume, step.weights, th, tc, tf.constant(chunk), tf.constant(n, tf.int32))
+        lp, th, tc, top_ids, top_lp = _score(consume, step.weights, th, tc, tf.constant(chunk),
+                                             tf.constant(n, tf.int32), top or 0)
         out[:, lo:lo + n] = lp.numpy()[:n, :b].T
+        if top:
+            best[0][:, lo:lo + n] = np.swapaxes(top_ids.numpy()[:n, :b], 0, 1)
+            best[1][:, lo:lo + n] = np.swapaxes(top_lp.numpy()[:n, :b], 0, 1)
     h[...], c[...] = th.numpy()[:, :b], tc.numpy()[:, :b]
-    return out
+    return out if top is None else (out, *best)
 
 
 @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)

@@ -80,17 +80,31 @@ class NumpyStep:
 
         ``rows`` has ``h``, ``c`` float32 (layers, B, units), ``seeds`` (folded)
         and ``positions`` uint32 (B,), ``temperature`` and ``top_p`` float32
-        (B,; a row with top-p >= 1 is not filtered): continuous batching, where
-        any subset of streams shares a call. Returns int32 (B, k).
+        (B,; a row with top-p >= 1 is not filtered), and maybe a ``constraint``
+        with each row's ``match`` state: continuous batching, where any subset
+        of streams shares a call. Returns int32 (B, k).
         """
+        streams = self._row_streams(rows)
+        ids = streams.advance(k, feed)
+        if getattr(rows, "constraint", None) is not None:
+            rows.match[...] = streams.constraint_state
+        return ids
+
+    def advance_rows_logprobs(self, rows, k: int, top: int, feed: Sequence[np.ndarray] | None = None):
+        """``advance_rows`` (unconstrained) returning ``(ids, chosen, top_ids, top_logprobs)``."""
+        return self._row_streams(rows).advance_logprobs(k, top, feed)
+
+    def _row_streams(self, rows) -> "NumpyStreams":
+        """``NumpyStreams`` over the arrays of ``rows`` (advancing it advances them in place)."""
         streams = object.__new__(NumpyStreams)
         streams.model, streams.batch = self, int(rows.seeds.shape[0])
         streams.h, streams.c, streams.positions = rows.h, rows.c, rows.positions  # advanced in place
         streams.seeds, streams.keys = rows.seeds, stream_keys(rows.seeds)
         streams.temperature, streams.top_k = np.asarray(rows.temperature, f32), None
         streams.top_p = rows.top_p if (rows.top_p < 1.0).any() else None
-        streams.constraint = None
-        return streams.advance(k, feed)
+        streams.constraint = getattr(rows, "constraint", None)  # (a RowBatch has one; other row holders may not)
+        streams.constraint_state = rows.match if streams.constraint is not None else np.zeros(streams.batch, np.int32)
+        return streams
 
     def logits(self, ids) -> np.ndarray:
         """Logits after each position of ``ids`` (B, T) fed one character at a time: float32 (B, T, V)."""
@@ -123,6 +137,11 @@ class NumpyStep:
         """ln p of each ``ids[b, t]`` (B, T) given row b's state before it; ``h``, ``c`` advanced in place."""
         with one_blas_thread():
             return score_rows(self, h, c, ids)
+
+    def score_rows_top(self, h: np.ndarray, c: np.ndarray, ids, top: int):
+        """``score_rows`` with the ``top`` likeliest ids at each position: ``(logprobs, top_ids, top_logprobs)``."""
+        with one_blas_thread():
+            return score_rows(self, h, c, ids, top)
 
     def scratch(self, b: int) -> "_Buffers":
         """Scratch arrays (and the LSTM cell) for ``b`` streams, as ``consume`` takes them."""

@@ -22,7 +22,7 @@ import numpy as np
 from textstream._tf import tf
 from textstream.config import TrainConfig
 from textstream.data.vocab import Vocab
-from textstream.generation.constrained_tf import constrained_loop
+from textstream.generation.constrained_tf import constrained_loop, constraint_tensors
 from textstream.generation.interface import RowBatch
 from textstream.generation.logprobs_tf import sample_logprobs, score_rows
 from textstream.generation.sampling import seed_u32
@@ -232,37 +232,46 @@ class TFStep:
     def advance_rows(self, rows: RowBatch, k: int, feed: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Feed row i ``feed[i]`` (any length), then generate ``k`` ids per row; ``rows`` is updated in place.
 
-        The rows are padded to ``_bucket(B)`` (few compiles), fed in calls of
-        ``PMAX`` and generated in calls of ``KMAX``; returns int32 (B, k).
-        ``top_p`` is passed only when a row uses it (< 1): a row with 1 is not filtered either way.
+        The rows run as a ``TFStreams`` padded to ``_bucket(B)`` rows (few compiles; ``top_p`` only when a
+        row uses it, < 1), under ``rows.constraint`` when there is one; returns int32 (B, k).
         """
+        if rows.batch == 0 or (k == 0 and not (feed is not None and any(len(f) for f in feed))):
+            return np.zeros((rows.batch, 0), np.int32)
+        streams = self._row_streams(rows)
+        ids = streams.advance(k, feed)
+        self._store_rows(streams, rows)
+        return ids
+
+    def advance_rows_logprobs(self, rows: RowBatch, k: int, top: int, feed: Sequence[np.ndarray] | None = None):
+        """``advance_rows`` (unconstrained) returning ``(ids, chosen, top_ids, top_logprobs)`` (``logprobs_tf``)."""
+        streams = self._row_streams(rows)
+        out = streams.advance_logprobs(k, top, feed)
+        self._store_rows(streams, rows)
+        return out
+
+    def _row_streams(self, rows: RowBatch) -> "TFStreams":
         b = rows.batch
-        if b == 0 or (k == 0 and not (feed is not None and any(len(f) for f in feed))):
-            return np.zeros((b, 0), np.int32)
         pad = _bucket(b) - b
         grow = lambda a, fill: tf.constant(  # noqa: E731
-            np.concatenate([a, np.full((pad,), fill, a.dtype)]) if pad else a)
-        h = tf.constant(np.pad(rows.h, ((0, 0), (0, pad), (0, 0))) if pad else rows.h)
-        c = tf.constant(np.pad(rows.c, ((0, 0), (0, pad), (0, 0))) if pad else rows.c)
-        seeds, positions = grow(rows.seeds, 0), grow(rows.positions, 0)
-        temperature = grow(rows.temperature, 1.0)
-        top_p = grow(rows.top_p, 1.0) if (rows.top_p < 1.0).any() else None
-        feed = list(feed) + [np.zeros(0, np.int32)] * (b + pad - len(feed)) if feed is not None else None
-        longest = max((len(f) for f in feed), default=0) if feed else 0
-        cut = (longest - 1) // PMAX * PMAX if longest > PMAX else 0  # all but the last chunk: feed only
-        for lo in range(0, cut, PMAX):
-            h, c, _, _ = self.run(h, c, seeds, positions, temperature, 0, [f[lo:lo + PMAX] for f in feed],
-                                  None, top_p)
-        feed = [f[cut:] for f in feed] if feed else None
-        parts = []
-        for lo in range(0, max(k, 1), KMAX):  # one call even for k == 0 (it feeds)
-            h, c, positions, ids = self.run(h, c, seeds, positions, temperature, min(KMAX, k - lo), feed,
-                                            None, top_p)
-            parts.append(ids[:b])
-            feed = None
-        rows.h[...], rows.c[...] = h.numpy()[:, :b], c.numpy()[:, :b]
-        rows.positions[...] = positions.numpy()[:b]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            np.concatenate([a, np.full(pad, fill, a.dtype)]) if pad else a)
+        streams = object.__new__(TFStreams)
+        streams.model, streams.batch, streams.top_k = self, b, None
+        streams.h, streams.c = (tf.constant(np.pad(a, ((0, 0), (0, pad), (0, 0))) if pad else a)
+                                for a in (rows.h, rows.c))
+        streams.seeds, streams.positions = grow(rows.seeds, 0), grow(rows.positions, 0)
+        streams.temperature = grow(rows.temperature, 1.0)
+        streams.top_p = grow(rows.top_p, 1.0) if (rows.top_p < 1.0).any() else None
+        constraint = getattr(rows, "constraint", None)  # (a RowBatch has one; other row holders may not)
+        streams.constraint = None if constraint is None else constraint_tensors(constraint)
+        streams.constraint_state = None if constraint is None else grow(rows.match, -1)
+        return streams
+
+    def _store_rows(self, streams: "TFStreams", rows: RowBatch) -> None:
+        b = rows.batch
+        rows.h[...], rows.c[...] = streams.h.numpy()[:, :b], streams.c.numpy()[:, :b]
+        rows.positions[...] = streams.positions.numpy()[:b]
+        if streams.constraint is not None:
+            rows.match[...] = streams.constraint_state.numpy()[:b]
 
     def logits(self, ids, state=None) -> np.ndarray:
         """Logits after each position of ``ids`` (B, T) fed one character at a time: numpy (B, T, V)."""
@@ -279,6 +288,10 @@ class TFStep:
     def score_rows(self, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
         """ln p of each ``ids[b, t]`` (B, T) given row b's state before it; ``h``, ``c`` updated in place."""
         return score_rows(self, consume, h, c, ids)
+
+    def score_rows_top(self, h: np.ndarray, c: np.ndarray, ids, top: int):
+        """``score_rows`` with the ``top`` likeliest ids at each position: ``(logprobs, top_ids, top_logprobs)``."""
+        return score_rows(self, consume, h, c, ids, top)
 
 
 # --- streams: B of them, their state on the device ------------------------------------------------

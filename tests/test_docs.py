@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -47,8 +48,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "tool
          ROOT / "corpora" / "README.md"]
 RUN_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"sh", "python", "text"}
-BLOCK = re.compile(r"(?:<!--\s*(?P<kind>test|example):(?P<directive>[^\n]*?)-->\s*\n)?"
-                   r"^```(?P<lang>[A-Za-z]*)\n(?P<body>.*?)^```\s*$", re.M | re.S)
+BLOCK = re.compile(r"(?:^[ \t]*<!--\s*(?P<kind>test|example):(?P<directive>[^\n]*?)-->[ \t]*\n)?"
+                   r"^(?P<indent>[ \t]*)```(?P<lang>[A-Za-z]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
 BLOCK_TIMEOUT_S = 600
 COMMANDS = ("prepare", "corpora", "train", "generate", "eval", "export", "serve", "cache", "score")
@@ -62,7 +63,7 @@ def blocks(page: Path) -> list[dict]:
         directive = _directive(m["directive"]) if m["kind"] == "test" else {}
         if m["kind"] == "example":
             directive = {"example": m["directive"].strip()}
-        out.append({"lang": m["lang"], "body": m["body"], "directive": directive,
+        out.append({"lang": m["lang"], "body": textwrap.dedent(m["body"]), "directive": directive,
                     "line": text.count("\n", 0, m.start("lang")) + 1})
     return out
 
@@ -116,7 +117,7 @@ def test_the_readme_starts_with_the_two_commands_and_stays_short():
 
 @pytest.mark.parametrize("page", PAGES, ids=_page_id)
 def test_every_relative_link_resolves(page):
-    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)  # code is not links
+    text = re.sub(r"^[ \t]*```.*?^[ \t]*```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)  # not links
     text = re.sub(r"`[^`\n]*`", "", text)
     anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
     for m in LINK.finditer(text):

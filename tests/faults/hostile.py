@@ -11,7 +11,11 @@
 * data: ``--resume`` after the corpus changed (refused), a token file
   truncated under a running ``train`` (one line, the last good step saved),
   ``-o /dev/null/x`` (one line);
-* signals: ``generate --follow`` started with SIGINT ignored stops on SIGINT.
+* signals: ``generate --follow`` started with SIGINT ignored stops on SIGINT;
+* limits (class 1): ``serve --api-key ""`` (refused, never an open server),
+  ``serve --max-streams`` beyond memory (one line, nothing allocated),
+  ``generate --prime-file /dev/zero`` and a stop string past its maximum
+  (one line each, bounded memory).
 
 Checked for every case: the exit status, one ``textstream:`` line naming what
 it must, no traceback, and nothing destroyed (a snapshot of what must stay).
@@ -82,7 +86,7 @@ def hostile_family(drill: Drill) -> list[Row]:
     if trained.rc != 0:
         return [Row("hostile", "base run", "trains", False, f"exit {trained.rc}: {(trained.lines or ['?'])[-1]}")]
     rows: list[Row] = []
-    for group in (weights, destroy, stdio, data, signals):
+    for group in (limits, weights, destroy, stdio, data, signals):
         rows += group(drill, base)
     return rows
 
@@ -99,6 +103,20 @@ def step_file(run: Path) -> Path:
     from textstream.model.run import RunPaths
 
     return stepweights.path_for(RunPaths(run).series("last").prefix)
+
+
+# --- class 1: the limits of what a command accepts -----------------------------------------------------
+def limits(drill: Drill, base: Path) -> list[Row]:
+    serve = ["serve", base, "--port", "0", "--backend", "numpy"]
+    gen = ["generate", base, "--prime", "the ", "-n", "5"]
+    return [judged('serve --api-key ""', "refused at start", call(drill, [*serve, "--api-key", ""], timeout=60),
+                   names="--api-key"),
+            judged("serve --max-streams 10**9", "one line, nothing allocated",
+                   call(drill, [*serve, "--max-streams", str(10**9)], timeout=60), names="--max-streams"),
+            judged("generate --prime-file /dev/zero", "one line, bounded memory",
+                   call(drill, ["generate", base, "--prime-file", "/dev/zero", "-n", "5"]), names="/dev/zero"),
+            judged("generate --stop of 2,000 characters", "one line", call(drill, [*gen, "--stop", "x" * 2000]),
+                   names="stop string")]
 
 
 # --- class 2: weights ----------------------------------------------------------------------------------

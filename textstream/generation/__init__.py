@@ -14,7 +14,8 @@ and ``Session`` (feed, sample, fork, state, save, top, sample_logprobs), with
 the parts of them that have a module of their own: ``state`` (the saved
 session's blob), ``probabilities`` (top alternatives and characters with
 their logprobs), ``scoring`` (``Score``, scoring text and batches of texts);
-``logprobs_np`` and ``logprobs_tf`` are each backend's loops for them, and
-``blas`` sets OpenBLAS's threads for the numpy step. Imports the model and
-data stages and the base.
+``logprobs_np`` and ``logprobs_tf`` are each backend's loops for them.
+``blas`` sets OpenBLAS's threads for the numpy step; ``parallel_np`` runs
+many numpy streams as parts of their rows, one thread per core. Imports the
+model and data stages and the base.
 """

@@ -23,7 +23,9 @@ gates gives them all (``sigmoid(x) = 0.5 + 0.5 * tanh(x / 2)``; halving is
 exact in float32); the noise of a whole block of positions is hashed at once
 (it does not depend on the model's state); the cell's arithmetic writes only
 contiguous arrays (``_Buffers.cell``). OpenBLAS runs the step's small
-products on one thread (``textstream.generation.blas`` says why).
+products on one thread (``textstream.generation.blas`` says why); many
+streams run as parts of their rows on one thread per core
+(``textstream.generation.parallel_np``).
 Log-probabilities (scoring, and sampling that records them) run the same
 step in ``textstream.generation.logprobs_np``.
 """
@@ -36,6 +38,7 @@ import numpy as np
 
 from textstream.generation.blas import one_blas_thread
 from textstream.generation.logprobs_np import Recorder, score_rows
+from textstream.generation.parallel_np import generate_in_parts, parts_for
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, stream_keys
 from textstream.generation.state import weights_digest
@@ -242,7 +245,10 @@ class NumpyStreams:
         with one_blas_thread():
             if feed is not None:
                 self._feed(feed)
-            return self._generate(k) if self.constraint is None else self._generate_constrained(k)
+            if self.constraint is not None:
+                return self._generate_constrained(k)
+            parts = parts_for(self.batch, k)  # many streams: a part of the rows per core (parallel_np)
+            return self._generate(k) if parts == 1 else generate_in_parts(self, k, parts)
 
     def advance_logprobs(self, k: int, top: int = 0, feed: Sequence[np.ndarray] | None = None):
         """``advance`` (unconstrained) that also returns ``(chosen, top_ids, top_logprobs)`` of every step."""

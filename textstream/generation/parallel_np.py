@@ -1,0 +1,69 @@
+"""Many numpy streams on several cores: the rows split into parts, each part's sampling loop on a thread of its own.
+
+Streams never interact (a row's ids depend only on its own state, seed,
+position and settings), so ``step_np.NumpyStreams`` can cut its rows into
+``parts`` groups that each run the whole loop of ``k`` steps on their own
+thread, with OpenBLAS on one thread: numpy releases the GIL inside its
+products and ufuncs, the parts never wait for each other within the loop,
+and the results are the rows' own whichever part they ran in. On a busy
+machine the threads share the cores the scheduler gives them, where
+OpenBLAS's own threads spin and wait on each other (many times slower per
+product). Used for unconstrained sampling of at least ``2 * MIN_ROWS`` streams.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+MIN_ROWS = 16  # streams per part at least (fewer: the loop's fixed costs outweigh the second core)
+MIN_STEPS = 8  # steps per call at least (fewer: starting the threads outweighs the work)
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+__all__ = ["parts_for", "generate_in_parts"]
+
+
+def cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def parts_for(batch: int, k: int) -> int:
+    """How many parts ``batch`` streams generating ``k`` ids each are cut into (1: no threads)."""
+    if k < MIN_STEPS:
+        return 1
+    return max(1, min(cores(), batch // MIN_ROWS))
+
+
+def _part(streams, lo: int, hi: int):
+    """A ``NumpyStreams`` over rows ``lo:hi`` of ``streams``: views, so advancing it advances them."""
+    part = object.__new__(type(streams))
+    part.__dict__.update(streams.__dict__)
+    part.batch = hi - lo
+    part.h, part.c = streams.h[:, lo:hi], streams.c[:, lo:hi]
+    for name in ("seeds", "keys", "positions", "temperature"):
+        setattr(part, name, getattr(streams, name)[lo:hi])
+    if streams.top_p is not None:
+        part.top_p = streams.top_p[lo:hi]
+    return part
+
+
+def generate_in_parts(streams, k: int, parts: int) -> np.ndarray:
+    """``streams._generate(k)`` with the rows in ``parts`` groups, one thread each: int32 (B, k).
+
+    The caller holds OpenBLAS on one thread (``blas.one_blas_thread``) around the call.
+    """
+    global _pool, _pool_size
+    if _pool is None or _pool_size < parts:
+        _pool_size = max(parts, cores())
+        _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="textstream-step")
+    bounds = np.linspace(0, streams.batch, parts + 1).round().astype(int)
+    pieces = [_part(streams, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    futures = [_pool.submit(piece._generate, k) for piece in pieces]
+    return np.concatenate([f.result() for f in futures], axis=0)

@@ -86,6 +86,10 @@ class SlowBackend:
         time.sleep(self.delay)
         return self.backend.advance_rows(rows, k, feed)
 
+    def advance_rows_logprobs(self, rows, k, top, feed=None):  # the engine's call for streams with logprobs
+        time.sleep(self.delay)
+        return self.backend.advance_rows_logprobs(rows, k, top, feed)
+
 
 class BrokenBackend(SlowBackend):
     """A backend whose calls fail after the first ``good`` ones."""
@@ -99,6 +103,12 @@ class BrokenBackend(SlowBackend):
         if self.good < 0:
             raise RuntimeError("the device fell over")
         return self.backend.advance_rows(rows, k, feed)
+
+    def advance_rows_logprobs(self, rows, k, top, feed=None):
+        self.good -= 1
+        if self.good < 0:
+            raise RuntimeError("the device fell over")
+        return self.backend.advance_rows_logprobs(rows, k, top, feed)
 
 
 def expected(gen, prompt, n, **kw) -> str:

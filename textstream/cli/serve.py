@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="a request's headers, then its body, must arrive within it; idle connections close after "
                         "it (default 10)")
+    p.add_argument("--prefix-cache-mb", type=float, default=64.0, metavar="MB",
+                   help="memory for the states after long prompts, so a prompt that repeats or extends one is not "
+                        "fed again (default 64; 0: no cache)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve GET /metrics")
     p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long running streams may take to finish (default 10)")
@@ -67,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise TextstreamError(f"--port must be in [0, 65535] (got {args.port})")
     if not 0 <= args.grace < float("inf"):
         raise TextstreamError(f"--grace must be a number >= 0 (got {args.grace})")
+    if not 0 <= args.prefix_cache_mb < float("inf"):
+        raise TextstreamError(f"--prefix-cache-mb must be a number >= 0 (got {args.prefix_cache_mb})")
     if not 0 < args.read_timeout < float("inf"):
         raise TextstreamError(f"--read-timeout must be a number > 0 (got {args.read_timeout})")
     api_key = _api_key(args.api_key)
@@ -82,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                          limits=Limits(model=name, max_tokens=args.max_tokens, max_n=args.max_n,
                                        max_prompt_chars=args.max_prompt_chars),
                          max_body_bytes=args.max_body_bytes, max_connections=max_connections,
-                         read_timeout_s=args.read_timeout, metrics=not args.no_metrics, grace_s=args.grace)
+                         read_timeout_s=args.read_timeout, metrics=not args.no_metrics, grace_s=args.grace,
+                         prefix_cache_mb=args.prefix_cache_mb)
     logging.basicConfig(format="textstream serve: %(levelname)s: %(message)s")  # faults, with their traceback
     _status(f"loading {paths.root} and compiling for up to {args.max_streams} streams")
     server = Server(Generator.load(paths.root, args.checkpoint, warm=False, backend=args.backend), config)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,7 +39,9 @@ from textstream.serve.limits import (
     stream_bytes,
 )
 from textstream.serve.metrics import Metrics
+from textstream.serve.prefix import DEFAULT_MB, PrefixCache
 from textstream.serve.protocol import CompletionRequest, Limits, encode_prompts
+from textstream.serve.state import continued, read_state
 from textstream.serve.routes import Routes
 from textstream.serve.shapes import now
 from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
@@ -54,7 +57,7 @@ class ServeConfig:
     (counted from the connection's start or the end of its last response), and
     then its body within it again; ``max_connections``: connections open at
     once (past it, a 503); ``metrics``: serve ``GET /metrics``; ``page``: serve
-    the playground at ``GET /``.
+    the playground at ``GET /``; ``prefix_cache_mb``: the prefix-state cache's size (0: none).
     """
 
     host: str = "127.0.0.1"
@@ -71,6 +74,7 @@ class ServeConfig:
     call_s: float = CALL_S
     metrics: bool = True
     page: bool = True
+    prefix_cache_mb: float = DEFAULT_MB
 
 
 class Server:
@@ -95,18 +99,23 @@ class Server:
         backend = generator.backend
         if config.max_streams < 1 or config.max_connections < 1:
             raise TextstreamError("--max-streams and --max-connections must be at least 1")
+        if not 0 <= config.prefix_cache_mb < float("inf"):
+            raise TextstreamError(f"--prefix-cache-mb must be a number >= 0 (got {config.prefix_cache_mb})")
+        cache = PrefixCache(int(config.prefix_cache_mb * (1 << 20)), layers=backend.layers, units=backend.units)
         check_memory(config.max_streams, stream_bytes(layers=backend.layers, units=backend.units,
                                                       vocab_size=backend.vocab_size, buffer_chars=config.buffer_chars,
                                                       max_tokens=config.limits.max_tokens),
-                     config.max_connections, connection_bytes(config.max_body_bytes))
+                     config.max_connections, connection_bytes(config.max_body_bytes), fixed=cache.max_bytes)
         self.metrics = Metrics(model=config.limits.model, layers=backend.layers, units=backend.units,
                                vocab_size=backend.vocab_size, backend=type(backend).__name__,
                                max_streams=config.max_streams, streams=lambda: self.engine.streams,
                                waiting=lambda: self.engine.stats.waiting, paused=lambda: self.engine.stats.paused,
-                               connections=lambda: len(self.listener.open) if self.listener else 0)
+                               connections=lambda: len(self.listener.open) if self.listener else 0,
+                               prefix_bytes=lambda: cache.bytes)
         self.engine = Engine(backend, generator.vocab, max_streams=config.max_streams,
                              buffer_chars=config.buffer_chars, call_s=config.call_s, notify=self._notify,
-                             on_call=self.metrics.engine_call)
+                             on_call=self.metrics.engine_call, prefix_cache=cache, on_prefix=self.metrics.prefix)
+        self._compiling = threading.Lock()  # the generator's cache of compiled regexes is not thread-safe
         self.created = now()
         self.draining = False
         self.listener: Listener | None = None
@@ -194,14 +203,15 @@ class Server:
             self.metrics.reject("draining")
             raise SHUTTING_DOWN
 
-    def admit(self, req: CompletionRequest, param: str = "prompt") -> tuple[list[Stream], list[int]]:
+    def admit(self, req: CompletionRequest, param: str = "prompt", constraint=None) -> tuple[list[Stream], list[int]]:
         """The engine's streams for ``req`` and each prompt's length; ``ApiError`` (400 / 429 / 503) if refused
-        (``param``: the field a bad prompt is reported under, e.g. chat's ``messages``)."""
+        (``param``: the field a bad prompt is reported under, e.g. chat's ``messages``; ``constraint``: its
+        compiled regex, ``constraint(req)``)."""
         max_streams = self.engine.max_streams
         if req.choices > max_streams:
             raise ApiError(400, f"{req.choices} completions asked at once; this server runs at most {max_streams}",
                            param="n" if req.n > 1 else "prompt", code="invalid_value")
-        specs, prompt_chars = self._specs(req, param)
+        specs, prompt_chars = self._specs(req, param, constraint)
         try:
             return self.engine.admit(specs), prompt_chars
         except EngineFull:
@@ -224,17 +234,32 @@ class Server:
             self._events.pop(s.id, None)
             self.engine.cancel(s)
 
-    def _specs(self, req: CompletionRequest, param: str) -> tuple[list[StreamSpec], list[int]]:
+    def constraint(self, req: CompletionRequest):
+        """The compiled ``regex`` of ``req`` (None without one), or ``ApiError`` naming ``regex`` (any thread)."""
+        if req.regex is None:
+            return None
+        try:
+            with self._compiling:
+                return self.generator.constraints(req.regex)
+        except TextstreamError as e:
+            raise ApiError(400, f"regex: {e}", param="regex", code="invalid_value") from None
+
+    def _specs(self, req: CompletionRequest, param: str, constraint=None) -> tuple[list[StreamSpec], list[int]]:
         """One stream per choice (choice i: prompt i // n, seed ``seed + i``), and each prompt's length."""
-        ids = encode_prompts(req.prompts, self.generator.vocab, param)
+        gen = self.generator
+        ids = encode_prompts(req.prompts, gen.vocab, param)
+        saved = read_state(req.state, gen.backend, gen.vocab) if req.state is not None else None
         seeds = stream_seeds(req.seed, req.choices)
         specs = []
         for i, seed in enumerate(seeds):
             prompt = ids[i // req.n]
-            if not len(prompt):  # like Generator: an empty prompt is a random validation line (by seed)
-                prompt = self.generator.encode(self.generator.default_prime(seed))
-            specs.append(StreamSpec(prompt=prompt, seed=seed, temperature=req.temperature, top_p=req.top_p,
-                                    max_chars=req.max_tokens, stops=req.stops))
+            given = dict(seed=seed, temperature=req.temperature, top_p=req.top_p) if saved is None else \
+                continued(saved, None if req.seed is None else seed, req.explicit, req.temperature, req.top_p)
+            if not len(prompt) and saved is None:  # like Generator: an empty prompt is a random validation line
+                prompt = gen.encode(gen.default_prime(seed))
+            specs.append(StreamSpec(prompt=prompt, max_chars=req.max_tokens, stops=req.stops, **given,
+                                    return_state=req.return_state, constraint=constraint, logprobs=req.logprobs,
+                                    score_prompt=req.echo and req.logprobs is not None and len(ids[i // req.n]) > 0))
         return specs, [len(p) for p in ids]
 
     def _notify(self, streams: list[Stream]) -> None:

@@ -6,12 +6,18 @@ seed, position and sampling settings, as rows of numpy arrays) and repeats:
 1. take the streams admitted since the last call (their slot rows reset) and
    drop the cancelled ones (their slots freed at once);
 2. feed one chunk of prompt to streams whose prompt is still longer than
-   ``FEED_CHUNK`` (a feed-only call on just those rows, so a long prompt
-   delays the others by at most one chunk per turn);
+   ``FEED_CHUNK``, or that must have their whole prompt fed before they
+   generate (a feed-only call on just those rows, so a long prompt delays
+   the others by at most one chunk per turn): a prompt worth caching (the
+   prefix cache, ``textstream.serve.prefix``: its state is kept once fed,
+   and a new stream whose prompt begins with a kept one starts from that
+   state), a stream that returns its state (``textstream.serve.state``),
+   and an echoed prompt that is scored (fed with ``score_rows_top``);
 3. gather the *ready* streams (prompt short enough, output buffer below
-   ``buffer_chars``) into one ``RowBatch``, feed the new ones their prompt
-   and generate ``k`` characters for all of them in ONE backend call, and
-   scatter the rows back;
+   ``buffer_chars``) into one ``RowBatch`` per kind (plain; recording
+   logprobs, ``textstream.serve.logprobs``; one per regex constraint),
+   feed the new ones their prompt and generate ``k`` characters for all of
+   them, and scatter the rows back;
 4. decode, cut at stop strings and ``max_chars``, hand the text to each
    stream's buffer, tell the reader (``notify``), and retire finished streams.
 
@@ -27,14 +33,7 @@ Invariants:
 * a cancelled stream (the client went away) leaves at the next turn and its
   slot is free for the next request; ``admit`` refuses when no slot is free.
 
-``k`` adapts (from the least seconds per step of the recent calls of about
-this batch size) so that a call takes about ``call_s`` (text reaches readers
-steadily, and a new request waits at most one call to join), longer for
-large batches so that the streams get at most ``EVENTS_PER_S`` updates per
-second together (each update costs Python work on the server and the client:
-with 256 streams and short calls that work, not the model, would set the
-pace); a call that carries a new stream generates at most ``FIRST_K`` so its
-first characters come quickly.
+``k`` adapts so that a call takes about ``call_s`` (``textstream.serve.pacing``).
 
     engine = Engine(generator.backend, generator.vocab, max_streams=64, notify=print)
     engine.start()
@@ -46,26 +45,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
 from textstream.data.vocab import Vocab
+from textstream.errors import TextstreamError
+from textstream.generation.constraint import split_ended
 from textstream.generation.interface import RowBatch, StepBackend
 from textstream.generation.sampling import seed_u32
+from textstream.serve.logprobs import Records
+from textstream.serve.pacing import CALL_S, Pacer
+from textstream.serve.prefix import PrefixCache
+from textstream.serve.state import Saving, end_state
 from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
 
-FIRST_K = 4  # characters generated in a call that carries a new stream (its first text comes quickly)
-K_CAP = 256  # characters per call at most
-CALL_S = 0.05  # a call's target duration: k grows or shrinks to it
-EVENTS_PER_S = 1000  # stream updates per second at most (each costs Python work: decode, an HTTP event, a client)
 FEED_CHUNK = 256  # prompt characters fed per stream per call
-RECENT_CALLS = 16  # calls per batch size class that the step-time estimate looks at
 IDLE_WAIT_S = 0.5  # how long the loop sleeps with nothing to do before checking again
 
-__all__ = ["Engine", "EngineStats", "EngineFull", "EngineClosed"]
+__all__ = ["Engine", "EngineStats", "EngineFull", "EngineClosed", "CALL_S", "FEED_CHUNK"]
 
 log = logging.getLogger("textstream.serve")
 
@@ -100,14 +99,18 @@ class Engine:
     ``EngineClosed``; ``cancel`` ends one; ``drain`` stops admitting;
     ``close`` stops the thread. ``notify(streams)`` is called from the engine
     thread after each call with the streams that have new text or finished;
-    ``on_call(batch, k, fed)`` after each backend call (``fed``: prompt ids fed).
+    ``on_call(batch, k, fed)`` after each backend call (``fed``: prompt ids fed);
+    ``on_prefix(ids)`` after each lookup in ``prefix_cache`` (ids served from it, 0: a miss).
     """
 
     def __init__(self, backend: StepBackend, vocab: Vocab, *, max_streams: int = 256,
                  buffer_chars: int = BUFFER_CHARS, call_s: float = CALL_S,
                  notify: Callable[[list[Stream]], None] | None = None,
-                 on_call: Callable[[int, int, int], None] | None = None):
+                 on_call: Callable[[int, int, int], None] | None = None,
+                 prefix_cache: PrefixCache | None = None, on_prefix: Callable[[int], None] | None = None):
         self.backend = backend
+        self.prefix = prefix_cache if prefix_cache is not None and prefix_cache.max_bytes else None
+        self.on_prefix = on_prefix or (lambda ids: None)
         self.vocab = vocab
         self.max_streams = max_streams
         self.buffer_chars = buffer_chars
@@ -122,13 +125,14 @@ class Engine:
         self._positions = np.zeros(max_streams, np.uint32)
         self._temperature = np.ones(max_streams, np.float32)
         self._top_p = np.ones(max_streams, np.float32)
+        self._match = np.zeros(max_streams, np.int32)  # each slot's state in its regex's automaton
         self._lock = threading.Lock()  # guards _free, _inbox, _accepting, _next_id
         self._free = list(range(max_streams - 1, -1, -1))
         self._inbox: list[Stream] = []
         self._accepting = True
         self._next_id = 0
         self._active: list[Stream] = []  # engine thread only
-        self._step_s: dict[int, deque[float]] = {}  # recent seconds per character step, by batch size class
+        self.pacer = Pacer(call_s)
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -164,8 +168,10 @@ class Engine:
                 raise EngineFull(f"{len(specs)} streams asked, {len(self._free)} free")
             streams = []
             for spec in specs:
-                streams.append(Stream(self._next_id, spec, self._free.pop(), self.vocab.decoder(), self._wake,
-                                      self.buffer_chars))
+                s = Stream(self._next_id, spec, self._free.pop(), self.vocab.decoder(), self._wake, self.buffer_chars)
+                s.logprobs = Records() if spec.logprobs is not None else None
+                s.saving = Saving() if spec.return_state else None
+                streams.append(s)
                 self._next_id += 1
             self._inbox.extend(streams)
         self._wake.set()
@@ -231,15 +237,29 @@ class Engine:
         with self._lock:
             new, self._inbox = self._inbox, []
         for s in new:
-            i = s.slot
-            self._h[:, i] = 0.0
-            self._c[:, i] = 0.0
-            self._seeds[i] = seed_u32(s.spec.seed)
-            self._positions[i] = 0
-            self._temperature[i] = s.spec.temperature
-            self._top_p[i] = 1.0 if s.spec.top_p is None else s.spec.top_p
+            i, spec = s.slot, s.spec
+            if spec.start is None:
+                self._h[:, i], self._c[:, i], self._seeds[i], self._positions[i] = 0.0, 0.0, seed_u32(spec.seed), 0
+            else:  # a saved session continued (textstream.serve.state)
+                self._h[:, i], self._c[:, i] = spec.start.h, spec.start.c
+                self._seeds[i], self._positions[i] = spec.start.seed, spec.start.position
+                s.hold(spec.start.pending)
+            self._temperature[i] = spec.temperature
+            self._top_p[i] = 1.0 if spec.top_p is None else spec.top_p
+            self._match[i] = 0
+            s.prompt_first = spec.return_state or spec.score_prompt or spec.max_chars == 0 or self._cacheable(s)
+            if self._cacheable(s):
+                hit = self.prefix.lookup(spec.prompt)
+                if hit is not None:
+                    s.fed, self._h[:, i], self._c[:, i] = hit
+                self.on_prefix(0 if hit is None else hit[0])
             self._active.append(s)
             self.stats.admitted += 1
+
+    def _cacheable(self, s: Stream) -> bool:
+        """Whether ``s``'s prompt is looked up in the prefix cache and kept there: long, from the zero state."""
+        return (self.prefix is not None and len(s.spec.prompt) > FEED_CHUNK and s.spec.start is None
+                and not s.spec.score_prompt)
 
     def _retire(self, streams: list[Stream], finish: str) -> None:
         """Take ``streams`` out of the active set and free their slots; unfinished ones end with ``finish``."""
@@ -255,64 +275,125 @@ class Engine:
         self.notify(streams)
 
     def _turn(self) -> bool:
-        """One turn: a feed-only call for long prompts, then one call for every ready stream; False if idle."""
-        long = [s for s in self._active if s.prompt_left > FEED_CHUNK]
-        if long:
-            self._call(long, 0, [s.spec.prompt[s.fed:s.fed + FEED_CHUNK] for s in long])
-            for s in long:
-                s.fed += FEED_CHUNK
-        ready = [s for s in self._active if s.prompt_left <= FEED_CHUNK and not s.paused]
+        """One turn: a feed-only call for long prompts, then one call per kind of ready stream; False if idle."""
+        fed = self._feed_prompts()
+        for s in [s for s in self._active if s.prompt_first and not s.prompt_done and not s.prompt_left]:
+            self._prompt_done(s)
+        ready = [s for s in self._active if not s.paused and not s.done
+                 and (s.prompt_done if s.prompt_first else s.prompt_left <= FEED_CHUNK)]
         self.stats.paused = sum(1 for s in self._active if s.paused)
         self.stats.waiting = sum(1 for s in self._active if not s.started)
         if not ready:
-            return bool(long)
+            return self._retire_done() or fed
         feed = [s.spec.prompt[s.fed:] for s in ready] if any(s.prompt_left for s in ready) else None
         n_feed = max((len(f) for f in feed), default=0) if feed else 0
-        k = self._choose_k(ready, n_feed)
+        k = self.pacer.choose(ready, n_feed)
         t0 = time.perf_counter()
-        ids = self._call(ready, k, feed)
-        self._learn(len(ready), time.perf_counter() - t0, n_feed + k)
-        for s, row in zip(ready, ids):
-            s.fed, s.started = len(s.spec.prompt), True
-            s.receive(row)
+        kinds: dict[tuple, list[int]] = {}
+        for j, s in enumerate(ready):
+            kinds.setdefault((id(s.spec.constraint), s.logprobs is not None), []).append(j)
+        for rows in kinds.values():
+            group = [ready[j] for j in rows]
+            top = max(s.spec.logprobs for s in group) if group[0].logprobs is not None else None
+            out = self._call(group, k, [feed[j] for j in rows] if feed else None, group[0].spec.constraint, top)
+            for r, s in enumerate(group):
+                self._receive(s, out, r)
+        self.stats.call_seconds = time.perf_counter() - t0
+        self.pacer.learn(len(ready), self.stats.call_seconds, n_feed + k)
         self.stats.waiting = sum(1 for s in self._active if not s.started)  # true until the next turn
         self.stats.calls += 1
         self.stats.chars += k * len(ready)
         self.stats.last_k, self.stats.last_batch = k, len(ready)
-        finished = [s for s in ready if s.done]
         self.notify([s for s in ready if not s.done])
-        self._retire(finished, "length")
+        self._retire_done()
         return True
 
-    def _call(self, streams: list[Stream], k: int, feed: list[np.ndarray] | None) -> np.ndarray:
-        """One backend call on the slots of ``streams``: gather their rows, advance, scatter them back."""
+    def _feed_prompts(self) -> bool:
+        """Feed a chunk of prompt to the streams that take theirs in feed-only calls; False if there were none."""
+        long = [s for s in self._active if s.prompt_left and (s.prompt_left > FEED_CHUNK or s.prompt_first)]
+        plain = [s for s in long if not s.spec.score_prompt]
+        if plain:
+            self._call(plain, 0, [s.spec.prompt[s.fed:s.fed + FEED_CHUNK] for s in plain])
+        by_length: dict[int, list[Stream]] = {}
+        for s in long:
+            if s.spec.score_prompt:
+                by_length.setdefault(min(FEED_CHUNK, s.prompt_left), []).append(s)
+        for n, group in by_length.items():
+            self._score(group, np.stack([s.spec.prompt[s.fed:s.fed + n] for s in group]).astype(np.int32))
+        for s in long:
+            s.fed += min(FEED_CHUNK, s.prompt_left)
+        return bool(long)
+
+    def _score(self, streams: list[Stream], ids: np.ndarray) -> None:
+        """Feed ``ids`` (B, n) to ``streams`` recording each id's logprob and alternatives (an echoed prompt)."""
+        slots = np.array([s.slot for s in streams], np.int64)
+        h, c = self._h[:, slots], self._c[:, slots]
+        top = max(s.spec.logprobs for s in streams)
+        chosen, top_ids, top_lp = self.backend.score_rows_top(h, c, ids, top)
+        self._h[:, slots], self._c[:, slots] = h, c
+        for r, s in enumerate(streams):
+            s.logprobs.add_prompt(ids[r], chosen[r], top_ids[r, :, :s.spec.logprobs], top_lp[r, :, :s.spec.logprobs])
+        self.on_call(len(streams), 0, ids.size)
+
+    def _prompt_done(self, s: Stream) -> None:
+        """``s``'s prompt has been fed whole: keep its state (cache, saving); a stream of 0 characters ends."""
+        s.prompt_done, i = True, s.slot
+        if self._cacheable(s):
+            self.prefix.store(s.spec.prompt, self._h[:, i], self._c[:, i])
+        if s.saving is not None:
+            s.saving.after_prompt = (self._h[:, i].copy(), self._c[:, i].copy(), int(self._positions[i]))
+        if s.spec.max_chars == 0:
+            s.receive(np.zeros(0, np.int32))
+            self._save(s)
+            self.notify([s])
+
+    def _receive(self, s: Stream, out, r: int) -> None:
+        """Hand stream ``s`` its row ``r`` of a call's output (ids, and the logprobs when recorded)."""
+        ids, ended = split_ended(out[0][r] if isinstance(out, tuple) else out[r])
+        if s.logprobs is not None:
+            s.logprobs.add(ids, *(a[r, :, :s.spec.logprobs] if a.ndim == 3 else a[r] for a in out[1:]))
+        if s.saving is not None:
+            s.saving.ids.append(ids)
+        s.fed, s.started = len(s.spec.prompt), True
+        s.receive(ids, ended)
+        self._save(s)
+
+    def _save(self, s: Stream) -> None:
+        """A stream that returns its state and has finished: save the state, then let its finish through."""
+        if s.held_finish is None:
+            return
+        i, finish = s.slot, s.held_finish
+        top_p = float(self._top_p[i])
+        try:
+            s.state = end_state(self.backend, self.vocab, s, self._h[:, i], self._c[:, i], int(self._seeds[i]),
+                                int(self._positions[i]), float(self._temperature[i]), None if top_p >= 1 else top_p)
+        except TextstreamError as e:  # a state that cannot be saved (NaN in it): the choice goes without one
+            log.error("the state of a stream could not be saved: %s", e)
+        s.held_finish = None
+        s.end(finish)
+
+    def _retire_done(self) -> bool:
+        """Retire the streams that have finished (by length, stop, a regex's end); False if none."""
+        finished = [s for s in self._active if s.done]
+        self._retire(finished, "length")
+        return bool(finished)
+
+    def _call(self, streams: list[Stream], k: int, feed: list[np.ndarray] | None, constraint=None,
+              top: int | None = None):
+        """One backend call on ``streams``' slots (rows gathered, advanced, scattered back): ids (B, k), or with
+        ``top`` ``(ids, chosen, top_ids, top_logprobs)``."""
         slots = np.array([s.slot for s in streams], np.int64)
         rows = RowBatch(h=self._h[:, slots], c=self._c[:, slots], seeds=self._seeds[slots],
                         positions=self._positions[slots], temperature=self._temperature[slots],
-                        top_p=self._top_p[slots])
-        ids = self.backend.advance_rows(rows, k, feed)
+                        top_p=self._top_p[slots], constraint=constraint,
+                        match=None if constraint is None else self._match[slots])
+        if top is None:
+            out = self.backend.advance_rows(rows, k, feed)
+        else:
+            out = self.backend.advance_rows_logprobs(rows, k, top, feed)
         self._h[:, slots], self._c[:, slots] = rows.h, rows.c
         self._positions[slots] = rows.positions
+        if constraint is not None:
+            self._match[slots] = rows.match
         self.on_call(len(streams), k, sum(map(len, feed)) if feed else 0)
-        return ids
-
-    def _choose_k(self, ready: list[Stream], n_feed: int) -> int:
-        """Characters for this call: about ``call_s`` of work, ``FIRST_K`` when a stream starts, no more than needed."""
-        recent = self._step_s.get(_size_class(len(ready)))
-        per_step = min(recent) if recent else None  # the least: a call the OS put aside says nothing of the model
-        target = max(self.call_s, len(ready) / EVENTS_PER_S)
-        k = FIRST_K if per_step is None else int(target / per_step) - n_feed
-        if not all(s.started for s in ready):
-            k = min(k, FIRST_K)
-        need = max(s.spec.max_chars - s.taken for s in ready)
-        return max(1, min(k, K_CAP, need))
-
-    def _learn(self, batch: int, seconds: float, steps: int) -> None:
-        """Remember this call's seconds per step for its batch size class (the last ``RECENT_CALLS``)."""
-        self.stats.call_seconds = seconds
-        self._step_s.setdefault(_size_class(batch), deque(maxlen=RECENT_CALLS)).append(seconds / max(1, steps))
-
-
-def _size_class(b: int) -> int:
-    """Batch sizes that cost about the same per step share an estimate: powers of two."""
-    return 1 << (b - 1).bit_length()
+        return out

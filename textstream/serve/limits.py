@@ -7,7 +7,8 @@ prints it and exits 2), before anything is allocated:
   key no HTTP header can carry would let no one in;
 * ``check_memory``: ``--max-streams`` and ``--max-connections`` against the
   memory available now (``MemAvailable``), with the bytes each stream and
-  each connection can take (``stream_bytes``, ``connection_bytes``);
+  each connection can take (``stream_bytes``, ``connection_bytes``), beside
+  the prefix-state cache (``--prefix-cache-mb``);
 * ``reserve_fds``: ``--max-connections`` against the file-descriptor limit
   (``RLIMIT_NOFILE``; the soft limit is raised towards the hard one when it
   is too low), so the accept loop does not run out of descriptors first.
@@ -79,14 +80,19 @@ def available_memory() -> int | None:
 
 
 def check_memory(max_streams: int, per_stream: int, max_connections: int, per_connection: int,
-                 available: int | None = None) -> None:
+                 available: int | None = None, *, fixed: int = 0) -> None:
     """``TextstreamError`` unless ``max_streams`` streams and ``max_connections`` connections fit in
-    ``MEMORY_SHARE`` of the memory available (``available``: bytes, default measured now; unknown: no check).
+    ``MEMORY_SHARE`` of the memory available (``available``: bytes, default measured now; unknown: no check)
+    beside ``fixed`` bytes (the prefix cache's bound).
     """
     available = available_memory() if available is None else available
     if available is None:
         return
     budget = int(available * MEMORY_SHARE)
+    if fixed > budget:
+        raise TextstreamError(f"--prefix-cache-mb {fixed / (1 << 20):g} needs {_size(fixed)}, but {_size(available)} "
+                              f"of memory is available: give a smaller cache")
+    budget -= fixed  # what the streams and the connections may take
     streams, connections = max_streams * per_stream, max_connections * per_connection
     if streams + connections <= budget:
         return

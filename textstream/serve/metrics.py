@@ -21,6 +21,10 @@ itself does):
 * ``textstream_generated_chars_total``: characters sent in completions,
   exactly the sum of the ``usage.completion_tokens`` the responses report;
   ``textstream_prompt_chars_total``: prompt characters fed to the model;
+* ``textstream_prompt_cache_chars_total``: prompt characters served from the
+  prefix-state cache instead (not fed), ``textstream_prompt_cache_hits_total``
+  and ``textstream_prompt_cache_misses_total`` (lookups of long prompts),
+  ``textstream_prompt_cache_bytes`` (its size now; at most ``--prefix-cache-mb``);
 * ``textstream_time_to_first_char_seconds`` (histogram): from a request's
   arrival to its first generated character;
 * ``textstream_batch_streams`` (histogram): streams stepped together per
@@ -46,7 +50,7 @@ class Metrics:
 
     def __init__(self, *, model: str, layers: int, units: int, vocab_size: int, backend: str, max_streams: int,
                  streams: Callable[[], float], waiting: Callable[[], float], paused: Callable[[], float],
-                 connections: Callable[[], float]):
+                 connections: Callable[[], float], prefix_bytes: Callable[[], float] = lambda: 0):
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("textstream_requests", "HTTP requests answered, by route pattern and status code",
                                 ["route", "code"], registry=r)
@@ -65,12 +69,19 @@ class Metrics:
         self.batch = Histogram("textstream_batch_streams", "Streams stepped together in one engine call",
                                buckets=BATCH_BUCKETS, registry=r)
         self.calls = Counter("textstream_engine_calls", "Generating calls of the engine", registry=r)
+        self.cache_chars = Counter("textstream_prompt_cache_chars", "Prompt characters served from the prefix-state "
+                                   "cache (not fed)", registry=r)
+        self.cache_hits = Counter("textstream_prompt_cache_hits", "Long prompts that began with a cached one",
+                                  registry=r)
+        self.cache_misses = Counter("textstream_prompt_cache_misses", "Long prompts that began with no cached one",
+                                    registry=r)
         for name, doc, fn in (("textstream_streams_active", "Streams admitted and not yet finished", streams),
                               ("textstream_streams_waiting", "Streams admitted whose prompt is still being fed",
                                waiting),
                               ("textstream_streams_paused", "Streams sitting out because their reader is behind",
                                paused),
-                              ("textstream_connections_open", "Client connections open", connections)):
+                              ("textstream_connections_open", "Client connections open", connections),
+                              ("textstream_prompt_cache_bytes", "Bytes the prefix-state cache holds", prefix_bytes)):
             Gauge(name, doc, registry=r).set_function(fn)
         Gauge("textstream_streams_max", "Streams generated at once at most (--max-streams)",
               registry=r).set(max_streams)
@@ -103,6 +114,14 @@ class Metrics:
         if k:
             self.calls.inc()
             self.batch.observe(batch)
+
+    def prefix(self, chars: int) -> None:
+        """The engine thread, after a lookup in the prefix cache: ``chars`` prompt ids served from it (0: a miss)."""
+        if chars:
+            self.cache_hits.inc()
+            self.cache_chars.inc(chars)
+        else:
+            self.cache_misses.inc()
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """Every metric as ``(body, content type)``, in the format the ``Accept`` header asks: Prometheus text

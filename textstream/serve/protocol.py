@@ -6,7 +6,12 @@
 value, 404 unknown model). The checks of the sampling parameters are shared
 with chat completions (``textstream.serve.chat``): ``sampling_fields``.
 
-Tokens are characters here: ``max_tokens`` counts generated characters.
+Tokens are characters here: ``max_tokens`` counts generated characters (0 is
+allowed with ``echo`` or ``return_state``: the prompt is only fed, scored or saved).
+Beyond OpenAI's fields (as vLLM and llama.cpp take extra body fields):
+``regex`` (completions and chat) constrains the generated text, as
+``Generator.stream(regex=...)`` does; ``state`` continues a saved session and
+``return_state`` returns each choice's (``textstream.serve.state``).
 Sizes are capped by ``Limits``: a prompt at most ``max_prompt_chars``
 characters, at most ``max_stops`` stop strings of at most ``max_stop_chars``
 each (the whole body is capped first, at ``--max-body-bytes``).
@@ -26,6 +31,7 @@ import numpy as np
 
 from textstream.data.vocab import Vocab
 from textstream.serve.errors import ApiError
+from textstream.serve.state import decode_state
 
 __all__ = ["Limits", "CompletionRequest", "parse_completion", "check_model", "encode_prompts", "sampling_fields",
            "reject_unknown", "integer", "boolean", "check_prompt_size", "SAMPLING", "NEUTRAL"]
@@ -59,6 +65,10 @@ class CompletionRequest:
     include_usage: bool = False
     echo: bool = False
     logprobs: int | None = None  # alternatives per character (0-5) in OpenAI's completions logprobs; None: none
+    regex: str | None = None  # the generated text is a prefix of a full match (textstream.generation.constraint)
+    state: bytes | None = None  # a saved session to continue (textstream.serve.state), its prompt fed on top
+    return_state: bool = False  # each choice also carries its state
+    explicit: frozenset = frozenset()  # which of temperature and top_p the body gave (a state's are kept otherwise)
 
     @property
     def choices(self) -> int:
@@ -70,9 +80,11 @@ class CompletionRequest:
 NEUTRAL = {"best_of": (None, 1), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
            "logit_bias": (None, {})}
 MAX_LOGPROBS = 5  # OpenAI's cap on completions' logprobs
-MAX_LOGPROB_CHARS = 16384  # a prompt and its completion together, at most, when logprobs are asked
-SAMPLING = {"model", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options", "user"}
-_KNOWN = SAMPLING | {"prompt", "echo", "suffix", "logprobs", *NEUTRAL}
+MAX_LOGPROB_CHARS = 1 << 16  # characters of an echoed prompt scored with logprobs, at most (the response's size)
+MAX_REGEX_CHARS = 4096
+SAMPLING = {"model", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options", "user",
+            "regex"}
+_KNOWN = SAMPLING | {"prompt", "echo", "suffix", "logprobs", "state", "return_state", *NEUTRAL}
 
 
 def parse_completion(body: Any, limits: Limits) -> CompletionRequest:
@@ -81,11 +93,16 @@ def parse_completion(body: Any, limits: Limits) -> CompletionRequest:
     for name, neutral in {**NEUTRAL, "suffix": (None, "")}.items():
         if name in body and not any(_same(body[name], v) for v in neutral):
             raise ApiError(400, f"{name} is not supported by this server", param=name, code="unsupported_parameter")
-    req = CompletionRequest(prompts=_prompts(body, limits), echo=boolean(body, "echo"),
-                            logprobs=integer(body, "logprobs", None, 0, MAX_LOGPROBS), **sampling_fields(body, limits))
-    if req.logprobs is not None and max(map(len, req.prompts)) + req.max_tokens > MAX_LOGPROB_CHARS:
-        raise ApiError(400, f"with logprobs, a prompt and its completion may hold at most {MAX_LOGPROB_CHARS} "
-                            f"characters together", param="logprobs", code="invalid_value")
+    state = decode_state(body["state"]) if body.get("state") is not None else None
+    req = CompletionRequest(prompts=_prompts(body, limits, optional=state is not None), echo=boolean(body, "echo"),
+                            logprobs=integer(body, "logprobs", None, 0, MAX_LOGPROBS), state=state,
+                            return_state=boolean(body, "return_state"), **sampling_fields(body, limits))
+    if req.logprobs is not None and req.echo and max(map(len, req.prompts)) > MAX_LOGPROB_CHARS:
+        raise ApiError(400, f"with echo and logprobs, a prompt may hold at most {MAX_LOGPROB_CHARS} characters "
+                            f"(each is sent back with its logprobs)", param="logprobs", code="invalid_value")
+    if req.logprobs is not None and req.regex is not None:
+        raise ApiError(400, "regex and logprobs cannot be asked together (the constrained step does not record "
+                            "log-probabilities)", param="regex", code="unsupported_parameter")
     return req
 
 
@@ -114,11 +131,25 @@ def sampling_fields(body: dict, limits: Limits, *, max_tokens: str = "max_tokens
                            code="unknown_parameter")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise ApiError(400, "user must be a string", param="user", code="invalid_type")
-    return dict(max_tokens=integer(body, max_tokens, limits.default_max_tokens, 1, limits.max_tokens),
+    fewest = 0 if body.get("echo") is True or body.get("return_state") is True else 1  # 0: feed (score, save) only
+    return dict(max_tokens=integer(body, max_tokens, limits.default_max_tokens, fewest, limits.max_tokens),
                 temperature=_temperature(body), top_p=_top_p(body), stops=_stops(body, limits),
                 seed=integer(body, "seed", None), n=integer(body, "n", 1, 1, limits.max_n),
                 stream=boolean(body, "stream"),
-                include_usage=boolean(options or {}, "include_usage", param="stream_options.include_usage"))
+                include_usage=boolean(options or {}, "include_usage", param="stream_options.include_usage"),
+                regex=_regex(body), explicit=frozenset(k for k in ("temperature", "top_p") if body.get(k) is not None))
+
+
+def _regex(body: dict) -> str | None:
+    """The ``regex`` field: a pattern (compiled later, ``Server.constraint``), or None."""
+    pattern = body.get("regex")
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str):
+        raise ApiError(400, f"regex must be a string (got {_value(pattern)})", param="regex", code="invalid_type")
+    if not pattern or len(pattern) > MAX_REGEX_CHARS:
+        raise ApiError(400, f"regex must hold 1 to {MAX_REGEX_CHARS} characters", param="regex", code="invalid_value")
+    return pattern
 
 
 def check_model(model: Any, limits: Limits, *, required: bool = True) -> None:
@@ -221,7 +252,9 @@ def _stops(body: dict, limits: Limits) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def _prompts(body: dict, limits: Limits) -> list[str]:
+def _prompts(body: dict, limits: Limits, optional: bool = False) -> list[str]:
+    if optional and body.get("prompt") is None:  # a state continued as it is
+        return [""]
     if "prompt" not in body or body["prompt"] is None:
         raise ApiError(400, "prompt is required (a string or a list of strings)", param="prompt",
                        code="missing_required_parameter")

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from textstream.serve.chat import chat_chunk, chat_completion, delta
 from textstream.serve.errors import ENGINE_FAILED, INTERNAL, SHUTTING_DOWN, ApiError
-from textstream.serve.logprobs import CharLogprobs
+from textstream.serve.logprobs import join_logprobs, openai_logprobs
 from textstream.serve.protocol import CompletionRequest
 from textstream.serve.shapes import DONE, choice, completion, completion_id, now, sse, usage
 from textstream.serve.stream import Stream
@@ -45,14 +45,46 @@ class CompletionReply:
         self.req, self.model, self.prompt_chars = req, model, prompt_chars
         self.id, self.created = completion_id(self.prefix), now()
         self.sent = 0  # completion characters so far
-        self.scorers: list[CharLogprobs] | None = None  # one per choice when the request asks for logprobs
+        self.streams: list[Stream] = []
+        self.chars: list[str] = []  # the vocabulary's symbols (the tokens of logprobs)
+        self._offsets: list[int] = []  # each choice's text_offset of its next character
+        self._heads: dict[int, dict] = {}  # echoed prompts' logprobs not sent yet (streaming)
+
+    def attach(self, streams: list[Stream], chars: list[str]) -> None:
+        """The request's streams (their logprob records and saved states), and the vocabulary's symbols."""
+        self.streams, self.chars = streams, chars
+        self._offsets = [len(self.prompt_of(i)) if self.req.echo else 0 for i in range(len(streams))]
+        if self.req.echo and self.req.logprobs is not None:
+            self._heads = {i: None for i in range(len(streams))}
+
+    def _logprobs(self, i: int, text: str) -> dict:
+        """Choice ``i``'s ``logprobs`` of ``text``, its next characters (from the engine's records)."""
+        lp = openai_logprobs(self.chars, self.streams[i].logprobs.take(len(text)), self._offsets[i])
+        self._offsets[i] += len(text)
+        return lp
+
+    def _prompt_logprobs(self, i: int) -> dict:
+        """Choice ``i``'s echoed prompt's ``logprobs``: the first null when it was fed from the start state."""
+        s = self.streams[i]
+        return openai_logprobs(self.chars, s.logprobs.prompt(), 0, first_null=s.spec.start is None)
 
     async def score(self, batch: list[tuple[int, str, str | None]]) -> dict[int, dict]:
-        """The ``logprobs`` of each choice's new text in ``batch`` (computed off the event loop); {} without."""
-        if self.scorers is None:
+        """The ``logprobs`` of each choice's new text in ``batch`` (shaped off the event loop); {} without. An
+        echoed prompt's, before the first text of its choice, wait in ``_heads`` for ``events``."""
+        if self.req.logprobs is None:
             return {}
-        scorers = self.scorers
-        return await asyncio.to_thread(lambda: {i: scorers[i].extend(text) for i, text, _ in batch})
+
+        def shape() -> dict[int, dict]:
+            for i, _, _ in batch:
+                if i in self._heads and self._heads[i] is None:
+                    self._heads[i] = self._prompt_logprobs(i)
+            return {i: self._logprobs(i, text) for i, text, _ in batch}
+
+        return await asyncio.to_thread(shape)
+
+    def _state(self, i: int, finish: str | None) -> dict:
+        """``{"state": ...}`` for choice ``i``'s last chunk (or whole choice) with ``return_state``; else {}."""
+        return {"state": self.streams[i].state} if self.req.return_state and finish else {}
 
     def prompt_of(self, i: int) -> str:
         return self.req.prompts[i // self.req.n]
@@ -64,37 +96,40 @@ class CompletionReply:
         """The non-streaming response (``logprobs``: of each choice's whole text, from ``whole_logprobs``)."""
         self.sent = sum(map(len, texts))
         echo = self.prompt_of if self.req.echo else (lambda i: "")
-        choices = [choice(i, echo(i) + t, f, logprobs.get(i)) for i, (t, f) in enumerate(zip(texts, finishes))]
+        choices = [choice(i, echo(i) + t, f, logprobs.get(i), **self._state(i, f))
+                   for i, (t, f) in enumerate(zip(texts, finishes))]
         return completion(self.id, self.created, self.model, choices, self.usage())
 
     async def whole_logprobs(self, texts: list[str]) -> dict[int, dict]:
         """Each choice's ``logprobs`` (the echoed prompt's first, with ``echo``); {} without logprobs."""
-        if self.scorers is None:
+        if self.req.logprobs is None:
             return {}
 
         def all_of(i: int) -> dict:
-            head = self.scorers[i].prompt() if self.req.echo else None
-            tail = self.scorers[i].extend(texts[i])
-            return tail if head is None else {k: head[k] + tail[k] for k in tail}
+            return join_logprobs(self._prompt_logprobs(i) if self.req.echo else None, self._logprobs(i, texts[i]))
 
         return await asyncio.to_thread(lambda: {i: all_of(i) for i in range(len(texts))})
 
     async def opening(self, choices: int) -> bytes:
-        """What a stream sends before any generated text: the prompts, with ``echo``."""
-        if not self.req.echo:
+        """What a stream sends before any generated text: the prompts, with ``echo`` (with ``logprobs`` they go
+        just before their choice's first text instead, once the engine has scored them)."""
+        if not self.req.echo or self.req.logprobs is not None:
             return b""
-        lps = {}
-        if self.scorers is not None:
-            lps = await asyncio.to_thread(lambda: {i: self.scorers[i].prompt() for i in range(choices)})
-        return b"".join(sse(completion(self.id, self.created, self.model,
-                                       [choice(i, self.prompt_of(i), None, lps.get(i))], None))
-                        for i in range(choices))
+        return b"".join(sse(completion(self.id, self.created, self.model, [choice(i, self.prompt_of(i), None)],
+                                       None)) for i in range(choices))
 
     def events(self, batch: list[tuple[int, str, str | None]], logprobs: dict[int, dict]) -> bytes:
         """The events of one update: choice ``i``'s new ``text`` (and its finish reason when it is the last)."""
         self.sent += sum(len(text) for _, text, _ in batch)
-        return b"".join(sse(completion(self.id, self.created, self.model, [choice(i, text, finish, logprobs.get(i))],
-                                       None)) for i, text, finish in batch)
+        out = []
+        for i, text, finish in batch:
+            head = self._heads.pop(i, None)
+            if head is not None:
+                out.append(sse(completion(self.id, self.created, self.model, [choice(i, self.prompt_of(i), None, head)],
+                                          None)))
+            out.append(sse(completion(self.id, self.created, self.model,
+                                      [choice(i, text, finish, logprobs.get(i), **self._state(i, finish))], None)))
+        return b"".join(out)
 
     def usage_chunk(self) -> dict:
         """The last chunk when ``stream_options.include_usage``: no choices, the usage."""

@@ -38,7 +38,6 @@ from textstream.serve.chat import parse_chat
 from textstream.serve.connections import error_response
 from textstream.serve.errors import INTERNAL, ApiError, http_error
 from textstream.serve.jsonbody import parse_json
-from textstream.serve.logprobs import CharLogprobs
 from textstream.serve.protocol import check_model, parse_completion
 from textstream.serve.replies import ChatReply, CompletionReply, answer
 from textstream.serve.shapes import model_card, model_list
@@ -170,15 +169,13 @@ class Routes:
         if req.logprobs is not None and server.generator.vocab.is_bytes:
             raise ApiError(400, "logprobs are given per character: this model's tokens are bytes",
                            param="logprobs", code="unsupported_parameter")
-        streams, prompt_chars = server.admit(req, param)
+        constraint = await asyncio.to_thread(server.constraint, req) if req.regex is not None else None
+        streams, prompt_chars = server.admit(req, param, constraint)
         event = asyncio.Event()
         server.listen(streams, event)
         try:
             reply = reply_type(req, self.config.limits.model, prompt_chars)
-            if req.logprobs is not None:
-                reply.scorers = [CharLogprobs(server.generator.backend, server.generator.vocab, s.spec.prompt,
-                                              req.logprobs, echo=reply.prompt_of(i) if req.echo else None)
-                                 for i, s in enumerate(streams)]
+            reply.attach(streams, server.generator.vocab.chars)
             return await answer(request, server, req, reply, streams, event, arrived)
         finally:
             server.release(streams)

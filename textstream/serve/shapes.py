@@ -35,9 +35,9 @@ def usage(prompt_chars: int, completion_chars: int) -> dict:
             "total_tokens": prompt_chars + completion_chars}
 
 
-def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
-    """One entry of ``choices``."""
-    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
+def choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None, **extra) -> dict:
+    """One entry of ``choices`` (``extra``: fields beyond OpenAI's, e.g. ``state``)."""
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason, **extra}
 
 
 def completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None) -> dict:

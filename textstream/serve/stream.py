@@ -2,7 +2,10 @@
 
 The engine thread feeds a ``Stream`` generated ids (``receive``: decode,
 cut at stop strings and at ``max_chars``, buffer); the reader, in any
-thread, ``take``s everything buffered. The buffer is what keeps a slow reader
+thread, ``take``s everything buffered (and, with ``logprobs``, the records
+of the characters taken: ``textstream.serve.logprobs``). A stream asked to
+return its state holds its finish back until the engine has saved the state
+(``state``, ``textstream.serve.state``), so the state comes with the last text. The buffer is what keeps a slow reader
 from slowing the others: a stream whose unread text reaches its ``limit`` is
 ``paused`` (the engine skips it) until its reader takes the text.
 """
@@ -15,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from textstream.generation.sampling import StopCut
+from textstream.generation.state import SavedSession
 
 BUFFER_CHARS = 16384  # unread characters a stream may hold before it sits out (its reader is slow)
 
@@ -23,7 +27,15 @@ __all__ = ["Stream", "StreamSpec", "BUFFER_CHARS"]
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """What one stream generates: the ids to feed first, then up to ``max_chars`` characters."""
+    """What one stream generates: the ids to feed first, then up to ``max_chars`` characters.
+
+    ``start``: a saved session to continue (its state, folded seed and
+    position; the prompt is fed on top) instead of the zero state;
+    ``return_state``: save the state at the end (``Stream.state``);
+    ``constraint``: a compiled regex (``textstream.generation.constraint``);
+    ``logprobs``: record each character's log-probability and this many
+    alternatives; ``score_prompt``: record the prompt's too (echo).
+    """
 
     prompt: np.ndarray
     seed: int
@@ -31,6 +43,11 @@ class StreamSpec:
     top_p: float | None = None
     max_chars: int = 16
     stops: tuple[str, ...] = ()
+    start: SavedSession | None = None
+    return_state: bool = False
+    constraint: object = None
+    logprobs: int | None = None
+    score_prompt: bool = False
 
 
 class Stream:
@@ -50,6 +67,13 @@ class Stream:
         self.taken = 0  # generated characters counted towards max_chars (engine thread)
         self.started = False  # has been in a generating call (engine thread)
         self.cancelled = False  # set by the reader's side (``Engine.cancel``)
+        self.pushed = 0  # characters put in the buffer so far (the text the reader gets)
+        self.prompt_first = False  # its prompt is fed whole before it generates (engine thread)
+        self.prompt_done = False
+        self.logprobs = None  # a ``textstream.serve.logprobs.Records`` when the spec asks for logprobs
+        self.saving = None  # a ``textstream.serve.state.Saving`` when the spec asks for the state (engine thread)
+        self.state: str | None = None  # the saved state at the end (base64), with ``return_state``
+        self.held_finish: str | None = None  # the finish held back until the state is saved (engine thread)
         self._decode = decode
         self._cut = StopCut(spec.stops)
         self._lock = threading.Lock()
@@ -96,15 +120,31 @@ class Stream:
         return text, finish
 
     # --- engine side -------------------------------------------------------------------------
-    def receive(self, ids: np.ndarray) -> None:
-        """Decode generated ids, cut at stops and ``max_chars``, and buffer the text (engine thread)."""
+    def receive(self, ids: np.ndarray, ended: bool = False) -> None:
+        """Decode generated ids, cut at stops and ``max_chars``, and buffer the text (engine thread).
+
+        ``ended``: a regex match ended after ``ids`` (the stream finishes with "stop").
+        """
         text = self._decode(ids)[:self.spec.max_chars - self.taken]
         self.taken += len(text)
         out, stopped = self._cut(text)
-        finish = "stop" if stopped else ("length" if self.taken >= self.spec.max_chars else None)
-        if finish == "length":
+        finish = "stop" if stopped else ("length" if self.taken >= self.spec.max_chars else
+                                         ("stop" if ended else None))
+        if finish is not None and not stopped:
             out += self._cut.flush()
+        if finish is not None and self.spec.return_state:
+            finish, self.held_finish = None, finish
         self._push(out, finish)
+
+    @property
+    def pending(self) -> bytes:
+        """The bytes of an unfinished character the decoder holds back (a byte model's; b"" otherwise)."""
+        return getattr(self._decode, "pending", b"")
+
+    def hold(self, pending: bytes) -> None:
+        """Start with ``pending``, the start of a character a saved session had generated (engine thread)."""
+        if pending:
+            self._decode(np.frombuffer(pending, np.uint8))
 
     def end(self, finish: str) -> None:
         """End the stream now with ``finish`` (engine thread; no effect on a finished stream)."""
@@ -116,5 +156,6 @@ class Stream:
             if text:
                 self._out.append(text)
                 self._unread += len(text)
+                self.pushed += len(text)
             if finish is not None:
                 self._finish = finish

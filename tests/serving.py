@@ -182,3 +182,18 @@ def request_bytes(path: str, body: bytes, *, method: str = "POST", key: str | No
     auth = f"Authorization: Bearer {key}\r\n".encode() if key else b""
     return (f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n").encode() + auth + extra + b"\r\n" + body
+
+
+def run_engine(engine, specs, timeout: float = WAIT_S) -> tuple[list[str], list]:
+    """Admit ``specs`` to a started ``Engine`` and read every stream to its end: ``(texts, streams)``."""
+    streams = engine.admit(specs)
+    texts = [""] * len(streams)
+    deadline = time.monotonic() + timeout
+    while True:
+        finished = all(s.done for s in streams)  # read after: the last text is in the buffer by then
+        for i, s in enumerate(streams):
+            texts[i] += s.take()[0]
+        if finished:
+            return texts, streams
+        assert time.monotonic() < deadline, "the streams did not finish"
+        time.sleep(0.002)

@@ -8,7 +8,8 @@ products and ufuncs, the parts never wait for each other within the loop,
 and the results are the rows' own whichever part they ran in. On a busy
 machine the threads share the cores the scheduler gives them, where
 OpenBLAS's own threads spin and wait on each other (many times slower per
-product). Used for unconstrained sampling of at least ``2 * MIN_ROWS`` streams.
+product). Used for unconstrained sampling and for scoring (``rows_in_parts``)
+of at least ``2 * MIN_ROWS`` streams.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ MIN_STEPS = 8  # steps per call at least (fewer: starting the threads outweighs 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
-__all__ = ["parts_for", "generate_in_parts"]
+__all__ = ["parts_for", "generate_in_parts", "rows_in_parts"]
 
 
 def cores() -> int:
@@ -54,16 +55,38 @@ def _part(streams, lo: int, hi: int):
     return part
 
 
+def _threads(parts: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    if _pool is None or _pool_size < parts:
+        _pool_size = max(parts, cores())
+        _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="textstream-step")
+    return _pool
+
+
+def _bounds(batch: int, parts: int) -> list[tuple[int, int]]:
+    cuts = np.linspace(0, batch, parts + 1).round().astype(int).tolist()
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def generate_in_parts(streams, k: int, parts: int) -> np.ndarray:
     """``streams._generate(k)`` with the rows in ``parts`` groups, one thread each: int32 (B, k).
 
     The caller holds OpenBLAS on one thread (``blas.one_blas_thread``) around the call.
     """
-    global _pool, _pool_size
-    if _pool is None or _pool_size < parts:
-        _pool_size = max(parts, cores())
-        _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="textstream-step")
-    bounds = np.linspace(0, streams.batch, parts + 1).round().astype(int)
-    pieces = [_part(streams, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-    futures = [_pool.submit(piece._generate, k) for piece in pieces]
+    pool = _threads(parts)
+    futures = [pool.submit(_part(streams, a, b)._generate, k) for a, b in _bounds(streams.batch, parts)]
     return np.concatenate([f.result() for f in futures], axis=0)
+
+
+def rows_in_parts(fn, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: int, *args):
+    """``fn(h, c, ids, *args)`` (``logprobs_np.score_rows`` of a model) on ``parts`` groups of rows, one thread each.
+
+    ``h``, ``c`` (layers, B, units) are advanced in place through views; the
+    results (an array, or a tuple of arrays) are joined along the rows.
+    """
+    pool = _threads(parts)
+    futures = [pool.submit(fn, h[:, a:b], c[:, a:b], ids[a:b], *args) for a, b in _bounds(len(ids), parts)]
+    results = [f.result() for f in futures]
+    if isinstance(results[0], tuple):
+        return tuple(np.concatenate(column, axis=0) for column in zip(*results))
+    return np.concatenate(results, axis=0)

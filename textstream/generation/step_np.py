@@ -38,7 +38,7 @@ import numpy as np
 
 from textstream.generation.blas import one_blas_thread
 from textstream.generation.logprobs_np import Recorder, score_rows
-from textstream.generation.parallel_np import generate_in_parts, parts_for
+from textstream.generation.parallel_np import generate_in_parts, parts_for, rows_in_parts
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, stream_keys
 from textstream.generation.state import weights_digest
@@ -138,12 +138,15 @@ class NumpyStep:
 
     def score_rows(self, h: np.ndarray, c: np.ndarray, ids) -> np.ndarray:
         """ln p of each ``ids[b, t]`` (B, T) given row b's state before it; ``h``, ``c`` advanced in place."""
-        with one_blas_thread():
-            return score_rows(self, h, c, ids)
+        return self.score_rows_top(h, c, ids, None)
 
-    def score_rows_top(self, h: np.ndarray, c: np.ndarray, ids, top: int):
+    def score_rows_top(self, h: np.ndarray, c: np.ndarray, ids, top: int | None):
         """``score_rows`` with the ``top`` likeliest ids at each position: ``(logprobs, top_ids, top_logprobs)``."""
+        ids = np.asarray(ids, np.int64)
+        parts = parts_for(*ids.shape)  # many rows: a part of them per core (parallel_np)
         with one_blas_thread():
+            if parts > 1:
+                return rows_in_parts(lambda *a: score_rows(self, *a), h, c, ids, parts, top)
             return score_rows(self, h, c, ids, top)
 
     def scratch(self, b: int) -> "_Buffers":

@@ -176,3 +176,11 @@ def test_the_tensorflow_engine_gives_the_same_logprobs_regex_matches_and_states(
             expected(tiny_gen, PRIME, 100, seed=6, top_p=0.9)
     finally:
         engine.close()
+
+
+def test_a_regex_whose_automaton_explodes_is_a_400_within_the_deadline(srv, monkeypatch):
+    monkeypatch.setattr(srv.server.patterns, "timeout_s", 1.0)  # interegular needs minutes for this one
+    status, _, err = post(srv.url + "/v1/completions", {**GOOD, "regex": "(a|b)*a(a|b){18}"})
+    assert status == 400 and err["error"]["param"] == "regex" and "did not compile within 1 s" in \
+        err["error"]["message"], err
+    assert srv.health()["status"] == "ok" and _complete(srv, **GOOD, regex="(yes|no)")["choices"][0]["text"]

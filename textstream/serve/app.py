@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -41,6 +40,7 @@ from textstream.serve.limits import (
 from textstream.serve.metrics import Metrics
 from textstream.serve.prefix import DEFAULT_MB, PrefixCache
 from textstream.serve.protocol import CompletionRequest, Limits, encode_prompts
+from textstream.serve.regexes import Patterns
 from textstream.serve.state import continued, read_state
 from textstream.serve.routes import Routes
 from textstream.serve.shapes import now
@@ -115,7 +115,7 @@ class Server:
         self.engine = Engine(backend, generator.vocab, max_streams=config.max_streams,
                              buffer_chars=config.buffer_chars, call_s=config.call_s, notify=self._notify,
                              on_call=self.metrics.engine_call, prefix_cache=cache, on_prefix=self.metrics.prefix)
-        self._compiling = threading.Lock()  # the generator's cache of compiled regexes is not thread-safe
+        self.patterns = Patterns(generator.vocab)
         self.created = now()
         self.draining = False
         self.listener: Listener | None = None
@@ -235,14 +235,9 @@ class Server:
             self.engine.cancel(s)
 
     def constraint(self, req: CompletionRequest):
-        """The compiled ``regex`` of ``req`` (None without one), or ``ApiError`` naming ``regex`` (any thread)."""
-        if req.regex is None:
-            return None
-        try:
-            with self._compiling:
-                return self.generator.constraints(req.regex)
-        except TextstreamError as e:
-            raise ApiError(400, f"regex: {e}", param="regex", code="invalid_value") from None
+        """The compiled ``regex`` of ``req`` (None without one), or ``ApiError`` naming ``regex`` (any thread;
+        a new pattern compiles in a child process with a deadline, ``textstream.serve.regexes``)."""
+        return None if req.regex is None else self.patterns(req.regex)
 
     def _specs(self, req: CompletionRequest, param: str, constraint=None) -> tuple[list[StreamSpec], list[int]]:
         """One stream per choice (choice i: prompt i // n, seed ``seed + i``), and each prompt's length."""

@@ -62,6 +62,7 @@ from textstream.serve.state import Saving, end_state
 from textstream.serve.stream import BUFFER_CHARS, Stream, StreamSpec
 
 FEED_CHUNK = 256  # prompt characters fed per stream per call
+TOP = 5  # alternatives a logprobs call records (each stream keeps its own number: one compiled shape for all)
 IDLE_WAIT_S = 0.5  # how long the loop sleeps with nothing to do before checking again
 
 __all__ = ["Engine", "EngineStats", "EngineFull", "EngineClosed", "CALL_S", "FEED_CHUNK"]
@@ -294,7 +295,7 @@ class Engine:
             kinds.setdefault((id(s.spec.constraint), s.logprobs is not None), []).append(j)
         for rows in kinds.values():
             group = [ready[j] for j in rows]
-            top = max(s.spec.logprobs for s in group) if group[0].logprobs is not None else None
+            top = TOP if group[0].logprobs is not None else None
             out = self._call(group, k, [feed[j] for j in rows] if feed else None, group[0].spec.constraint, top)
             for r, s in enumerate(group):
                 self._receive(s, out, r)
@@ -328,8 +329,7 @@ class Engine:
         """Feed ``ids`` (B, n) to ``streams`` recording each id's logprob and alternatives (an echoed prompt)."""
         slots = np.array([s.slot for s in streams], np.int64)
         h, c = self._h[:, slots], self._c[:, slots]
-        top = max(s.spec.logprobs for s in streams)
-        chosen, top_ids, top_lp = self.backend.score_rows_top(h, c, ids, top)
+        chosen, top_ids, top_lp = self.backend.score_rows_top(h, c, ids, TOP)
         self._h[:, slots], self._c[:, slots] = h, c
         for r, s in enumerate(streams):
             s.logprobs.add_prompt(ids[r], chosen[r], top_ids[r, :, :s.spec.logprobs], top_lp[r, :, :s.spec.logprobs])

@@ -132,6 +132,24 @@ def post(url, body, *, key=KEY, raw=None, headers=None):
         return e.code, dict(e.headers), json.loads(text)
 
 
+
+def complete(srv, path="/v1/completions", **body) -> dict:
+    """A (chat) completion's JSON, asserting a 200."""
+    status, _, r = post(srv.url + path, {"model": MODEL, **body})
+    assert status == 200, r
+    return r
+
+
+def stream_chunks(srv, **body) -> list[dict]:
+    """The chunks of a streamed completion (the JSON of each ``data:`` event before ``[DONE]``)."""
+    req = urllib.request.Request(srv.url + "/v1/completions", method="POST",
+                                 data=json.dumps({"model": MODEL, "stream": True, **body}).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=WAIT_S) as r:
+        events = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
 def is_openai_error(body) -> bool:
     return set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
 

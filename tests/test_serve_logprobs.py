@@ -3,9 +3,7 @@ library's ``sample_logprobs``), streamed or not, at any length; ``echo`` with ``
 ``Generator.score`` does (lm-evaluation-harness's ``local-completions`` request works unchanged); ``regex``
 constrains completions and chats as the library does; bad values are 400s naming the field."""
 import base64
-import json
 import math
-import urllib.request
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ pytest.importorskip("aiohttp", reason="the serve extra is not installed (pip ins
 pytest.importorskip("openai", reason="the openai client is not installed (pip install -e '.[test]')")
 
 from conftest import TEXT  # noqa: E402
-from serving import GOOD, KEY, MODEL, PRIME, ServerThread, WAIT_S, expected, is_openai_error, post, run_engine  # noqa
+from serving import GOOD, KEY, MODEL, PRIME, ServerThread, WAIT_S, complete, stream_chunks, expected, is_openai_error, post, run_engine  # noqa
 
 from textstream.generation.generator import Generator  # noqa: E402
 from textstream.serve.engine import Engine  # noqa: E402
@@ -30,20 +28,6 @@ def srv(tiny_gen):
     s.close()
 
 
-def _complete(srv, path="/v1/completions", **body) -> dict:
-    status, _, r = post(srv.url + path, {"model": MODEL, **body})
-    assert status == 200, r
-    return r
-
-
-def _stream(srv, **body) -> list[dict]:
-    req = urllib.request.Request(srv.url + "/v1/completions", method="POST",
-                                 data=json.dumps({"model": MODEL, "stream": True, **body}).encode(),
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(req, timeout=WAIT_S) as r:
-        events = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
 
 
 def _library(gen, prompt, n, top, **kw):
@@ -64,29 +48,29 @@ def _check(lp: dict, records, offset: int, top: int) -> None:
 def test_logprobs_are_the_sampling_steps_own_streamed_or_not_at_any_length(srv, tiny_gen):
     for n, top, kw in ((300, 3, {"seed": 2}), (20000, 1, {"seed": 5, "temperature": 0.8, "top_p": 0.9})):
         want = _library(tiny_gen, PRIME, n, top, **kw)
-        r = _complete(srv, prompt=PRIME, max_tokens=n, logprobs=top, **kw)["choices"][0]
+        r = complete(srv, prompt=PRIME, max_tokens=n, logprobs=top, **kw)["choices"][0]
         assert r["text"] == "".join(rec.char for rec in want)
         _check(r["logprobs"], want, 0, top)
-        chunks = [c["choices"][0] for c in _stream(srv, prompt=PRIME, max_tokens=n, logprobs=top, **kw)]
+        chunks = [c["choices"][0] for c in stream_chunks(srv, prompt=PRIME, max_tokens=n, logprobs=top, **kw)]
         assert "".join(c["text"] for c in chunks) == r["text"]
         joined = {k: sum((c["logprobs"][k] for c in chunks), []) for k in r["logprobs"]}
         assert joined == r["logprobs"]
     # echo: the prompt first (its first character null), then the completion's characters at their offsets
-    r = _complete(srv, prompt=PRIME, max_tokens=40, logprobs=2, seed=9, echo=True)["choices"][0]
+    r = complete(srv, prompt=PRIME, max_tokens=40, logprobs=2, seed=9, echo=True)["choices"][0]
     lp, score = r["logprobs"], tiny_gen.score(PRIME)
     assert r["text"] == PRIME + expected(tiny_gen, PRIME, 40, seed=9)
     assert lp["tokens"][:len(PRIME)] == list(PRIME) and lp["token_logprobs"][0] is None
     assert lp["top_logprobs"][0] is None
     np.testing.assert_allclose(lp["token_logprobs"][1:len(PRIME)], score.logprobs[1:], atol=1e-4)
     _check({k: v[len(PRIME):] for k, v in lp.items()}, _library(tiny_gen, PRIME, 40, 2, seed=9), len(PRIME), 2)
-    streamed = [c["choices"][0] for c in _stream(srv, prompt=PRIME, max_tokens=40, logprobs=2, seed=9, echo=True)]
+    streamed = [c["choices"][0] for c in stream_chunks(srv, prompt=PRIME, max_tokens=40, logprobs=2, seed=9, echo=True)]
     assert streamed[0]["text"] == PRIME and streamed[0]["logprobs"]["tokens"] == list(PRIME)
     assert {k: sum((c["logprobs"][k] for c in streamed), []) for k in lp} == lp
 
 
 def test_echo_with_max_tokens_0_scores_the_prompt_as_generator_score_does(srv, tiny_gen):
     texts = [PRIME, TEXT, (TEXT * 30)[:3000], "it"]
-    r = _complete(srv, prompt=texts, max_tokens=0, echo=True, logprobs=0)
+    r = complete(srv, prompt=texts, max_tokens=0, echo=True, logprobs=0)
     assert r["usage"]["completion_tokens"] == 0
     for c, text in zip(r["choices"], texts):
         lp, score = c["logprobs"], tiny_gen.score(text)
@@ -111,14 +95,14 @@ def test_echo_with_max_tokens_0_scores_the_prompt_as_generator_score_does(srv, t
 def test_regex_constrains_completions_and_chats_as_the_library_does(srv, tiny_gen):
     for seed in range(4):
         want = tiny_gen.generate([PRIME], 80, seed=seed, regex=PATTERN)[0]
-        r = _complete(srv, prompt=PRIME, max_tokens=80, seed=seed, regex=PATTERN)["choices"][0]
+        r = complete(srv, prompt=PRIME, max_tokens=80, seed=seed, regex=PATTERN)["choices"][0]
         assert r["text"] == want and r["finish_reason"] == "stop"
-        streamed = _stream(srv, prompt=PRIME, max_tokens=80, seed=seed, regex=PATTERN)
+        streamed = stream_chunks(srv, prompt=PRIME, max_tokens=80, seed=seed, regex=PATTERN)
         assert "".join(c["choices"][0]["text"] for c in streamed) == want
-    cut = _complete(srv, prompt=PRIME, max_tokens=3, seed=0, regex=PATTERN)["choices"][0]
+    cut = complete(srv, prompt=PRIME, max_tokens=3, seed=0, regex=PATTERN)["choices"][0]
     assert cut["finish_reason"] == "length" and cut["text"] == tiny_gen.generate([PRIME], 80, seed=0,
                                                                                   regex=PATTERN)[0][:3]
-    chat = _complete(srv, "/v1/chat/completions", messages=[{"role": "user", "content": "it was"}], max_tokens=60,
+    chat = complete(srv, "/v1/chat/completions", messages=[{"role": "user", "content": "it was"}], max_tokens=60,
                      seed=3, regex="(yes|no)")
     assert chat["choices"][0]["message"]["content"] == tiny_gen.generate(["it was\n"], 60, seed=3,
                                                                           regex="(yes|no)")[0]
@@ -155,7 +139,7 @@ def test_a_nan_logprobs_is_refused_and_the_server_keeps_serving(srv):
                                                                                              "content": "a"}],
                                                              "regex": "(a"})
     assert status == 400 and err["error"]["param"] == "regex"
-    assert srv.health()["status"] == "ok" and _complete(srv, **GOOD)["choices"][0]["text"]
+    assert srv.health()["status"] == "ok" and complete(srv, **GOOD)["choices"][0]["text"]
 
 
 def test_the_tensorflow_engine_gives_the_same_logprobs_regex_matches_and_states(tiny_run, tiny_gen):
@@ -183,4 +167,4 @@ def test_a_regex_whose_automaton_explodes_is_a_400_within_the_deadline(srv, monk
     status, _, err = post(srv.url + "/v1/completions", {**GOOD, "regex": "(a|b)*a(a|b){18}"})
     assert status == 400 and err["error"]["param"] == "regex" and "did not compile within 1 s" in \
         err["error"]["message"], err
-    assert srv.health()["status"] == "ok" and _complete(srv, **GOOD, regex="(yes|no)")["choices"][0]["text"]
+    assert srv.health()["status"] == "ok" and complete(srv, **GOOD, regex="(yes|no)")["choices"][0]["text"]

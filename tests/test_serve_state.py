@@ -3,8 +3,6 @@ n characters then m more from the state are exactly the n + m characters of the 
 library and the server both ways; a foreign, truncated or non-base64 state is a 400 naming ``state``."""
 import base64
 import dataclasses
-import json
-import urllib.request
 
 import pytest
 
@@ -12,7 +10,7 @@ pytest.importorskip("aiohttp", reason="the serve extra is not installed (pip ins
 pytest.importorskip("openai", reason="the openai client is not installed (pip install -e '.[test]')")
 
 from conftest import make_run  # noqa: E402
-from serving import GOOD, KEY, MODEL, PRIME, ServerThread, WAIT_S, expected, is_openai_error, post  # noqa: E402
+from serving import GOOD, KEY, PRIME, ServerThread, complete, stream_chunks, expected, is_openai_error, post  # noqa: E402
 
 from textstream.generation import state  # noqa: E402
 from textstream.generation.generator import Generator  # noqa: E402
@@ -26,21 +24,6 @@ def srv(tiny_gen):
     s.close()
 
 
-def _complete(srv, **body) -> dict:
-    status, _, r = post(srv.url + "/v1/completions", {"model": MODEL, **body})
-    assert status == 200, r
-    return r
-
-
-def _stream(srv, **body) -> list[dict]:
-    """The chunks of a streamed completion (the JSON of each ``data:`` event)."""
-    req = urllib.request.Request(srv.url + "/v1/completions", method="POST",
-                                 data=json.dumps({"model": MODEL, "stream": True, **body}).encode(),
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(req, timeout=WAIT_S) as r:
-        events = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
 
 
 SETTINGS = [{"seed": 1}, {"seed": 7, "temperature": 0.6}, {"seed": -3, "top_p": 0.8}, {"seed": 2 ** 40,
@@ -49,24 +32,24 @@ SETTINGS = [{"seed": 1}, {"seed": 7, "temperature": 0.6}, {"seed": -3, "top_p": 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=["plain", "t0.6", "top_p", "greedy"])
 def test_a_completion_then_one_from_its_state_is_the_long_completion(srv, tiny_gen, settings):
-    first = _complete(srv, prompt=PRIME, max_tokens=100, return_state=True, **settings)["choices"][0]
+    first = complete(srv, prompt=PRIME, max_tokens=100, return_state=True, **settings)["choices"][0]
     assert first["finish_reason"] == "length" and len(first["text"]) == 100
-    second = _complete(srv, state=first["state"], max_tokens=100, **settings)["choices"][0]
+    second = complete(srv, state=first["state"], max_tokens=100, **settings)["choices"][0]
     assert "state" not in second
     assert first["text"] + second["text"] == expected(tiny_gen, PRIME, 200, **settings)
     # streamed: the state comes on each choice's last chunk only, and continues the same way
-    chunks = _stream(srv, prompt=PRIME, max_tokens=100, return_state=True, **settings)
+    chunks = stream_chunks(srv, prompt=PRIME, max_tokens=100, return_state=True, **settings)
     assert all("state" not in c["choices"][0] for c in chunks[:-1]) and chunks[-1]["choices"][0]["finish_reason"]
     assert chunks[-1]["choices"][0]["state"] == first["state"]
-    again = _stream(srv, state=first["state"], prompt="", max_tokens=100, **settings)
+    again = stream_chunks(srv, state=first["state"], prompt="", max_tokens=100, **settings)
     assert "".join(c["choices"][0]["text"] for c in again) == second["text"]
     # the settings come with the state when the request leaves them out
-    bare = _complete(srv, state=first["state"], max_tokens=100)["choices"][0]
+    bare = complete(srv, state=first["state"], max_tokens=100)["choices"][0]
     assert bare["text"] == second["text"]
 
 
 def test_states_move_between_the_library_and_the_server(srv, tiny_gen):
-    r = _complete(srv, prompt=[PRIME, "THE END"], n=2, max_tokens=60, seed=4, return_state=True, temperature=0.9)
+    r = complete(srv, prompt=[PRIME, "THE END"], n=2, max_tokens=60, seed=4, return_state=True, temperature=0.9)
     for c in r["choices"]:
         s = tiny_gen.restore(base64.b64decode(c["state"]))  # the library reads the server's blob
         prompt = [PRIME, "THE END"][c["index"] // 2]
@@ -75,13 +58,13 @@ def test_states_move_between_the_library_and_the_server(srv, tiny_gen):
     session.sample(30)
     blob = base64.b64encode(session.save()).decode()  # the server reads the library's blob
     twin = session.fork()
-    assert _complete(srv, state=blob, max_tokens=50)["choices"][0]["text"] == twin.sample(50)
+    assert complete(srv, state=blob, max_tokens=50)["choices"][0]["text"] == twin.sample(50)
     # a prompt is fed on top, as Session.feed does; a seed given replaces the state's (choice i: seed + i)
     twin = session.fork()
     twin.feed(" of wisdom")
-    got = _complete(srv, state=blob, prompt=" of wisdom", max_tokens=50, echo=True)["choices"][0]["text"]
+    got = complete(srv, state=blob, prompt=" of wisdom", max_tokens=50, echo=True)["choices"][0]["text"]
     assert got == " of wisdom" + twin.sample(50)
-    texts = [c["text"] for c in _complete(srv, state=blob, max_tokens=40, n=2, seed=3)["choices"]]
+    texts = [c["text"] for c in complete(srv, state=blob, max_tokens=40, n=2, seed=3)["choices"]]
     saved = state.read(session.save(), tiny_gen.backend, tiny_gen.vocab)
     for i, text in enumerate(texts):
         reseeded = dataclasses.replace(saved, seed=seed_u32(3 + i))
@@ -93,17 +76,17 @@ def test_the_state_holds_exactly_the_text_returned(srv, tiny_gen):
     want = expected(tiny_gen, PRIME, 300, seed=21)
     stop = want[150:153]
     cut = want.find(stop)
-    r = _complete(srv, prompt=PRIME, max_tokens=300, seed=21, stop=stop, return_state=True)["choices"][0]
+    r = complete(srv, prompt=PRIME, max_tokens=300, seed=21, stop=stop, return_state=True)["choices"][0]
     assert (r["text"], r["finish_reason"]) == (want[:cut], "stop")
     s = tiny_gen.session(PRIME, seed=21)
     assert s.sample(cut) == want[:cut]  # the session that generated exactly the text returned, no more
     assert tiny_gen.restore(base64.b64decode(r["state"])).sample(100) == s.sample(100)
     # max_tokens 0: the prompt is fed and its state returned, no character generated
-    r = _complete(srv, prompt=PRIME, max_tokens=0, seed=21, return_state=True)
+    r = complete(srv, prompt=PRIME, max_tokens=0, seed=21, return_state=True)
     assert r["choices"][0]["text"] == "" and r["usage"]["completion_tokens"] == 0
     assert tiny_gen.restore(base64.b64decode(r["choices"][0]["state"])).sample(300) == want
     # a regex match ends the completion; its state continues after the match
-    r = _complete(srv, prompt=PRIME, max_tokens=50, seed=21, regex="(the|an?) [a-z]+", return_state=True)
+    r = complete(srv, prompt=PRIME, max_tokens=50, seed=21, regex="(the|an?) [a-z]+", return_state=True)
     text = r["choices"][0]["text"]
     assert r["choices"][0]["finish_reason"] == "stop" and text == tiny_gen.generate([PRIME], 50, seed=21,
                                                                                      regex="(the|an?) [a-z]+")[0]
@@ -113,7 +96,7 @@ def test_the_state_holds_exactly_the_text_returned(srv, tiny_gen):
 
 
 def test_bad_states_are_400s_naming_state_and_the_server_keeps_serving(srv, tiny_gen, tmp_path):
-    good = _complete(srv, prompt=PRIME, max_tokens=5, return_state=True)["choices"][0]["state"]
+    good = complete(srv, prompt=PRIME, max_tokens=5, return_state=True)["choices"][0]["state"]
     blob = base64.b64decode(good)
     other = Generator.load(make_run(tmp_path, seed=1))  # same shape and vocabulary, other weights
     s = other.session(PRIME, seed=1)
@@ -129,8 +112,8 @@ def test_bad_states_are_400s_naming_state_and_the_server_keeps_serving(srv, tiny
         (12, "must be a string"),
         ("A" * (1 << 21), "longer than"),
     ]
-    for state, says in cases:
-        status, _, err = post(srv.url + "/v1/completions", {**GOOD, "state": state})
+    for bad, says in cases:
+        status, _, err = post(srv.url + "/v1/completions", {**GOOD, "state": bad})
         assert status == 400 and is_openai_error(err), (says, err)
         assert err["error"]["param"] == "state" and says in err["error"]["message"], err
         assert len(err["error"]["message"]) < 300
@@ -138,4 +121,4 @@ def test_bad_states_are_400s_naming_state_and_the_server_keeps_serving(srv, tiny
     assert status == 400 and err["error"]["param"] == "return_state"
     status, _, err = post(srv.url + "/v1/completions", {**GOOD, "max_tokens": 0})  # nothing to feed it for
     assert status == 400 and err["error"]["param"] == "max_tokens"
-    assert srv.health()["status"] == "ok" and _complete(srv, state=good, max_tokens=5)["choices"][0]["text"]
+    assert srv.health()["status"] == "ok" and complete(srv, state=good, max_tokens=5)["choices"][0]["text"]

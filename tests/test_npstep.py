@@ -121,6 +121,51 @@ def test_caller_owned_rows_advance_as_streams_do(pair):
     assert list(rows.positions) == [300] * 3
 
 
+def random_step(layers, units, vocab, seed=0):
+    """A ``NumpyStep`` with random weights large enough that sampling is far from uniform."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    return NumpyStep(stepweights.StepWeights(
+        embed=rng.normal(0, 1, (vocab, 4 * units)).astype(f32),
+        recurrent=tuple(rng.normal(0, 0.3, (units, 4 * units)).astype(f32) for _ in range(layers)),
+        kernel=tuple(rng.normal(0, 0.3, (units, 4 * units)).astype(f32) for _ in range(layers - 1)),
+        bias=tuple(rng.normal(0, 0.3, 4 * units).astype(f32) for _ in range(layers - 1)),
+        head_kernel=rng.normal(0, 1, (units, vocab)).astype(f32), head_bias=rng.normal(0, 1, vocab).astype(f32)))
+
+
+@pytest.mark.parametrize("layers, units, vocab, batch", [(1, 384, 57, 64), (1, 32, 13, 33), (2, 128, 40, 50),
+                                                          (3, 24, 13, 17)])
+@pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_p": 0.9}])
+def test_many_streams_in_the_column_layout_equal_the_row_loop(monkeypatch, layers, units, vocab, batch, filters):
+    """16 or more streams run transposed (and in parts, one per core): the same ids and states as the row loop."""
+    from textstream.generation import parallel_np, step_np
+
+    step = random_step(layers, units, vocab)
+    rng = np.random.default_rng(1)
+    feeds = [rng.integers(0, vocab, n) for n in rng.integers(0, 40, batch)]
+    feeds[0] = rng.integers(0, vocab, 40)  # fed in segments of different row counts, the first as wide
+    temps = np.linspace(0.0, 1.5, batch)
+    wide = step.streams(list(range(batch)), temps, **filters)
+    row = wide.copy()
+    assert parallel_np.wide(batch, 40) and parallel_np.wide(batch, 200)
+    got = np.concatenate([wide.advance(200, feeds), wide.advance(3), wide.advance(100)], axis=1)
+    monkeypatch.setattr(step_np, "wide", lambda b, k: False)
+    want = np.concatenate([row.advance(200, feeds), row.advance(3), row.advance(100)], axis=1)
+    assert len(set(map(tuple, want))) > batch // 2  # the streams differ: the check has teeth
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(wide.h, row.h, rtol=0, atol=1e-6)  # (equal to the bit where OpenBLAS computes
+    np.testing.assert_allclose(wide.c, row.c, rtol=0, atol=1e-6)  # both layouts' products alike)
+    np.testing.assert_array_equal(wide.positions, row.positions)
+
+
+def test_the_column_noise_is_the_row_noise_transposed():
+    from textstream.generation import sampling_np
+
+    seeds, positions = np.array([3, 0xFFFFFFFF, 9], np.uint32), np.array([0, 5, 0xFFFFFFFD], np.uint32)
+    rows = sampling_np.gumbel_noise(seeds, positions, 6, 11)
+    np.testing.assert_array_equal(sampling_np.gumbel_noise_columns(seeds, positions, 6, 11), rows.transpose(0, 2, 1))
+
+
 def test_noise_and_filters_equal_the_graph_ops():
     from textstream._tf import tf
     from textstream.generation import sampling_np, sampling_tf

@@ -15,7 +15,8 @@ the parts of them that have a module of their own: ``state`` (the saved
 session's blob), ``probabilities`` (top alternatives and characters with
 their logprobs), ``scoring`` (``Score``, scoring text and batches of texts);
 ``logprobs_np`` and ``logprobs_tf`` are each backend's loops for them.
-``blas`` sets OpenBLAS's threads for the numpy step; ``parallel_np`` runs
-many numpy streams as parts of their rows, one thread per core. Imports the
+``blas`` sets OpenBLAS's threads for the numpy step; ``transposed_np`` is
+its loop for many streams (their state transposed, one stream per column),
+which ``parallel_np`` runs as parts of the rows, one thread per core. Imports the
 model and data stages and the base.
 """

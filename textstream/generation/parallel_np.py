@@ -3,20 +3,26 @@
 Streams never interact (a row's ids depend only on its own state, seed,
 position and settings), so ``step_np.NumpyStreams`` can cut its rows into
 ``parts`` groups that each run the whole loop of ``k`` steps on their own
-thread, with OpenBLAS on one thread: numpy releases the GIL inside its
-products and ufuncs, the parts never wait for each other within the loop,
-and the results are the rows' own whichever part they ran in. On a busy
-machine the threads share the cores the scheduler gives them, where
-OpenBLAS's own threads spin and wait on each other (many times slower per
-product). Used for unconstrained sampling and for scoring (``rows_in_parts``)
-of at least ``2 * MIN_ROWS`` streams.
+thread (``transposed_np``'s loop, for sampling and for feeding), with
+OpenBLAS on one thread: numpy releases the GIL inside its products and
+ufuncs, the parts wait for each other only to take turns between products
+(``transposed_np.generate`` says why), and the results are the rows' own
+whichever part they ran in. On a busy machine the threads share the cores
+the scheduler gives them, where OpenBLAS's own threads spin and wait on
+each other (many times slower per product). Used for unconstrained
+sampling, feeding and scoring (``rows_in_parts``) of at least
+``2 * MIN_ROWS`` streams; ``wide`` says when a batch takes the transposed
+loop at all (one part: on this thread).
 """
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from textstream.generation import transposed_np
 
 MIN_ROWS = 16  # streams per part at least (fewer: the loop's fixed costs outweigh the second core)
 MIN_STEPS = 8  # steps per call at least (fewer: starting the threads outweighs the work)
@@ -24,7 +30,7 @@ MIN_STEPS = 8  # steps per call at least (fewer: starting the threads outweighs 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
-__all__ = ["parts_for", "generate_in_parts", "rows_in_parts"]
+__all__ = ["parts_for", "wide", "generate_in_parts", "feed_in_parts", "rows_in_parts"]
 
 
 def cores() -> int:
@@ -40,6 +46,11 @@ def parts_for(batch: int, k: int) -> int:
     if k < MIN_STEPS:
         return 1
     return max(1, min(cores(), batch // MIN_ROWS))
+
+
+def wide(batch: int, k: int) -> bool:
+    """Whether ``batch`` streams generating ``k`` ids each take ``generate_in_parts`` (the column layout)."""
+    return batch >= MIN_ROWS and k >= MIN_STEPS
 
 
 def _part(streams, lo: int, hi: int):
@@ -71,11 +82,33 @@ def _bounds(batch: int, parts: int) -> list[tuple[int, int]]:
 def generate_in_parts(streams, k: int, parts: int) -> np.ndarray:
     """``streams._generate(k)`` with the rows in ``parts`` groups, one thread each: int32 (B, k).
 
-    The caller holds OpenBLAS on one thread (``blas.one_blas_thread``) around the call.
+    Each part runs ``transposed_np.generate`` (the loop with the streams along
+    columns; one part runs in the calling thread). The caller holds OpenBLAS
+    on one thread (``blas.one_blas_thread``) around the call.
     """
+    if parts == 1:
+        return transposed_np.generate(streams, k)
     pool = _threads(parts)
-    futures = [pool.submit(_part(streams, a, b)._generate, k) for a, b in _bounds(streams.batch, parts)]
+    turn = threading.Lock()  # the parts take turns between their products (transposed_np.generate says why)
+    futures = [pool.submit(transposed_np.generate, _part(streams, a, b), k, turn)
+               for a, b in _bounds(streams.batch, parts)]
     return np.concatenate([f.result() for f in futures], axis=0)
+
+
+def feed_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: int) -> None:
+    """``transposed_np.feed`` of ``ids`` (B, T) with the rows in ``parts`` groups, one thread each (1: this thread).
+
+    ``h``, ``c`` (layers, B, units) are advanced in place. The caller holds
+    OpenBLAS on one thread.
+    """
+    if parts == 1:
+        transposed_np.feed(model, h, c, ids)
+        return
+    pool, turn = _threads(parts), threading.Lock()
+    futures = [pool.submit(transposed_np.feed, model, h[:, a:b], c[:, a:b], ids[a:b], turn)
+               for a, b in _bounds(len(ids), parts)]
+    for f in futures:
+        f.result()
 
 
 def rows_in_parts(fn, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: int, *args):

@@ -27,8 +27,8 @@ _UNIT = np.float32(1.0 / (1 << 23))
 _HALF = np.float32(0.5)
 _TINY = np.float32(1e-30)
 
-__all__ = ["mix32", "stream_keys", "gumbel_noise", "apply_temperature", "top_k_filter", "top_p_filter",
-           "choose", "choose_scaled", "constrained_scores"]
+__all__ = ["mix32", "stream_keys", "gumbel_noise", "gumbel_noise_columns", "apply_temperature", "top_k_filter",
+           "top_p_filter", "choose", "choose_scaled", "constrained_scores"]
 
 
 def mix32(x: np.ndarray) -> np.ndarray:
@@ -54,10 +54,26 @@ def gumbel_noise(seeds: np.ndarray, positions: np.ndarray, k: int, vocab_size: i
     already known. Entry ``[t, b, i]`` equals ``sampling_tf.gumbel_noise``'s
     ``[b, i]`` at position ``positions[b] + t`` (up to the last bits of ``log``).
     """
+    key = _position_keys(seeds, positions, k, keys)
+    return _gumbel(key[:, :, None] + np.arange(vocab_size, dtype=np.uint32) * _GOLDEN)  # (k, B, V)
+
+
+def gumbel_noise_columns(seeds: np.ndarray, positions: np.ndarray, k: int, vocab_size: int,
+                         keys: np.ndarray | None = None) -> np.ndarray:
+    """``gumbel_noise`` laid out (k, V, B): entry ``[t, i, b]`` is its ``[t, b, i]``, the same value."""
+    key = _position_keys(seeds, positions, k, keys)
+    return _gumbel(key[:, None, :] + (np.arange(vocab_size, dtype=np.uint32) * _GOLDEN)[None, :, None])
+
+
+def _position_keys(seeds, positions, k: int, keys) -> np.ndarray:
+    """The noise key of each stream at each of ``k`` positions: uint32 (k, B)."""
     keys = stream_keys(seeds) if keys is None else keys
     pos = np.asarray(positions, np.uint32)[None, :] + np.arange(k, dtype=np.uint32)[:, None]  # (k, B), wraps
-    key = mix32(pos ^ keys[None, :])
-    x = key[:, :, None] + np.arange(vocab_size, dtype=np.uint32) * _GOLDEN  # (k, B, V)
+    return mix32(pos ^ keys[None, :])
+
+
+def _gumbel(x: np.ndarray) -> np.ndarray:
+    """``-log(-log(u))`` of the uniform each hashed uint32 of ``x`` gives: float32, the shape of ``x``."""
     u = (mix32(x) >> np.uint32(9)).astype(np.float32)
     u += _HALF
     u *= _UNIT

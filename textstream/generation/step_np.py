@@ -17,15 +17,16 @@ How it stays fast (a step of the default 1x384 model is ~0.6 M multiply-adds):
 every buffer is allocated once per call and written with ``out=``; the top
 layer's recurrent kernel sits beside the head (``top = [head | recurrent]``:
 one product gives the logits and the next step's recurrent term, as
-``step.py`` does); the gate columns are reordered to (input, forget, output,
+``step_tf`` does); the gate columns are reordered to (input, forget, output,
 cell) and the sigmoid gates' columns halved, so one ``tanh`` over all four
 gates gives them all (``sigmoid(x) = 0.5 + 0.5 * tanh(x / 2)``; halving is
 exact in float32); the noise of a whole block of positions is hashed at once
 (it does not depend on the model's state); the cell's arithmetic writes only
 contiguous arrays (``_Buffers.cell``). OpenBLAS runs the step's small
-products on one thread (``textstream.generation.blas`` says why); many
-streams run as parts of their rows on one thread per core
-(``textstream.generation.parallel_np``).
+products on one thread (``textstream.generation.blas`` says why); 16 or
+more streams run with their state transposed (``transposed_np``: faster
+products) and 32 or more as parts of their rows, one thread per core
+(``parallel_np``).
 Log-probabilities (scoring, and sampling that records them) run the same
 step in ``textstream.generation.logprobs_np``.
 """
@@ -38,10 +39,11 @@ import numpy as np
 
 from textstream.generation.blas import one_blas_thread
 from textstream.generation.logprobs_np import Recorder, score_rows
-from textstream.generation.parallel_np import generate_in_parts, parts_for, rows_in_parts
+from textstream.generation.parallel_np import feed_in_parts, generate_in_parts, parts_for, rows_in_parts, wide
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, stream_keys
 from textstream.generation.state import weights_digest
+from textstream.generation.transposed_np import TransposedWeights
 from textstream.model.stepweights import StepWeights
 
 NOISE_BLOCK = 1 << 16  # noise values (positions x streams x vocabulary) hashed at once, at most
@@ -108,6 +110,11 @@ class NumpyStep:
         streams.constraint = getattr(rows, "constraint", None)  # (a RowBatch has one; other row holders may not)
         streams.constraint_state = rows.match if streams.constraint is not None else np.zeros(streams.batch, np.int32)
         return streams
+
+    @cached_property
+    def transposed(self) -> TransposedWeights:
+        """The arrays transposed for ``transposed_np``'s loop over many streams (made on first use)."""
+        return TransposedWeights(self)
 
     def logits(self, ids) -> np.ndarray:
         """Logits after each position of ``ids`` (B, T) fed one character at a time: float32 (B, T, V)."""
@@ -250,8 +257,9 @@ class NumpyStreams:
                 self._feed(feed)
             if self.constraint is not None:
                 return self._generate_constrained(k)
-            parts = parts_for(self.batch, k)  # many streams: a part of the rows per core (parallel_np)
-            return self._generate(k) if parts == 1 else generate_in_parts(self, k, parts)
+            if wide(self.batch, k):  # many streams: the column layout, a part of the rows per core (parallel_np)
+                return generate_in_parts(self, k, parts_for(self.batch, k))
+            return self._generate(k)
 
     def advance_logprobs(self, k: int, top: int = 0, feed: Sequence[np.ndarray] | None = None):
         """``advance`` (unconstrained) that also returns ``(chosen, top_ids, top_logprobs)`` of every step."""
@@ -291,9 +299,12 @@ class NumpyStreams:
             rows = np.flatnonzero(lens >= end)
             every = len(rows) == self.batch
             h, c = (self.h, self.c) if every else (self.h[:, rows], self.c[:, rows])
-            buffers = _Buffers(self.model, len(rows))
-            for t in range(start, end):
-                self.model.consume(ids[rows, t], h, c, buffers)
+            if wide(len(rows), end - start):  # many rows: the column layout, a part of them per core
+                feed_in_parts(self.model, h, c, ids[rows, start:end], parts_for(len(rows), end - start))
+            else:
+                buffers = _Buffers(self.model, len(rows))
+                for t in range(start, end):
+                    self.model.consume(ids[rows, t], h, c, buffers)
             if not every:
                 self.h[:, rows], self.c[:, rows] = h, c
             start = end

@@ -158,6 +158,24 @@ def test_many_streams_in_the_column_layout_equal_the_row_loop(monkeypatch, layer
     np.testing.assert_array_equal(wide.positions, row.positions)
 
 
+@pytest.mark.parametrize("layers, units, vocab, batch", [(1, 384, 57, 64), (2, 128, 40, 50), (3, 24, 13, 17)])
+def test_many_rows_score_in_the_column_layout_as_the_row_loop(monkeypatch, layers, units, vocab, batch):
+    from textstream.generation import step_np
+
+    step = random_step(layers, units, vocab, seed=2)
+    ids = np.random.default_rng(3).integers(0, vocab, (batch, 700))  # more than one block of kept logits
+    h = np.random.default_rng(4).normal(0, 0.5, (layers, batch, units)).astype(np.float32)
+    states = [(h.copy(), np.zeros_like(h)) for _ in range(2)]
+    got = step.score_rows_top(*states[0], ids, 3)
+    monkeypatch.setattr(step_np, "wide", lambda b, k: False)
+    want = step.score_rows_top(*states[1], ids, 3)
+    assert np.ptp(want[0]) > 5  # far from uniform: the check has teeth
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)  # (equal to the bit where OpenBLAS computes both
+    np.testing.assert_array_equal(got[1][:, :, 0], want[1][:, :, 0])  # layouts' products alike)
+    np.testing.assert_allclose(states[0][0], states[1][0], rtol=0, atol=1e-6)
+
+
 def test_the_column_noise_is_the_row_noise_transposed():
     from textstream.generation import sampling_np
 

@@ -17,7 +17,7 @@ import numpy as np
 BLOCK_FLOATS = 1 << 18  # floats of logits (positions x rows x V) kept for one block, at most
 f32 = np.float32
 
-__all__ = ["score_rows", "log_softmax", "best_of", "Recorder"]
+__all__ = ["score_rows", "block_positions", "score_block", "log_softmax", "best_of", "Recorder"]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -45,23 +45,32 @@ def score_rows(model, h: np.ndarray, c: np.ndarray, ids, top: int | None = None)
         best = (np.zeros((b, steps, top), np.int32), np.zeros((b, steps, top), f32))
     if steps == 0:
         return out if top is None else (out, *best)
-    block = max(1, min(steps, BLOCK_FLOATS // (b * v)))
-    kept = np.empty((block, b, v), f32)  # each position's logits (the product's buffer stays one, in cache)
+    kept = np.empty((block_positions(b, v, steps), b, v), f32)  # each position's logits (one product buffer)
     buf = model.scratch(b)
     h_top = h[-1]
-    for lo in range(0, steps, block):
-        n = min(block, steps - lo)
+    for lo in range(0, steps, len(kept)):
+        n = min(len(kept), steps - lo)
         for t in range(n):
             np.dot(h_top, model.top, out=buf.z)
             np.add(buf.raw, model.head_bias, out=kept[t])
             model.consume(ids[:, lo + t], h, c, buf, top_rec=buf.top_rec)
-        logits = kept[:n]
-        chosen = np.take_along_axis(logits, ids[:, lo:lo + n].T[:, :, None], axis=2)[:, :, 0]
-        out[:, lo:lo + n] = (chosen - _logsumexp(logits)).T
-        if top:
-            top_ids, top_lp = best_of(log_softmax(logits), top)
-            best[0][:, lo:lo + n], best[1][:, lo:lo + n] = top_ids.transpose(1, 0, 2), top_lp.transpose(1, 0, 2)
+        score_block(kept[:n], ids, lo, out, best if top else None)
     return out if top is None else (out, *best)
+
+
+def block_positions(rows: int, vocab_size: int, steps: int) -> int:
+    """Positions of logits kept at once for ``rows`` rows scoring ``steps`` ids (``BLOCK_FLOATS`` at most)."""
+    return max(1, min(steps, BLOCK_FLOATS // (rows * vocab_size)))
+
+
+def score_block(logits: np.ndarray, ids: np.ndarray, lo: int, out: np.ndarray, best) -> None:
+    """Positions ``lo .. lo + n - 1`` from their logits (n, B, V): ``out`` (B, T) and ``best`` (or None) filled."""
+    n = len(logits)
+    chosen = np.take_along_axis(logits, ids[:, lo:lo + n].T[:, :, None], axis=2)[:, :, 0]
+    out[:, lo:lo + n] = (chosen - _logsumexp(logits)).T
+    if best is not None:
+        top_ids, top_lp = best_of(log_softmax(logits), best[0].shape[2])
+        best[0][:, lo:lo + n], best[1][:, lo:lo + n] = top_ids.transpose(1, 0, 2), top_lp.transpose(1, 0, 2)
 
 
 def best_of(lp: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:

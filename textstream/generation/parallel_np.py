@@ -10,7 +10,7 @@ ufuncs, the parts wait for each other only to take turns between products
 whichever part they ran in. On a busy machine the threads share the cores
 the scheduler gives them, where OpenBLAS's own threads spin and wait on
 each other (many times slower per product). Used for unconstrained
-sampling, feeding and scoring (``rows_in_parts``) of at least
+sampling, feeding and scoring (``score_in_parts``) of at least
 ``2 * MIN_ROWS`` streams; ``wide`` says when a batch takes the transposed
 loop at all (one part: on this thread).
 """
@@ -30,7 +30,7 @@ MIN_STEPS = 8  # steps per call at least (fewer: starting the threads outweighs 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
-__all__ = ["parts_for", "wide", "generate_in_parts", "feed_in_parts", "rows_in_parts"]
+__all__ = ["parts_for", "wide", "generate_in_parts", "feed_in_parts", "score_in_parts"]
 
 
 def cores() -> int:
@@ -111,14 +111,17 @@ def feed_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: i
         f.result()
 
 
-def rows_in_parts(fn, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: int, *args):
-    """``fn(h, c, ids, *args)`` (``logprobs_np.score_rows`` of a model) on ``parts`` groups of rows, one thread each.
+def score_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: int, top: int | None):
+    """``transposed_np.score`` of ``ids`` (B, T) with the rows in ``parts`` groups, one thread each (1: this thread).
 
     ``h``, ``c`` (layers, B, units) are advanced in place through views; the
     results (an array, or a tuple of arrays) are joined along the rows.
     """
-    pool = _threads(parts)
-    futures = [pool.submit(fn, h[:, a:b], c[:, a:b], ids[a:b], *args) for a, b in _bounds(len(ids), parts)]
+    if parts == 1:
+        return transposed_np.score(model, h, c, ids, top)
+    pool, turn = _threads(parts), threading.Lock()
+    futures = [pool.submit(transposed_np.score, model, h[:, a:b], c[:, a:b], ids[a:b], top, turn)
+               for a, b in _bounds(len(ids), parts)]
     results = [f.result() for f in futures]
     if isinstance(results[0], tuple):
         return tuple(np.concatenate(column, axis=0) for column in zip(*results))

@@ -39,7 +39,7 @@ import numpy as np
 
 from textstream.generation.blas import one_blas_thread
 from textstream.generation.logprobs_np import Recorder, score_rows
-from textstream.generation.parallel_np import feed_in_parts, generate_in_parts, parts_for, rows_in_parts, wide
+from textstream.generation.parallel_np import feed_in_parts, generate_in_parts, parts_for, score_in_parts, wide
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, stream_keys
 from textstream.generation.state import weights_digest
@@ -150,10 +150,9 @@ class NumpyStep:
     def score_rows_top(self, h: np.ndarray, c: np.ndarray, ids, top: int | None):
         """``score_rows`` with the ``top`` likeliest ids at each position: ``(logprobs, top_ids, top_logprobs)``."""
         ids = np.asarray(ids, np.int64)
-        parts = parts_for(*ids.shape)  # many rows: a part of them per core (parallel_np)
         with one_blas_thread():
-            if parts > 1:
-                return rows_in_parts(lambda *a: score_rows(self, *a), h, c, ids, parts, top)
+            if wide(*ids.shape):  # many rows: the column layout, a part of them per core (parallel_np)
+                return score_in_parts(self, h, c, ids, parts_for(*ids.shape), top)
             return score_rows(self, h, c, ids, top)
 
     def scratch(self, b: int) -> "_Buffers":

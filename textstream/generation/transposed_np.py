@@ -22,12 +22,13 @@ import threading
 
 import numpy as np
 
+from textstream.generation.logprobs_np import block_positions, score_block
 from textstream.generation.sampling_np import choose_scaled, gumbel_noise_columns
 
 f32 = np.float32
 NOISE_BLOCK = 1 << 16  # noise values (positions x vocabulary x streams) hashed at once, at most
 
-__all__ = ["TransposedWeights", "generate", "feed"]
+__all__ = ["TransposedWeights", "generate", "feed", "score"]
 
 
 class TransposedWeights:
@@ -166,3 +167,42 @@ def feed(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, turn: threading.L
         _upper_layers(w, hc, cc, buf, turn, None)
     h[...] = hc.transpose(0, 2, 1)
     c[...] = cc.transpose(0, 2, 1)
+
+
+def score(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, top: int | None = None,
+          turn: threading.Lock | None = None):
+    """``logprobs_np.score_rows`` in the column layout: the same values; ``h``, ``c`` (layers, B, units) in place.
+
+    Each block's logits are laid back as (positions, B, V) before the
+    log-softmax, so that the reduction runs as the row loop runs it.
+    """
+    ids = np.asarray(ids, np.int64)
+    b, steps = ids.shape
+    v, w, top_layer = model.vocab_size, model.transposed, model.layers - 1
+    turn = turn if turn is not None else contextlib.nullcontext()
+    out = np.empty((b, steps), f32)
+    best = None
+    if top is not None:
+        top = max(0, min(int(top), v))
+        best = (np.zeros((b, steps, top), np.int32), np.zeros((b, steps, top), f32))
+    if steps == 0:
+        return out if best is None else (out, *best)
+    hc, cc = _columns_of(h), _columns_of(c)
+    buf = _Columns(model.units, v, b)
+    kept = np.empty((block_positions(b, v, steps), v, b), f32)
+    columns = np.ascontiguousarray(ids.T.astype(np.intp))  # (T, B): one contiguous row of ids per step
+    for lo in range(0, steps, len(kept)):
+        n = min(len(kept), steps - lo)
+        for t in range(n):
+            np.dot(w.top, hc[top_layer], out=buf.z)
+            if top_layer:
+                np.dot(w.recurrent[0], hc[0], out=buf.rec)
+            with turn:
+                np.add(buf.raw, w.head_bias, out=kept[t])
+                _first_layer(w, columns[lo + t], hc, cc, buf, buf.rec if top_layer else buf.top_rec)
+            if top_layer:
+                _upper_layers(w, hc, cc, buf, turn, buf.top_rec)
+        score_block(np.ascontiguousarray(kept[:n].transpose(0, 2, 1)), ids, lo, out, best if top else None)
+    h[...] = hc.transpose(0, 2, 1)
+    c[...] = cc.transpose(0, 2, 1)
+    return out if best is None else (out, *best)

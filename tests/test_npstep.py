@@ -176,6 +176,31 @@ def test_many_rows_score_in_the_column_layout_as_the_row_loop(monkeypatch, layer
     np.testing.assert_allclose(states[0][0], states[1][0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("pattern", [r"[abdefghi ]{2,12}", r"(it|was) [abdehi]+( [abdehi]+)*"])
+@pytest.mark.parametrize("filters", [{}, {"top_p": 0.8}])
+def test_many_constrained_streams_in_the_column_layout_equal_the_row_loop(monkeypatch, pair, pattern, filters):
+    """Under a regex too: the same ids (-1 after a match ends), states, positions and match states."""
+    from textstream.generation import step_np
+
+    gen = pair[0]
+    constraint, prime = gen.constraints(pattern), gen.encode(PRIME)
+    batch = 40
+    runs = []
+    for wide in (True, False):
+        if not wide:
+            monkeypatch.setattr(step_np, "wide", lambda b, k: False)
+        s = gen.backend.streams(list(range(batch)), np.linspace(0.2, 1.5, batch), **filters)
+        s.constrain(constraint)
+        ids = np.concatenate([s.advance(20, [prime] * batch), s.advance(60)], axis=1)
+        runs.append((ids, s))
+    (got, a), (want, b) = runs
+    assert (want == -1).any() and (want != -1).any()  # some matches end, some go on: the check has teeth
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(a.h, b.h, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.constraint_state, b.constraint_state)
+
+
 def test_the_column_noise_is_the_row_noise_transposed():
     from textstream.generation import sampling_np
 

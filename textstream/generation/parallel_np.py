@@ -9,8 +9,8 @@ ufuncs, the parts wait for each other only to take turns between products
 (``transposed_np.generate`` says why), and the results are the rows' own
 whichever part they ran in. On a busy machine the threads share the cores
 the scheduler gives them, where OpenBLAS's own threads spin and wait on
-each other (many times slower per product). Used for unconstrained
-sampling, feeding and scoring (``score_in_parts``) of at least
+each other (many times slower per product). Used for sampling (constrained or
+not), feeding and scoring (``score_in_parts``) of at least
 ``2 * MIN_ROWS`` streams; ``wide`` says when a batch takes the transposed
 loop at all (one part: on this thread).
 """
@@ -59,7 +59,7 @@ def _part(streams, lo: int, hi: int):
     part.__dict__.update(streams.__dict__)
     part.batch = hi - lo
     part.h, part.c = streams.h[:, lo:hi], streams.c[:, lo:hi]
-    for name in ("seeds", "keys", "positions", "temperature"):
+    for name in ("seeds", "keys", "positions", "temperature", "constraint_state"):
         setattr(part, name, getattr(streams, name)[lo:hi])
     if streams.top_p is not None:
         part.top_p = streams.top_p[lo:hi]
@@ -86,11 +86,12 @@ def generate_in_parts(streams, k: int, parts: int) -> np.ndarray:
     columns; one part runs in the calling thread). The caller holds OpenBLAS
     on one thread (``blas.one_blas_thread``) around the call.
     """
+    loop = transposed_np.generate if streams.constraint is None else transposed_np.generate_constrained
     if parts == 1:
-        return transposed_np.generate(streams, k)
+        return loop(streams, k)
     pool = _threads(parts)
     turn = threading.Lock()  # the parts take turns between their products (transposed_np.generate says why)
-    futures = [pool.submit(transposed_np.generate, _part(streams, a, b), k, turn)
+    futures = [pool.submit(loop, _part(streams, a, b), k, turn)
                for a, b in _bounds(streams.batch, parts)]
     return np.concatenate([f.result() for f in futures], axis=0)
 

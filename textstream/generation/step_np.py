@@ -254,11 +254,9 @@ class NumpyStreams:
         with one_blas_thread():
             if feed is not None:
                 self._feed(feed)
-            if self.constraint is not None:
-                return self._generate_constrained(k)
             if wide(self.batch, k):  # many streams: the column layout, a part of the rows per core (parallel_np)
                 return generate_in_parts(self, k, parts_for(self.batch, k))
-            return self._generate(k)
+            return self._generate(k) if self.constraint is None else self._generate_constrained(k)
 
     def advance_logprobs(self, k: int, top: int = 0, feed: Sequence[np.ndarray] | None = None):
         """``advance`` (unconstrained) that also returns ``(chosen, top_ids, top_logprobs)`` of every step."""

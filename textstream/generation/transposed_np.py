@@ -23,12 +23,12 @@ import threading
 import numpy as np
 
 from textstream.generation.logprobs_np import block_positions, score_block
-from textstream.generation.sampling_np import choose_scaled, gumbel_noise_columns
+from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, gumbel_noise_columns
 
 f32 = np.float32
 NOISE_BLOCK = 1 << 16  # noise values (positions x vocabulary x streams) hashed at once, at most
 
-__all__ = ["TransposedWeights", "generate", "feed", "score"]
+__all__ = ["TransposedWeights", "generate", "generate_constrained", "feed", "score"]
 
 
 class TransposedWeights:
@@ -206,3 +206,66 @@ def score(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, top: int | None 
     h[...] = hc.transpose(0, 2, 1)
     c[...] = cc.transpose(0, 2, 1)
     return out if best is None else (out, *best)
+
+
+def generate_constrained(streams, k: int, turn: threading.Lock | None = None) -> np.ndarray:
+    """``streams._generate_constrained(k)`` in the column layout: the same ids; -1 after a stream's match ends.
+
+    The V + 1 scores (``sampling_np.constrained_scores``) are computed on
+    the logits laid back as rows, as the row loop computes them. The
+    streams' ``constraint_state`` is written in place (a part's is a view).
+    """
+    model, b, v, con = streams.model, streams.batch, streams.model.vocab_size, streams.constraint
+    w, top = model.transposed, model.layers - 1
+    turn = turn if turn is not None else contextlib.nullcontext()
+    h, c = _columns_of(streams.h), _columns_of(streams.c)
+    out, buf = np.empty((b, k), np.int32), _Columns(model.units, v, b)
+    logits, rows = np.empty((b, v), f32), np.empty((b, v), f32)
+    scores, picks = np.empty((b, v + 1), f32), np.empty((b, v + 1), f32)
+    live = streams.constraint_state >= 0
+    state = np.maximum(streams.constraint_state, 0)
+    ends = np.where(live, k, 0)  # ids each stream generates in this call (k: its match goes on)
+    kept = {r: (h[:, :, r].copy(), c[:, :, r].copy()) for r in np.flatnonzero(~live)}
+    plain = streams.top_k is None and streams.top_p is None
+    temperature = streams.temperature[None, :, None]
+    block, lo, size = max(1, NOISE_BLOCK // max(1, b * (v + 1))), 0, 16
+    while lo < k and live.any():
+        n = min(size, block, k - lo)
+        size *= 2  # noise blocks grow from 16 positions: a match may end soon
+        noise = gumbel_noise(streams.seeds, streams.positions + np.uint32(lo), n, v + 1, keys=streams.keys)
+        noise *= temperature
+        for t in range(n):
+            np.dot(w.top, h[top], out=buf.z)
+            if top:
+                np.dot(w.recurrent[0], h[0], out=buf.rec)
+            with turn:
+                np.add(buf.raw, w.head_bias, out=buf.logits)
+                np.copyto(logits, buf.logits.T)
+                np.take(con.bias, state, axis=0, out=rows)
+                constrained_scores(logits, rows, con.ends[state], out=scores)
+                if plain:
+                    x = np.add(scores, noise[t], out=picks).argmax(axis=1)
+                else:
+                    x = choose_scaled(scores, noise[t], streams.temperature, streams.top_k, streams.top_p)
+                end = x == v
+                if end.any():
+                    for r in np.flatnonzero(end & live):  # its match ended: the stream stays as it is now
+                        kept[r], ends[r] = (h[:, :, r].copy(), c[:, :, r].copy()), lo + t
+                    live &= ~end
+                    x[end] = 0
+                out[:, lo + t] = x
+                if not live.any():
+                    break
+                state = con.next[state, x]  # (an ended stream may go to -1: still an index, undone below)
+                _first_layer(w, x, h, c, buf, buf.rec if top else buf.top_rec)
+            if top:
+                _upper_layers(w, h, c, buf, turn, buf.top_rec)
+        lo += n
+    for r, (hr, cr) in kept.items():
+        h[:, :, r], c[:, :, r] = hr, cr
+        out[r, ends[r]:] = -1
+    streams.h[...] = h.transpose(0, 2, 1)
+    streams.c[...] = c.transpose(0, 2, 1)
+    streams.positions += ends.astype(np.uint32)
+    streams.constraint_state[...] = np.where(live, state, -1)
+    return out

@@ -1,4 +1,5 @@
 """The model takes integer ids and one-hots them itself; one call signature serves every use."""
+import os
 import numpy as np
 import pytest
 
@@ -242,3 +243,19 @@ def test_bfloat16_products_only_in_training_and_gradients_stay_float32(input_mod
 def test_bfloat16_speedup_is_a_positive_ratio():
     ratio = bfloat16_speedup(units=8, batch=2, steps=2, repeats=1)
     assert 0 < ratio < float("inf")
+
+
+def test_tensorflow_starts_without_a_word_on_stderr():
+    """Importing through textstream._tf and running ops prints nothing (CUDA's start included, GPU or not)."""
+    import subprocess
+    import sys
+
+    code = ("from textstream._tf import tf\n"
+            "x = tf.constant([[1.0, 2.0]])\n"
+            "print(float(tf.reduce_sum(tf.matmul(x, tf.transpose(x)))))\n"
+            "print(len(tf.config.list_logical_devices()) > 0)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5.0", "True"]
+    assert done.stderr == ""

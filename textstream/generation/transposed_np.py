@@ -1,4 +1,4 @@
-"""The numpy sampling loop for many streams, with their state held transposed (units x streams). No TensorFlow.
+"""The numpy step's loops for many streams, with their state held transposed (units x streams). No TensorFlow.
 
 ``step_np.NumpyStreams`` keeps each layer's state as (streams, units) rows,
 the layout callers own. For a batch of streams, OpenBLAS multiplies faster
@@ -6,14 +6,19 @@ when the streams run along the columns: ``top.T @ h.T`` (a (V + 4U, U)
 matrix times (U, B)) takes about 0.8x the time of ``h @ top`` for 32 rows of
 the default 1x384 model, and every slice the cell reads (the logits, the
 recurrent term, each gate) is then a contiguous block of rows instead of a
-strided column range. ``generate`` copies a batch's state into that layout,
-runs the whole loop of ``k`` steps there, and copies it back.
+strided column range. Each loop here (``generate``, ``generate_constrained``,
+``feed``, ``score``) copies a batch's state into that layout, runs all its
+steps there, and copies it back; ``step_np`` takes them for 16 streams or
+more, and ``parallel_np`` runs one per part of the rows.
 
 The arithmetic is the row loop's, operation for operation (the same
 products, the same order of additions, the same ``tanh`` identity, the
-same noise values), so a stream's ids do not depend on which loop ran it
-(``tests/test_npstep.py`` checks it). ``parallel_np`` runs one such loop
-per part of the rows.
+same noise values, log-softmax over rows), so wherever OpenBLAS computes
+the two layouts' products alike (every preset's shape on the machines
+measured; a few small shapes differ in their last bits, as products of
+different batch sizes can) a stream's ids and state do not depend on which
+loop ran it (``tests/test_npstep.py`` checks it). The transposed weights
+are made once per model, on first use: a second copy of the step weights.
 """
 from __future__ import annotations
 

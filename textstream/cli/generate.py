@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="prime characters outside the vocabulary: fail (default) or skip them")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto (default): numpy, TensorFlow only to read a checkpoint that lacks its step weights "
-                        "file; numpy: never TensorFlow; tf: the compiled TensorFlow step (faster for many streams)")
+                        "file; numpy: never TensorFlow; tf: the compiled TensorFlow step (every core, one stream too)")
 
 
 def parse_temperatures(text: str) -> list[float]:

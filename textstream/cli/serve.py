@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: RUN_DIR's name)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--backend", choices=BACKENDS, default="tf",
-                   help="step backend (default tf: the compiled XLA step, the fastest for many streams at once; "
+                   help="step backend (default tf: the compiled XLA step, every core even for a few streams; "
                         "numpy: no TensorFlow)")
     p.add_argument("--max-tokens", type=positive_int, default=4096, metavar="N",
                    help="largest max_tokens (characters) a request may ask (default 4096)")

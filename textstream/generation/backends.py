@@ -6,7 +6,7 @@ Two backends implement ``textstream.generation.interface``:
   beside each checkpoint (``textstream.model.stepweights``); no TensorFlow,
   so the first character comes a fraction of a second after the process starts;
 * ``tf`` (``step_tf``): the compiled TensorFlow step (XLA); it pays the
-  TensorFlow import and a compile, and is faster for many streams at once.
+  TensorFlow import and a compile, and runs even one stream on every core.
 
 ``load_backend`` chooses (``BACKENDS``):
 

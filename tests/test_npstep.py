@@ -201,6 +201,25 @@ def test_many_constrained_streams_in_the_column_layout_equal_the_row_loop(monkey
     np.testing.assert_array_equal(a.constraint_state, b.constraint_state)
 
 
+@pytest.mark.parametrize("layers, units, vocab, batch", [(1, 384, 57, 64), (3, 24, 13, 17)])
+def test_many_streams_record_logprobs_in_the_column_layout_as_the_row_loop(monkeypatch, layers, units, vocab,
+                                                                           batch):
+    from textstream.generation import step_np
+
+    step = random_step(layers, units, vocab, seed=5)
+    wide = step.streams(list(range(batch)), np.linspace(0.3, 1.2, batch), top_p=0.95)
+    row = wide.copy()
+    got = wide.advance_logprobs(300, 5)  # more than one noise block
+    monkeypatch.setattr(step_np, "wide", lambda b, k: False)
+    want = row.advance_logprobs(300, 5)
+    assert np.ptp(want[1]) > 3  # the logprobs vary: the check has teeth
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[2][:, :, 0], want[2][:, :, 0])
+    for g, w in zip(got[1::2], want[1::2]):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(wide.h, row.h, rtol=0, atol=1e-6)
+
+
 def test_the_column_noise_is_the_row_noise_transposed():
     from textstream.generation import sampling_np
 

@@ -79,21 +79,33 @@ def _bounds(batch: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def generate_in_parts(streams, k: int, parts: int) -> np.ndarray:
+def generate_in_parts(streams, k: int, parts: int, top: int | None = None):
     """``streams._generate(k)`` with the rows in ``parts`` groups, one thread each: int32 (B, k).
 
-    Each part runs ``transposed_np.generate`` (the loop with the streams along
-    columns; one part runs in the calling thread). The caller holds OpenBLAS
-    on one thread (``blas.one_blas_thread``) around the call.
+    Each part runs ``transposed_np``'s loop (the streams along columns; one
+    part runs in the calling thread): ``generate_constrained`` under a
+    constraint, ``generate_logprobs`` with ``top`` (then the result is
+    ``(ids, chosen, top_ids, top_logprobs)``, joined along the rows). The
+    caller holds OpenBLAS on one thread (``blas.one_blas_thread``) around the call.
     """
-    loop = transposed_np.generate if streams.constraint is None else transposed_np.generate_constrained
+    if top is not None:
+        loop = lambda part, k_, turn=None: transposed_np.generate_logprobs(part, k_, top, turn)  # noqa: E731
+    else:
+        loop = transposed_np.generate if streams.constraint is None else transposed_np.generate_constrained
     if parts == 1:
         return loop(streams, k)
     pool = _threads(parts)
     turn = threading.Lock()  # the parts take turns between their products (transposed_np.generate says why)
     futures = [pool.submit(loop, _part(streams, a, b), k, turn)
                for a, b in _bounds(streams.batch, parts)]
-    return np.concatenate([f.result() for f in futures], axis=0)
+    return _joined([f.result() for f in futures])
+
+
+def _joined(results: list):
+    """The parts' results (arrays, or tuples of arrays) joined along the rows."""
+    if isinstance(results[0], tuple):
+        return tuple(np.concatenate(column, axis=0) for column in zip(*results))
+    return np.concatenate(results, axis=0)
 
 
 def feed_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: int) -> None:
@@ -123,7 +135,4 @@ def score_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: 
     pool, turn = _threads(parts), threading.Lock()
     futures = [pool.submit(transposed_np.score, model, h[:, a:b], c[:, a:b], ids[a:b], top, turn)
                for a, b in _bounds(len(ids), parts)]
-    results = [f.result() for f in futures]
-    if isinstance(results[0], tuple):
-        return tuple(np.concatenate(column, axis=0) for column in zip(*results))
-    return np.concatenate(results, axis=0)
+    return _joined([f.result() for f in futures])

@@ -260,10 +260,12 @@ class NumpyStreams:
 
     def advance_logprobs(self, k: int, top: int = 0, feed: Sequence[np.ndarray] | None = None):
         """``advance`` (unconstrained) that also returns ``(chosen, top_ids, top_logprobs)`` of every step."""
-        record = Recorder(self.batch, k, top, self.model.vocab_size)
         with one_blas_thread():
             if feed is not None:
                 self._feed(feed)
+            if wide(self.batch, k):  # many streams: the column layout (parallel_np)
+                return generate_in_parts(self, k, parts_for(self.batch, k), top)
+            record = Recorder(self.batch, k, top, self.model.vocab_size)
             return (self._generate(k, record), *record.result())
 
     def constrain(self, constraint) -> None:

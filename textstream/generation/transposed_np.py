@@ -6,8 +6,8 @@ when the streams run along the columns: ``top.T @ h.T`` (a (V + 4U, U)
 matrix times (U, B)) takes about 0.8x the time of ``h @ top`` for 32 rows of
 the default 1x384 model, and every slice the cell reads (the logits, the
 recurrent term, each gate) is then a contiguous block of rows instead of a
-strided column range. Each loop here (``generate``, ``generate_constrained``,
-``feed``, ``score``) copies a batch's state into that layout, runs all its
+strided column range. Each loop here (``generate``, ``generate_logprobs``,
+``generate_constrained``, ``feed``, ``score``) copies a batch's state into that layout, runs all its
 steps there, and copies it back; ``step_np`` takes them for 16 streams or
 more, and ``parallel_np`` runs one per part of the rows.
 
@@ -27,13 +27,13 @@ import threading
 
 import numpy as np
 
-from textstream.generation.logprobs_np import block_positions, score_block
+from textstream.generation.logprobs_np import Recorder, block_positions, score_block
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, gumbel_noise_columns
 
 f32 = np.float32
 NOISE_BLOCK = 1 << 16  # noise values (positions x vocabulary x streams) hashed at once, at most
 
-__all__ = ["TransposedWeights", "generate", "generate_constrained", "feed", "score"]
+__all__ = ["TransposedWeights", "generate", "generate_logprobs", "generate_constrained", "feed", "score"]
 
 
 class TransposedWeights:
@@ -111,7 +111,7 @@ def _columns_of(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 2, 1))
 
 
-def generate(streams, k: int, turn: threading.Lock | None = None) -> np.ndarray:
+def generate(streams, k: int, turn: threading.Lock | None = None, record: Recorder | None = None) -> np.ndarray:
     """``streams._generate(k)`` (a ``step_np.NumpyStreams``, unconstrained) in the column layout: int32 (B, k).
 
     Its ``h`` and ``c`` (views or not) are written back and its positions
@@ -119,7 +119,8 @@ def generate(streams, k: int, turn: threading.Lock | None = None) -> np.ndarray:
     lock shared by loops running on other threads at the same time; each
     holds it for the short operations between its products, so that the
     threads take turns there instead of handing the GIL to each other at
-    every one of them (which costs more than the operations).
+    every one of them (which costs more than the operations). ``record``: a
+    ``logprobs_np.Recorder`` that keeps each position's logits, as the row loop's.
     """
     model, b, v = streams.model, streams.batch, streams.model.vocab_size
     w, top = model.transposed, model.layers - 1
@@ -134,12 +135,15 @@ def generate(streams, k: int, turn: threading.Lock | None = None) -> np.ndarray:
         n = min(block, k - lo)
         noise = gumbel_noise_columns(streams.seeds, streams.positions + np.uint32(lo), n, v, keys=streams.keys)
         noise *= temperature  # T * g, as the row loop computes it
+        kept = record.block(n) if record is not None else None
         for t in range(n):
             np.dot(w.top, h[top], out=buf.z)  # the logits and the top layer's recurrent term
             if top:
                 np.dot(w.recurrent[0], h[0], out=buf.rec)
             with turn:
                 np.add(buf.raw, w.head_bias, out=buf.logits)
+                if kept is not None:
+                    kept[t] = buf.logits.T
                 if plain:
                     np.add(buf.logits, noise[t], out=buf.scores)
                     x = buf.scores.argmax(axis=0, out=ids[lo + t])
@@ -149,10 +153,18 @@ def generate(streams, k: int, turn: threading.Lock | None = None) -> np.ndarray:
                 _first_layer(w, x, h, c, buf, buf.rec if top else buf.top_rec)
             if top:
                 _upper_layers(w, h, c, buf, turn, buf.top_rec)
+        if record is not None:
+            record.add(ids[lo:lo + n].T)
     streams.h[...] = h.transpose(0, 2, 1)
     streams.c[...] = c.transpose(0, 2, 1)
     streams.positions += np.uint32(k)
     return ids.T.astype(np.int32)
+
+
+def generate_logprobs(streams, k: int, top: int, turn: threading.Lock | None = None):
+    """``generate`` that also returns ``(chosen, top_ids, top_logprobs)`` (``StreamBatch.advance_logprobs``)."""
+    record = Recorder(streams.batch, k, top, streams.model.vocab_size)
+    return (generate(streams, k, turn, record), *record.result())
 
 
 def feed(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, turn: threading.Lock | None = None) -> None:

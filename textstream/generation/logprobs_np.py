@@ -17,7 +17,8 @@ import numpy as np
 BLOCK_FLOATS = 1 << 18  # floats of logits (positions x rows x V) kept for one block, at most
 f32 = np.float32
 
-__all__ = ["score_rows", "block_positions", "score_block", "log_softmax", "best_of", "Recorder"]
+__all__ = ["score_rows", "score_arrays", "scored", "block_positions", "score_block", "log_softmax", "best_of",
+           "Recorder"]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -39,12 +40,9 @@ def score_rows(model, h: np.ndarray, c: np.ndarray, ids, top: int | None = None)
     ids = np.asarray(ids, np.int64)
     b, steps = ids.shape
     v = model.vocab_size
-    out = np.empty((b, steps), f32)
-    if top is not None:
-        top = max(0, min(int(top), v))
-        best = (np.zeros((b, steps, top), np.int32), np.zeros((b, steps, top), f32))
+    out, best = score_arrays(b, steps, v, top)
     if steps == 0:
-        return out if top is None else (out, *best)
+        return scored(out, best)
     kept = np.empty((block_positions(b, v, steps), b, v), f32)  # each position's logits (one product buffer)
     buf = model.scratch(b)
     h_top = h[-1]
@@ -54,8 +52,26 @@ def score_rows(model, h: np.ndarray, c: np.ndarray, ids, top: int | None = None)
             np.dot(h_top, model.top, out=buf.z)
             np.add(buf.raw, model.head_bias, out=kept[t])
             model.consume(ids[:, lo + t], h, c, buf, top_rec=buf.top_rec)
-        score_block(kept[:n], ids, lo, out, best if top else None)
-    return out if top is None else (out, *best)
+        score_block(kept[:n], ids, lo, out, best)
+    return scored(out, best)
+
+
+def score_arrays(rows: int, steps: int, vocab_size: int, top: int | None):
+    """The arrays a scoring of (rows, steps) ids fills: ``(out, best)``.
+
+    ``out``: the logprobs (B, T); ``best``: with ``top`` (an int) the
+    alternatives' ``(ids, logprobs)``, (B, T, top) each, else None.
+    """
+    out = np.empty((rows, steps), f32)
+    if top is None:
+        return out, None
+    top = max(0, min(int(top), vocab_size))
+    return out, (np.zeros((rows, steps, top), np.int32), np.zeros((rows, steps, top), f32))
+
+
+def scored(out: np.ndarray, best):
+    """What ``score_rows`` returns: ``out``, or ``(out, top_ids, top_logprobs)``."""
+    return out if best is None else (out, *best)
 
 
 def block_positions(rows: int, vocab_size: int, steps: int) -> int:
@@ -66,6 +82,8 @@ def block_positions(rows: int, vocab_size: int, steps: int) -> int:
 def score_block(logits: np.ndarray, ids: np.ndarray, lo: int, out: np.ndarray, best) -> None:
     """Positions ``lo .. lo + n - 1`` from their logits (n, B, V): ``out`` (B, T) and ``best`` (or None) filled."""
     n = len(logits)
+    if best is not None and not best[0].shape[2]:
+        best = None  # top 0: no alternatives to fill
     chosen = np.take_along_axis(logits, ids[:, lo:lo + n].T[:, :, None], axis=2)[:, :, 0]
     out[:, lo:lo + n] = (chosen - _logsumexp(logits)).T
     if best is not None:

@@ -43,7 +43,7 @@ from textstream.generation.parallel_np import feed_in_parts, generate_in_parts, 
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, stream_keys
 from textstream.generation.state import weights_digest
-from textstream.generation.transposed_np import TransposedWeights
+from textstream.generation.transposed_np import TransposedWeights, finish_cell
 from textstream.model.stepweights import StepWeights
 
 NOISE_BLOCK = 1 << 16  # noise values (positions x streams x vocabulary) hashed at once, at most
@@ -209,13 +209,7 @@ class _Buffers:
         """
         np.tanh(self.pre_sig, out=self.sig)
         np.tanh(self.pre_cand, out=self.cand)
-        self.sig *= f32(0.5)
-        self.sig += f32(0.5)
-        c *= self.f
-        np.multiply(self.cand, self.i, out=self.u)
-        c += self.u
-        np.tanh(c, out=h)
-        h *= self.o
+        finish_cell(self, c, h)
 
 
 class NumpyStreams:

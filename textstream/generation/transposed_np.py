@@ -27,13 +27,13 @@ import threading
 
 import numpy as np
 
-from textstream.generation.logprobs_np import Recorder, block_positions, score_block
+from textstream.generation.logprobs_np import Recorder, block_positions, score_arrays, score_block, scored
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, gumbel_noise_columns
 
 f32 = np.float32
 NOISE_BLOCK = 1 << 16  # noise values (positions x vocabulary x streams) hashed at once, at most
 
-__all__ = ["TransposedWeights", "generate", "generate_logprobs", "generate_constrained", "feed", "score"]
+__all__ = ["TransposedWeights", "finish_cell", "generate", "generate_logprobs", "generate_constrained", "feed", "score"]
 
 
 class TransposedWeights:
@@ -71,13 +71,24 @@ class _Columns:
         Here every gate is a block of rows, so one ``tanh`` writes them all.
         """
         np.tanh(self.gates, out=self.act)
-        self.sig *= f32(0.5)
-        self.sig += f32(0.5)
-        c *= self.f
-        np.multiply(self.cand, self.i, out=self.u)
-        c += self.u
-        np.tanh(c, out=h)
-        h *= self.o
+        finish_cell(self, c, h)
+
+
+def finish_cell(buf, c: np.ndarray, h: np.ndarray) -> None:
+    """The LSTM cell after ``tanh`` of its gates, in place, in either layout.
+
+    ``buf`` has ``sig`` (tanh of the halved sigmoid gates, which this turns
+    into the sigmoids: ``sigmoid(x) = 0.5 + 0.5 * tanh(x / 2)``), its views
+    ``i``, ``f``, ``o``, the candidate ``cand`` and scratch ``u``:
+    ``c = f * c + i * cand``, ``h = o * tanh(c)``.
+    """
+    buf.sig *= f32(0.5)
+    buf.sig += f32(0.5)
+    c *= buf.f
+    np.multiply(buf.cand, buf.i, out=buf.u)
+    c += buf.u
+    np.tanh(c, out=h)
+    h *= buf.o
 
 
 def _first_layer(w: TransposedWeights, x: np.ndarray, h: np.ndarray, c: np.ndarray, buf: _Columns,
@@ -197,13 +208,9 @@ def score(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, top: int | None 
     b, steps = ids.shape
     v, w, top_layer = model.vocab_size, model.transposed, model.layers - 1
     turn = turn if turn is not None else contextlib.nullcontext()
-    out = np.empty((b, steps), f32)
-    best = None
-    if top is not None:
-        top = max(0, min(int(top), v))
-        best = (np.zeros((b, steps, top), np.int32), np.zeros((b, steps, top), f32))
+    out, best = score_arrays(b, steps, v, top)
     if steps == 0:
-        return out if best is None else (out, *best)
+        return scored(out, best)
     hc, cc = _columns_of(h), _columns_of(c)
     buf = _Columns(model.units, v, b)
     kept = np.empty((block_positions(b, v, steps), v, b), f32)
@@ -219,10 +226,10 @@ def score(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, top: int | None 
                 _first_layer(w, columns[lo + t], hc, cc, buf, buf.rec if top_layer else buf.top_rec)
             if top_layer:
                 _upper_layers(w, hc, cc, buf, turn, buf.top_rec)
-        score_block(np.ascontiguousarray(kept[:n].transpose(0, 2, 1)), ids, lo, out, best if top else None)
+        score_block(np.ascontiguousarray(kept[:n].transpose(0, 2, 1)), ids, lo, out, best)
     h[...] = hc.transpose(0, 2, 1)
     c[...] = cc.transpose(0, 2, 1)
-    return out if best is None else (out, *best)
+    return scored(out, best)
 
 
 def generate_constrained(streams, k: int, turn: threading.Lock | None = None) -> np.ndarray:

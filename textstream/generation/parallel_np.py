@@ -3,7 +3,7 @@
 Streams never interact (a row's ids depend only on its own state, seed,
 position and settings), so ``step_np.NumpyStreams`` can cut its rows into
 ``parts`` groups that each run the whole loop of ``k`` steps on their own
-thread (``transposed_np``'s loop, for sampling and for feeding), with
+thread (``transposed_np``'s loops: sampling, feeding, scoring), with
 OpenBLAS on one thread: numpy releases the GIL inside its products and
 ufuncs, the parts wait for each other only to take turns between products
 (``transposed_np.generate`` says why), and the results are the rows' own
@@ -79,8 +79,8 @@ def _bounds(batch: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def generate_in_parts(streams, k: int, parts: int, top: int | None = None):
-    """``streams._generate(k)`` with the rows in ``parts`` groups, one thread each: int32 (B, k).
+def generate_in_parts(streams, k: int, top: int | None = None):
+    """``streams._generate(k)`` with the rows in ``parts_for`` groups, one thread each: int32 (B, k).
 
     Each part runs ``transposed_np``'s loop (the streams along columns; one
     part runs in the calling thread): ``generate_constrained`` under a
@@ -92,6 +92,7 @@ def generate_in_parts(streams, k: int, parts: int, top: int | None = None):
         loop = lambda part, k_, turn=None: transposed_np.generate_logprobs(part, k_, top, turn)  # noqa: E731
     else:
         loop = transposed_np.generate if streams.constraint is None else transposed_np.generate_constrained
+    parts = parts_for(streams.batch, k)
     if parts == 1:
         return loop(streams, k)
     pool = _threads(parts)
@@ -108,31 +109,27 @@ def _joined(results: list):
     return np.concatenate(results, axis=0)
 
 
-def feed_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: int) -> None:
-    """``transposed_np.feed`` of ``ids`` (B, T) with the rows in ``parts`` groups, one thread each (1: this thread).
+def feed_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray) -> None:
+    """``transposed_np.feed`` of ``ids`` (B, T) in ``parts_for`` groups of rows; ``h``, ``c`` advanced in place."""
+    _rows_in_parts(transposed_np.feed, model, h, c, ids)
 
-    ``h``, ``c`` (layers, B, units) are advanced in place. The caller holds
-    OpenBLAS on one thread.
+
+def score_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, top: int | None):
+    """``transposed_np.score`` of ``ids`` (B, T) in ``parts_for`` groups of rows, its results joined along the rows."""
+    return _rows_in_parts(transposed_np.score, model, h, c, ids, top)
+
+
+def _rows_in_parts(loop, model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, *args):
+    """``loop(model, h, c, ids, *args, turn)`` on ``parts_for`` groups of rows, one thread each (1: this thread).
+
+    ``h``, ``c`` (layers, B, units) are advanced in place through views. The
+    caller holds OpenBLAS on one thread.
     """
+    parts = parts_for(*ids.shape)
     if parts == 1:
-        transposed_np.feed(model, h, c, ids)
-        return
+        return loop(model, h, c, ids, *args)
     pool, turn = _threads(parts), threading.Lock()
-    futures = [pool.submit(transposed_np.feed, model, h[:, a:b], c[:, a:b], ids[a:b], turn)
+    futures = [pool.submit(loop, model, h[:, a:b], c[:, a:b], ids[a:b], *args, turn)
                for a, b in _bounds(len(ids), parts)]
-    for f in futures:
-        f.result()
-
-
-def score_in_parts(model, h: np.ndarray, c: np.ndarray, ids: np.ndarray, parts: int, top: int | None):
-    """``transposed_np.score`` of ``ids`` (B, T) with the rows in ``parts`` groups, one thread each (1: this thread).
-
-    ``h``, ``c`` (layers, B, units) are advanced in place through views; the
-    results (an array, or a tuple of arrays) are joined along the rows.
-    """
-    if parts == 1:
-        return transposed_np.score(model, h, c, ids, top)
-    pool, turn = _threads(parts), threading.Lock()
-    futures = [pool.submit(transposed_np.score, model, h[:, a:b], c[:, a:b], ids[a:b], top, turn)
-               for a, b in _bounds(len(ids), parts)]
-    return _joined([f.result() for f in futures])
+    results = [f.result() for f in futures]
+    return None if results[0] is None else _joined(results)

@@ -39,7 +39,7 @@ import numpy as np
 
 from textstream.generation.blas import one_blas_thread
 from textstream.generation.logprobs_np import Recorder, score_rows
-from textstream.generation.parallel_np import feed_in_parts, generate_in_parts, parts_for, score_in_parts, wide
+from textstream.generation.parallel_np import feed_in_parts, generate_in_parts, score_in_parts, wide
 from textstream.generation.sampling import seed_u32
 from textstream.generation.sampling_np import choose_scaled, constrained_scores, gumbel_noise, stream_keys
 from textstream.generation.state import weights_digest
@@ -152,7 +152,7 @@ class NumpyStep:
         ids = np.asarray(ids, np.int64)
         with one_blas_thread():
             if wide(*ids.shape):  # many rows: the column layout, a part of them per core (parallel_np)
-                return score_in_parts(self, h, c, ids, parts_for(*ids.shape), top)
+                return score_in_parts(self, h, c, ids, top)
             return score_rows(self, h, c, ids, top)
 
     def scratch(self, b: int) -> "_Buffers":
@@ -249,7 +249,7 @@ class NumpyStreams:
             if feed is not None:
                 self._feed(feed)
             if wide(self.batch, k):  # many streams: the column layout, a part of the rows per core (parallel_np)
-                return generate_in_parts(self, k, parts_for(self.batch, k))
+                return generate_in_parts(self, k)
             return self._generate(k) if self.constraint is None else self._generate_constrained(k)
 
     def advance_logprobs(self, k: int, top: int = 0, feed: Sequence[np.ndarray] | None = None):
@@ -258,7 +258,7 @@ class NumpyStreams:
             if feed is not None:
                 self._feed(feed)
             if wide(self.batch, k):  # many streams: the column layout (parallel_np)
-                return generate_in_parts(self, k, parts_for(self.batch, k), top)
+                return generate_in_parts(self, k, top)
             record = Recorder(self.batch, k, top, self.model.vocab_size)
             return (self._generate(k, record), *record.result())
 
@@ -293,7 +293,7 @@ class NumpyStreams:
             every = len(rows) == self.batch
             h, c = (self.h, self.c) if every else (self.h[:, rows], self.c[:, rows])
             if wide(len(rows), end - start):  # many rows: the column layout, a part of them per core
-                feed_in_parts(self.model, h, c, ids[rows, start:end], parts_for(len(rows), end - start))
+                feed_in_parts(self.model, h, c, ids[rows, start:end])
             else:
                 buffers = _Buffers(self.model, len(rows))
                 for t in range(start, end):
